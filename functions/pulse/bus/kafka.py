@@ -1,0 +1,127 @@
+"""Kafka through kafka-python: the producer ingest uses, topic creation, consumers.
+
+``Producer.send`` returns only after the broker acknowledged the record with
+``acks=all``; if that does not happen within ``ack_timeout_s`` it raises
+``Unavailable`` (the HTTP layer answers 503 with Retry-After). The record may
+still be stored later: clients that retry send the same ``event_id`` and the
+dedup ledger makes the retry harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pulse import telemetry
+from pulse.bus.cloudevents import CloudEvent, to_kafka_headers
+from pulse.errors import Unavailable
+
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+FAST_GROUP_JOIN = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+class Producer:
+    def __init__(self, bootstrap: str, ack_timeout_s: float = 5.0, retry_after_s: int = 2) -> None:
+        self.bootstrap = bootstrap
+        self.ack_timeout_s = ack_timeout_s
+        self.retry_after_s = retry_after_s
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=self.bootstrap,
+                        client_id="pulse-ingest",
+                        acks="all",
+                        linger_ms=1,
+                        max_request_size=MAX_RECORD_BYTES,
+                        max_block_ms=int(self.ack_timeout_s * 1000),
+                        request_timeout_ms=30000,
+                    )
+                except KafkaError as exc:
+                    telemetry.KAFKA_PRODUCE_ERRORS.inc()
+                    raise Unavailable(f"kafka is unreachable: {exc}", self.retry_after_s) from exc
+            return self._producer
+
+    def send(self, topic: str, key: str, event: CloudEvent) -> None:
+        started = time.perf_counter()
+        try:
+            future = self._get().send(
+                topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
+            future.get(timeout=self.ack_timeout_s)
+        except KafkaError as exc:
+            telemetry.KAFKA_PRODUCE_ERRORS.inc()
+            raise Unavailable(f"kafka did not acknowledge the record: {type(exc).__name__}",
+                              self.retry_after_s) from exc
+        telemetry.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._get().bootstrap_connected())
+        except Unavailable:
+            return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=timeout_s)
+
+
+def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 15.0) -> None:
+    """Create the topics that are missing (name → partitions)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pulse-admin",
+                                     request_timeout_ms=5000)
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"kafka at {bootstrap} is unreachable: {exc}") from exc
+            time.sleep(0.2)
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def consumer(bootstrap: str, group: str, topics: list[str], initial_offset: str = "earliest",
+             **overrides: object) -> KafkaConsumer:
+    config: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest" if initial_offset == "earliest" else "latest",
+        "max_partition_fetch_bytes": MAX_RECORD_BYTES,
+        "fetch_max_bytes": 4 * MAX_RECORD_BYTES,
+        "max_poll_records": 50,
+        **FAST_GROUP_JOIN,
+    }
+    config.update(overrides)
+    consumer = KafkaConsumer(**config)
+    consumer.subscribe(topics)
+    return consumer
+
+
+def reachable(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    except KafkaError:
+        return False
+    admin.close()
+    return True

@@ -1,0 +1,49 @@
+"""Publishing CloudEvents to ``K_SINK`` (a SinkBinding puts the Broker's address
+there in the cluster; the embedded runtime sets it locally).
+
+Events are POSTed in HTTP binary mode. Publishing is not a reply: a
+KafkaSource drops its sink's replies, so a function that must tell the Broker
+something sends it here itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import urllib3
+
+from pulse import telemetry
+from pulse.bus.cloudevents import CloudEvent, to_http
+from pulse.errors import Unavailable
+
+_http = urllib3.PoolManager(num_pools=8, maxsize=8, retries=False)
+
+
+def post_event(url: str, event: CloudEvent, timeout_s: float = 10.0) -> int:
+    """One delivery attempt; the HTTP status, or raises on a transport failure."""
+    headers = to_http(event)
+    traceparent = event.get("traceparent") or telemetry.current_traceparent()
+    if traceparent:
+        headers["traceparent"] = traceparent
+    response = _http.request("POST", url, body=event.data, headers=headers,
+                             timeout=urllib3.Timeout(total=timeout_s), preload_content=True)
+    return response.status
+
+
+def publish(url: str | None, event: CloudEvent, attempts: int = 3) -> bool:
+    """Send ``event`` to the sink, retrying briefly; False when there is no sink."""
+    if not url:
+        return False
+    delay = 0.1
+    for attempt in range(1, attempts + 1):
+        try:
+            status = post_event(url, event)
+            if 200 <= status < 300:
+                return True
+            problem = f"status {status}"
+        except urllib3.exceptions.HTTPError as exc:
+            problem = type(exc).__name__
+        if attempt < attempts:
+            time.sleep(delay)
+            delay *= 2
+    raise Unavailable(f"sink {url} refused {event.type}: {problem}")

@@ -1,0 +1,250 @@
+"""The event model and its validation. Knows nothing of HTTP, Kafka or SQL.
+
+``normalize_event`` turns one client event (already parsed JSON) into a flat
+row of plain strings, ready for every store, or raises ``EventInvalid`` with
+every field error found. ``parse_batch`` applies it to a request body and
+keeps the valid events even when others fail, as API.md asks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
+from pulse.settings import Limits
+
+# Columns of a normalized event, in the order stores use them.
+EVENT_COLUMNS = (
+    "event_id", "event_type", "user_id", "anonymous_id", "session_id", "occurred_at",
+    "properties", "path", "url", "referrer", "title", "user_agent", "ip", "locale", "country",
+)
+CONTEXT_FIELDS = ("user_agent", "ip", "locale", "country")
+PAGE_FIELDS = ("path", "url", "referrer", "title")
+EPOCH_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EventInvalid(Exception):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(e.as_dict()["error"] for e in errors))  # type: ignore[misc]
+        self.errors = errors
+
+
+@dataclass
+class Batch:
+    """The outcome of validating a request: rows to accept, errors by index."""
+
+    rows: list[dict[str, str]] = field(default_factory=list)
+    errors: list[FieldError] = field(default_factory=list)
+    total: int = 0
+
+    def error_list(self) -> list[dict[str, object]]:
+        return [{"index": e.index, "field": e.field, "error": e.as_dict()["error"]} for e in self.errors]
+
+
+def format_ts(moment: datetime) -> str:
+    """The one wire form of a timestamp between Pulse's parts: UTC, milliseconds."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def parse_ts(value: Any, name: str) -> datetime:
+    """RFC 3339 text (a missing offset means UTC) or epoch seconds/milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 timestamp")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if abs(value) > 1e11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError("is out of range") from exc
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        raise ValueError("must be an RFC 3339 timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError("must be an RFC 3339 timestamp") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def normalize_uuid(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 45:
+        raise ValueError("must be a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise ValueError("must be a UUID") from exc
+
+
+def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise EventInvalid([FieldError("event", "must be a JSON object")])
+    errors: list[FieldError] = []
+    row: dict[str, str] = {}
+
+    def fail(name: str, message: str) -> None:
+        errors.append(FieldError(name, message))
+
+    event_id = raw.get("event_id")
+    if event_id is None:
+        row["event_id"] = str(uuid.uuid4())
+    else:
+        try:
+            row["event_id"] = normalize_uuid(event_id)
+        except ValueError as exc:
+            fail("event_id", str(exc))
+
+    event_type = raw.get("event_type", raw.get("event"))
+    if event_type is None:
+        fail("event_type", "is required")
+    elif not isinstance(event_type, str) or not event_type.strip():
+        fail("event_type", "must be a non-empty string")
+    elif len(event_type) > limits.max_event_type_chars:
+        fail("event_type", f"must be at most {limits.max_event_type_chars} characters")
+    else:
+        row["event_type"] = event_type
+
+    for name in ("user_id", "anonymous_id", "session_id"):
+        row[name] = _identifier(raw.get(name), name, limits, fail)
+    if not row["user_id"] and not row["anonymous_id"] and not any(
+        e.field in ("user_id", "anonymous_id") for e in errors
+    ):
+        fail("user_id", "user_id or anonymous_id is required")
+
+    when = raw.get("occurred_at", raw.get("timestamp"))
+    if when is None:
+        row["occurred_at"] = format_ts(now)
+    else:
+        name = "occurred_at" if "occurred_at" in raw else "timestamp"
+        try:
+            moment = parse_ts(when, name)
+            if moment > now + timedelta(seconds=limits.max_future_skew_s):
+                fail(name, f"is more than {limits.max_future_skew_s} seconds in the future")
+            elif moment < EPOCH_FLOOR:
+                fail(name, "is before 1970-01-01")
+            else:
+                row["occurred_at"] = format_ts(moment)
+        except ValueError as exc:
+            fail(name, str(exc))
+
+    props_name = "properties" if "properties" in raw else "metadata"
+    props = raw.get(props_name)
+    if props is None:
+        row["properties"] = "{}"
+    elif not isinstance(props, Mapping):
+        fail(props_name, "must be a JSON object")
+    else:
+        try:
+            text = orjson.dumps(props)
+        except TypeError as exc:
+            fail(props_name, f"cannot be serialized: {exc}")
+        else:
+            if len(text) > limits.max_properties_bytes:
+                fail(props_name, f"must be at most {limits.max_properties_bytes} bytes serialized")
+            else:
+                row["properties"] = text.decode()
+
+    _context(raw, row, limits, fail)
+    if errors:
+        raise EventInvalid(errors)
+    return row
+
+
+def _identifier(value: Any, name: str, limits: Limits, fail: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        fail(name, "must be a string")
+        return ""
+    text = str(value)
+    if len(text) > limits.max_id_chars:
+        fail(name, f"must be at most {limits.max_id_chars} characters")
+        return ""
+    return text
+
+
+def _context(raw: Mapping[str, Any], row: dict[str, str], limits: Limits, fail: Any) -> None:
+    context = raw.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, Mapping):
+        fail("context", "must be a JSON object")
+        context = {}
+    page = context.get("page")
+    if page is None:
+        page = {}
+    elif not isinstance(page, Mapping):
+        fail("context.page", "must be a JSON object")
+        page = {}
+    sources = {
+        "path": (("path", raw.get("path")), ("context.page.path", page.get("path"))),
+        "url": (("page_url", raw.get("page_url")), ("context.page.url", page.get("url"))),
+        "referrer": (("referrer", raw.get("referrer")), ("context.page.referrer", page.get("referrer"))),
+        "title": (("context.page.title", page.get("title")),),
+    }
+    for column, candidates in sources.items():
+        row[column] = _first_text(candidates, limits, fail)
+    for column in CONTEXT_FIELDS:
+        row[column] = _first_text(((f"context.{column}", context.get(column)),), limits, fail)
+    if not row["path"] and row["url"]:
+        row["path"] = urlsplit(row["url"]).path or "/"
+
+
+def _first_text(candidates: Any, limits: Limits, fail: Any) -> str:
+    for name, value in candidates:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            fail(name, "must be a string")
+            return ""
+        if len(value) > limits.max_text_chars:
+            fail(name, f"must be at most {limits.max_text_chars} characters")
+            return ""
+        return value
+    return ""
+
+
+def parse_batch(body: bytes, limits: Limits, now: datetime | None = None) -> Batch:
+    """Validate a ``POST /v1/events`` body: one event, or ``{"events": [...]}``."""
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"body is larger than {limits.max_body_bytes} bytes")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput.field("body", f"is not valid JSON ({exc.msg} at {exc.pos})") from exc
+    if isinstance(doc, Mapping) and "events" in doc:
+        items = doc["events"]
+        if not isinstance(items, list):
+            raise InvalidInput.field("events", "must be an array")
+        if not items:
+            raise InvalidInput.field("events", "must hold at least one event")
+        if len(items) > limits.max_batch_events:
+            raise PayloadTooLarge(
+                f"events: at most {limits.max_batch_events} events per request, got {len(items)}",
+                [FieldError("events", f"at most {limits.max_batch_events} events per request")],
+            )
+    elif isinstance(doc, Mapping):
+        items = [doc]
+    else:
+        raise InvalidInput.field("body", "must be a JSON object")
+    return validate_events(items, limits, now)
+
+
+def validate_events(items: list[Any], limits: Limits, now: datetime | None = None) -> Batch:
+    now = now or datetime.now(UTC)
+    batch = Batch(total=len(items))
+    for index, item in enumerate(items):
+        try:
+            batch.rows.append(normalize_event(item, limits, now))
+        except EventInvalid as exc:
+            for error in exc.errors:
+                batch.errors.append(FieldError(error.field, error.message, index))
+    return batch

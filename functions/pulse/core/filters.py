@@ -1,0 +1,182 @@
+"""The filters every stats and export endpoint takes: ``from``, ``to``, ``tz``,
+repeatable ``segment=<field>:<value>`` (ANDed). Pure: request parameters in,
+a ``Filters`` value and a bound-parameter SQL condition out.
+
+Ranges: ``from``/``to`` are inclusive dates (``YYYY-MM-DD``, day boundaries
+in ``tz``) or RFC 3339 datetimes. Without ``to`` the range ends today (in
+``tz``); without ``from`` it covers the 30 days up to ``to``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pulse.errors import FieldError, InvalidInput
+
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+PROPERTY_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SEGMENT_COLUMNS = {
+    "event_type": "event_type",
+    "user_id": "user_id",
+    "session_id": "session_id",
+    "path": "path",
+    "country": "country",
+}
+MAX_SEGMENTS = 10
+MAX_SEGMENT_VALUE_CHARS = 1024
+DEFAULT_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Segment:
+    field: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Filters:
+    project_id: str
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    tz: str
+    segments: tuple[Segment, ...] = ()
+    event_type: str | None = None
+
+    @property
+    def first_day(self) -> date:
+        return self.start.astimezone(ZoneInfo(self.tz)).date()
+
+    @property
+    def last_day(self) -> date:
+        return (self.end - timedelta(milliseconds=1)).astimezone(ZoneInfo(self.tz)).date()
+
+
+Params = Mapping[str, Sequence[str]]
+
+
+def one(params: Params, name: str) -> str | None:
+    values = params.get(name) or []
+    if len(values) > 1:
+        raise InvalidInput.field(name, "may be given once")
+    return values[0] if values else None
+
+
+def parse_tz(value: str | None) -> str:
+    name = value or "UTC"
+    if len(name) > 64:
+        raise InvalidInput.field("tz", "is not an IANA time zone name")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidInput.field("tz", f"{name!r} is not an IANA time zone name") from exc
+    return name
+
+
+def parse_day(value: str, name: str) -> date:
+    if not DATE.match(value):
+        raise InvalidInput.field(name, "must be a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput.field(name, "must be a date YYYY-MM-DD") from exc
+
+
+def _bound(value: str, name: str, zone: ZoneInfo, is_end: bool) -> datetime:
+    if DATE.match(value):
+        day = parse_day(value, name)
+        if is_end:
+            day += timedelta(days=1)
+        return datetime.combine(day, time(), zone).astimezone(UTC)
+    if len(value) > 40:
+        raise InvalidInput.field(name, "must be a date or an RFC 3339 datetime")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput.field(name, "must be a date YYYY-MM-DD or an RFC 3339 datetime") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    moment = moment.astimezone(UTC)
+    return moment + timedelta(milliseconds=1) if is_end else moment
+
+
+def parse_segments(values: Sequence[str]) -> tuple[Segment, ...]:
+    if len(values) > MAX_SEGMENTS:
+        raise InvalidInput.field("segment", f"at most {MAX_SEGMENTS} segments")
+    segments = []
+    errors = []
+    for raw in values:
+        field, sep, value = raw.partition(":")
+        if not sep:
+            errors.append(FieldError("segment", f"{raw[:80]!r} must be <field>:<value>"))
+        elif field.startswith("properties."):
+            if not PROPERTY_KEY.match(field[len("properties."):]):
+                errors.append(FieldError("segment", "a property key must match [A-Za-z0-9_.-]{1,64}"))
+        elif field not in SEGMENT_COLUMNS:
+            errors.append(FieldError(
+                "segment", f"unknown field {field[:80]!r}; use one of "
+                + ", ".join(SEGMENT_COLUMNS) + " or properties.<key>"))
+        if sep and len(value) > MAX_SEGMENT_VALUE_CHARS:
+            errors.append(FieldError("segment", f"a value must be at most {MAX_SEGMENT_VALUE_CHARS} characters"))
+        segments.append(Segment(field, value))
+    if errors:
+        raise InvalidInput(errors[0].message and f"segment: {errors[0].message}", errors)
+    return tuple(segments)
+
+
+def parse_filters(params: Params, project_id: str, max_range_days: int,
+                  now: datetime | None = None) -> Filters:
+    tz = parse_tz(one(params, "tz"))
+    zone = ZoneInfo(tz)
+    now = now or datetime.now(UTC)
+    to_raw, from_raw = one(params, "to"), one(params, "from")
+    end = _bound(to_raw, "to", zone, True) if to_raw else _bound(
+        now.astimezone(zone).date().isoformat(), "to", zone, True)
+    if from_raw:
+        start = _bound(from_raw, "from", zone, False)
+    else:
+        last_day = (end - timedelta(milliseconds=1)).astimezone(zone).date()
+        start = _bound((last_day - timedelta(days=DEFAULT_DAYS - 1)).isoformat(), "from", zone, False)
+    if start >= end:
+        raise InvalidInput.field("from", "must not be after 'to'")
+    if end - start > timedelta(days=max_range_days + 1):
+        raise InvalidInput.field("to", f"the range may span at most {max_range_days} days")
+    event_type = one(params, "event_type")
+    if event_type is not None and not 1 <= len(event_type) <= 128:
+        raise InvalidInput.field("event_type", "must be 1 to 128 characters")
+    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
+
+
+def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]:
+    """``WHERE`` text over the events table and its bound parameters. Every
+    value, property keys included, is a parameter; only fixed column names
+    from ``SEGMENT_COLUMNS`` appear in the text."""
+    params: dict[str, Any] = {
+        f"{prefix}_project": filters.project_id,
+        f"{prefix}_start": filters.start.replace(tzinfo=None),
+        f"{prefix}_end": filters.end.replace(tzinfo=None),
+    }
+    parts = [
+        f"project_id = {{{prefix}_project:UUID}}",
+        f"occurred_at >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
+        f"occurred_at < {{{prefix}_end:DateTime64(3, 'UTC')}}",
+    ]
+    if filters.event_type is not None:
+        params[f"{prefix}_type"] = filters.event_type
+        parts.append(f"event_type = {{{prefix}_type:String}}")
+    for index, segment in enumerate(filters.segments):
+        value = f"{prefix}_sv{index}"
+        params[value] = segment.value
+        if segment.field.startswith("properties."):
+            key = f"{prefix}_sk{index}"
+            params[key] = segment.field[len("properties."):]
+            parts.append(
+                f"(JSONExtractString(properties, {{{key}:String}}) = {{{value}:String}}"
+                f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
+        else:
+            parts.append(f"{SEGMENT_COLUMNS[segment.field]} = {{{value}:String}}")
+    return " AND ".join(parts), params

@@ -1,0 +1,70 @@
+"""Turning accepted events into one Kafka record per request.
+
+One record carries one accepted batch (up to the batch limit), keyed by
+project, as a ``dev.pulse.events.ingested`` CloudEvent in binary mode. The
+CloudEvent id is the batch id persist dedups redeliveries by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from pulse import telemetry
+from pulse.bus.cloudevents import INGESTED, CloudEvent
+from pulse.bus.kafka import Producer
+from pulse.core.events import format_ts
+from pulse.errors import FieldError, InvalidInput
+
+SOURCE = "/pulse/ingest"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    batch_id: str
+    accepted: int
+
+
+def encode_batch(project_id: str, rows: Sequence[dict[str, str]], received_at: datetime | None = None,
+                 traceparent: str | None = None) -> CloudEvent:
+    data = orjson.dumps({
+        "project_id": project_id,
+        "received_at": format_ts(received_at or datetime.now(UTC)),
+        "events": rows,
+    })
+    return CloudEvent.new(INGESTED, SOURCE, data, partitionkey=project_id, traceparent=traceparent)
+
+
+def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
+    """(project_id, received_at, rows) of an ingested batch; InvalidInput if malformed."""
+    doc: Any = event.json()
+    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
+        raise InvalidInput.field("data.events", "must be an array")
+    project_id, received_at = doc.get("project_id"), doc.get("received_at")
+    if not isinstance(project_id, str) or not isinstance(received_at, str):
+        raise InvalidInput.field("data.project_id", "project_id and received_at are required")
+    return project_id, received_at, doc["events"]
+
+
+class Ingestor:
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
+               received_at: datetime | None = None) -> Submitted:
+        """Send the rows as one record; returns once the broker acknowledged it."""
+        with telemetry.span("kafka produce", topic=self.topic, events=len(rows)):
+            event = encode_batch(project_id, rows, received_at, telemetry.current_traceparent())
+            self.producer.send(self.topic, project_id, event)
+        telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))
+        return Submitted(event.id, len(rows))
+
+
+def count_rejections(errors: Sequence[FieldError]) -> None:
+    for error in errors:
+        telemetry.EVENTS_REJECTED.labels(error.field).inc()

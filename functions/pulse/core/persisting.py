@@ -1,0 +1,162 @@
+"""Persisting one ingest batch exactly once, however often it is delivered.
+
+Delivery is at least once: KafkaSource (or the embedded dispatcher) may hand
+persist the same record again after a timeout, a crash or a restart, and
+persist itself may die between any two steps. The Postgres ledger is the
+source of truth for "this event is stored"; ClickHouse only holds rows.
+
+The batch id is the CloudEvent id of the Kafka record, so every redelivery of
+a record carries the same id. Steps:
+
+1. One Postgres transaction: record the batch as ``claimed`` in
+   ``persist_batches`` and insert ``(project_id, event_id, batch_id)`` for every
+   event into ``event_ledger`` with ``ON CONFLICT DO NOTHING``. The events this
+   batch owns are those whose ledger row names this batch. Events whose row
+   names another batch are duplicates (an earlier batch has them).
+2. Insert the owned events into ClickHouse, stamped with the batch id.
+3. Mark the batch ``done``.
+
+Crash analysis:
+- before step 1 commits: nothing is recorded; redelivery starts afresh.
+- after 1, before or during 2: the batch is ``claimed``. Redelivery re-reads
+  the events the ledger gives this batch, asks ClickHouse which of them are
+  already stored under this batch id (a partial insert across partitions is
+  covered too) and inserts only the rest.
+- after 2, before 3: as above; ClickHouse already has them all, nothing is
+  inserted twice.
+- after 3: redelivery finds ``done`` and only reports the earlier outcome.
+
+An event sent again in a *different* batch (a client retrying after a 503)
+finds the ledger row of the first batch and is a duplicate; the first batch,
+being in the log, is delivered and stored. The ledger keeps rows for
+``ledger_retention_days`` (maintenance trims older ones), which bounds how
+late a duplicate can still be recognised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pulse import telemetry
+from pulse.core.events import EVENT_COLUMNS
+from pulse.storage.clickhouse import ClickHouse
+from pulse.storage.postgres import Connection, Database
+
+INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
+FaultHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    project_id: str
+    inserted: int
+    duplicates: int
+    first: str | None
+    last: str | None
+    redelivered: bool = False
+
+    def as_event_data(self) -> dict[str, Any]:
+        return {"project_id": self.project_id, "inserted": self.inserted, "duplicates": self.duplicates,
+                "from": self.first, "to": self.last}
+
+
+@dataclass(frozen=True)
+class _Claim:
+    fresh: bool
+    done: Outcome | None
+    owned: frozenset[str]
+
+
+class Persister:
+    def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None) -> None:
+        self.db = db
+        self.ch = ch
+        self.fault = fault or (lambda step: None)
+
+    def persist(self, batch_id: str, project_id: str, received_at: str,
+                rows: Sequence[dict[str, str]]) -> Outcome:
+        unique: dict[str, dict[str, str]] = {}
+        for row in rows:
+            unique.setdefault(row["event_id"], row)
+        claim = self.db.transaction(lambda conn: self._claim(conn, batch_id, project_id, list(unique)))
+        if claim.done is not None:
+            return claim.done
+        self.fault("after-ledger")
+        owned = [row for event_id, row in unique.items() if event_id in claim.owned]
+        if not claim.fresh and owned:
+            stored = self._stored_by_batch(project_id, batch_id)
+            owned = [row for row in owned if row["event_id"] not in stored]
+        if owned:
+            self._insert(project_id, batch_id, received_at, owned)
+        self.fault("after-insert")
+        duplicates = len(rows) - len(claim.owned)
+        times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
+        outcome = Outcome(project_id, len(claim.owned), duplicates,
+                          min(times) if times else None, max(times) if times else None,
+                          redelivered=not claim.fresh)
+        self.db.run(
+            "UPDATE persist_batches SET status = 'done', inserted = :i, duplicates = :d,"
+            " first_at = :f, last_at = :l, done_at = now() WHERE batch_id = CAST(:b AS uuid)",
+            i=outcome.inserted, d=outcome.duplicates, f=outcome.first, l=outcome.last, b=batch_id,
+        )
+        telemetry.PERSIST_BATCH_SIZE.observe(len(rows))
+        telemetry.PERSIST_INSERTED.inc(len(owned))
+        telemetry.PERSIST_DUPLICATES.inc(outcome.duplicates)
+        return outcome
+
+    def _claim(self, conn: Connection, batch_id: str, project_id: str, event_ids: list[str]) -> _Claim:
+        created = conn.run(
+            "INSERT INTO persist_batches (batch_id, project_id, status) VALUES (CAST(:b AS uuid), CAST(:p AS uuid), 'claimed')"
+            " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+            b=batch_id, p=project_id,
+        )
+        fresh = bool(created)
+        if not fresh:
+            status, inserted, duplicates, first, last = conn.run(
+                "SELECT status, inserted, duplicates, first_at, last_at FROM persist_batches"
+                " WHERE batch_id = CAST(:b AS uuid)", b=batch_id,
+            )[0]
+            if status == "done":
+                return _Claim(False, Outcome(project_id, inserted, duplicates, first, last, True), frozenset())
+        new = conn.run(
+            "INSERT INTO event_ledger (project_id, event_id, batch_id)"
+            " SELECT CAST(:p AS uuid), e, CAST(:b AS uuid) FROM unnest(CAST(:ids AS uuid[])) AS e"
+            " ON CONFLICT DO NOTHING RETURNING event_id",
+            p=project_id, b=batch_id, ids=event_ids,
+        )
+        owned = {str(r[0]) for r in new}
+        if not fresh:
+            earlier = conn.run(
+                "SELECT event_id FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
+                " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
+                p=project_id, b=batch_id, ids=event_ids,
+            )
+            owned.update(str(r[0]) for r in earlier)
+        return _Claim(fresh, None, frozenset(owned))
+
+    def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
+        rows = self.ch.rows(
+            "SELECT toString(event_id) FROM events WHERE project_id = {p:UUID} AND batch_id = {b:UUID}",
+            {"p": project_id, "b": batch_id},
+        )
+        return {r[0] for r in rows}
+
+    def _insert(self, project_id: str, batch_id: str, received_at: str, rows: list[dict[str, str]]) -> None:
+        stamp = {"project_id": project_id, "batch_id": batch_id, "received_at": received_at}
+        body = b"\n".join(orjson.dumps({**stamp, **row}) for row in rows)
+        with telemetry.CLICKHOUSE_INSERT_LATENCY.time():
+            self.ch.insert_json_rows("events", INSERT_COLUMNS, body)
+
+    def trim_ledger(self, retention_days: int) -> int:
+        """Forget ledger entries and batch records older than the retention window."""
+        removed = self.db.run(
+            "WITH gone AS (DELETE FROM event_ledger WHERE claimed_at < now() - make_interval(days => :d)"
+            " RETURNING 1) SELECT count(*) FROM gone", d=retention_days)[0][0]
+        self.db.run(
+            "DELETE FROM persist_batches WHERE status = 'done' AND claimed_at < now() - make_interval(days => :d)",
+            d=retention_days)
+        return int(removed)

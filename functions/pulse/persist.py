@@ -1,0 +1,88 @@
+"""persist — CloudEvent function: each ``dev.pulse.events.ingested`` batch
+(delivered by the KafkaSource, one record at a time) goes into the dedup
+ledger and ClickHouse exactly once; see pulse/core/persisting.py for how.
+
+It answers 2xx only when the batch is durable in both stores and the
+``dev.pulse.events.persisted`` event was handed to ``K_SINK``; otherwise 5xx,
+and the source redelivers. A malformed batch gets 400, which a KafkaSource
+does not retry: it goes to the dead-letter sink.
+
+Served as an HTTP target that parses CloudEvents itself (binary, structured
+and batch modes), so it also answers /healthz, /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from pulse import telemetry
+from pulse.bus import sink
+from pulse.bus.cloudevents import INGESTED, MAINTENANCE_REQUESTED, PERSISTED, CloudEvent, receive
+from pulse.core.ingestion import decode_batch
+from pulse.core.persisting import Persister
+from pulse.errors import InvalidInput
+from pulse.services import Services
+from pulse.settings import Settings
+from pulse.web.http import HttpFunction, Route, json_response
+
+log = logging.getLogger("pulse.persist")
+SOURCE = "/pulse/persist"
+
+
+class Persist(HttpFunction):
+    name = "persist"
+
+    def __init__(self, services: Services, sink_url: str | None = None) -> None:
+        self.services = services
+        self.sink_url = sink_url if sink_url is not None else services.settings.k_sink
+        self.persister = Persister(services.db, services.ch)
+        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+
+    def routes(self) -> Iterable[Route]:
+        return [
+            Route("POST", "/_ce/ingested", self.ingested, "ce-ingested"),
+            Route("POST", "/_ce/maintenance", self.maintenance, "ce-maintenance"),
+        ]
+
+    def ingested(self, request: Request) -> Response:
+        results = []
+        for event in receive(request.headers, request.get_data()):
+            if event.type != INGESTED:
+                raise InvalidInput.field("type", f"expected {INGESTED}, got {event.type}")
+            results.append(self.persist_one(event))
+        return json_response({"results": results})
+
+    def persist_one(self, event: CloudEvent) -> dict[str, object]:
+        project_id, received_at, rows = decode_batch(event)
+        with telemetry.span("persist batch", event.get("traceparent"), batch_id=event.id, events=len(rows)), \
+                telemetry.bound(project_id=project_id):
+            outcome = self.persister.persist(event.id, project_id, received_at, rows)
+            notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
+                                    partitionkey=project_id, traceparent=telemetry.current_traceparent())
+            sink.publish(self.sink_url, notice)
+        telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
+                        duplicates=outcome.duplicates, redelivered=outcome.redelivered)
+        return {"batch_id": event.id, **outcome.as_event_data()}
+
+    def maintenance(self, request: Request) -> Response:
+        for event in receive(request.headers, request.get_data()):
+            if event.type != MAINTENANCE_REQUESTED:
+                raise InvalidInput.field("type", f"expected {MAINTENANCE_REQUESTED}, got {event.type}")
+        removed = self.persister.trim_ledger(self.services.settings.ledger_retention_days)
+        telemetry.event("ledger trimmed", removed=removed)
+        return json_response({"ledger_rows_removed": removed})
+
+
+@functools.cache
+def _function() -> Persist:
+    return Persist(Services(Settings.load()))
+
+
+def persist(request: Request) -> Response:
+    """functions-framework target."""
+    return _function().handle(request)

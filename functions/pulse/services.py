@@ -1,0 +1,104 @@
+"""The clients a function holds: Postgres, ClickHouse, the Kafka producer.
+
+Opened on first use, closed at stop, asked for readiness. In the cluster each
+function process has its own ``Services`` built from its settings; the
+embedded runtime builds one and lets the five functions share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from pulse.bus import kafka
+from pulse.bus.kafka import Producer
+from pulse.security.keys import KeyStore
+from pulse.settings import Settings, SettingsError, redact
+from pulse.storage.clickhouse import ClickHouse
+from pulse.storage.postgres import Database
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._db: Database | None = None
+        self._ch: ClickHouse | None = None
+        self._producer: Producer | None = None
+        self._keys: KeyStore | None = None
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def db(self) -> Database:
+        with self._lock:
+            if self._db is None:
+                self._db = Database(_required(self.settings.postgres_url, "PULSE_POSTGRES_URL"))
+            return self._db
+
+    @property
+    def ch(self) -> ClickHouse:
+        with self._lock:
+            if self._ch is None:
+                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
+            return self._ch
+
+    @property
+    def producer(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
+                                          self.settings.kafka_ack_timeout_s, self.settings.retry_after_s)
+            return self._producer
+
+    @property
+    def keys(self) -> KeyStore:
+        db = self.db
+        with self._lock:
+            if self._keys is None:
+                self._keys = KeyStore(db, self.settings.key_cache_ttl_s)
+            return self._keys
+
+    def checks(self, needs: Iterable[str]) -> dict[str, bool]:
+        probes = {
+            "postgres": lambda: self.db.ping(),
+            "clickhouse": lambda: self.ch.ping(),
+            "kafka": lambda: self.producer.ready(),
+        }
+        out = {}
+        for need in needs:
+            try:
+                out[need] = bool(probes[need]())
+            except Exception:  # noqa: BLE001 - readiness reports any failure as failing
+                out[need] = False
+        return out
+
+    def verify(self, needs: Iterable[str]) -> None:
+        """Fail fast, naming the dependency, when a configured one does not answer."""
+        urls = {"postgres": self.settings.postgres_url, "clickhouse": self.settings.clickhouse_url,
+                "kafka": self.settings.kafka_bootstrap}
+        for need in needs:
+            if need == "kafka":
+                ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
+            else:
+                ok = self.checks([need])[need]
+            if not ok:
+                raise SettingsError(f"{need} at {redact(urls[need] or '')} does not answer")
+
+    def close(self) -> None:
+        with self._lock:
+            producer, db, ch = self._producer, self._db, self._ch
+            self._producer = self._db = self._ch = None
+            self._keys = None
+        if producer is not None:
+            producer.close()
+        if db is not None:
+            db.close()
+        if ch is not None:
+            ch.close()
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise SettingsError(f"{name} is not set (run `pulse up` for embedded services, or set it)")
+    return value

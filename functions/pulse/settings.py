@@ -1,0 +1,145 @@
+"""Pulse settings, read once.
+
+Precedence, highest first: the process environment, then the TOML file named
+by ``PULSE_CONFIG_FILE`` (keys are the variable names without the ``PULSE_``
+prefix, lower case), then the defaults below. A bad value fails at start with
+the variable named; secrets are never printed (see ``Settings.describe``).
+
+A dependency left unset (``PULSE_POSTGRES_URL``, ``PULSE_CLICKHOUSE_URL``,
+``PULSE_KAFKA_BOOTSTRAP``) means "start the embedded one" under ``state_dir``
+when running ``pulse up``; a function started on its own requires them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits, enforced by ingest and documented in the README."""
+
+    max_batch_events: int = 1000
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_properties_bytes: int = 32 * 1024
+    max_future_skew_s: int = 300
+    max_event_type_chars: int = 128
+    max_id_chars: int = 256
+    max_text_chars: int = 2048
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path(".pulse")
+    postgres_url: str | None = None
+    clickhouse_url: str | None = None
+    kafka_bootstrap: str | None = None
+    raw_topic: str = "pulse.events.raw"
+    dlq_topic: str = "pulse.events.dlq"
+    raw_topic_partitions: int = 4
+    events_ttl_days: int = 365
+    ledger_retention_days: int = 30
+    host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    k_sink: str | None = None
+    key_cache_ttl_s: float = 2.0
+    kafka_ack_timeout_s: float = 5.0
+    retry_after_s: int = 2
+    max_range_days: int = 731
+    log_level: str = "INFO"
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        config_file = env.get("PULSE_CONFIG_FILE")
+        if config_file:
+            try:
+                values.update(tomllib.loads(Path(config_file).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"PULSE_CONFIG_FILE={config_file}: {exc}") from exc
+        for name, value in env.items():
+            if name.startswith("PULSE_") and name != "PULSE_CONFIG_FILE":
+                values[name[len("PULSE_"):].lower()] = value
+        if "K_SINK" in env:
+            values["k_sink"] = env["K_SINK"]
+        return cls.from_values(values)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        kwargs: dict[str, Any] = {}
+        limit_kwargs: dict[str, Any] = {}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
+        for key, raw in values.items():
+            if key in fields and key != "limits":
+                kwargs[key] = _coerce(key, fields[key].type, raw)
+            elif key in limit_fields:
+                limit_kwargs[key] = _coerce(key, limit_fields[key].type, raw)
+        if limit_kwargs:
+            kwargs["limits"] = Limits(**limit_kwargs)
+        settings = cls(**kwargs)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for url_field in ("postgres_url", "clickhouse_url"):
+            url = getattr(self, url_field)
+            if url is not None and not urlsplit(url).scheme:
+                raise SettingsError(f"PULSE_{url_field.upper()}: not a URL: {redact(url)}")
+        if self.postgres_url and urlsplit(self.postgres_url).scheme not in ("postgres", "postgresql"):
+            raise SettingsError("PULSE_POSTGRES_URL: scheme must be postgresql://")
+        if self.clickhouse_url and urlsplit(self.clickhouse_url).scheme not in ("http", "https", "chdb"):
+            raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
+        if self.events_ttl_days < 1:
+            raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.ledger_retention_days < 1:
+            raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
+
+    def with_(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Settings fit to print: passwords in URLs are masked."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = redact(value) if isinstance(value, str) else str(value)
+        return out
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _coerce(key: str, type_name: Any, raw: Any) -> Any:
+    name = f"PULSE_{key.upper()}"
+    text = str(type_name)
+    try:
+        if text in ("int",):
+            return int(raw)
+        if text in ("float",):
+            return float(raw)
+        if text == "Path":
+            return Path(raw)
+        if text == "str | None":
+            return str(raw) if raw not in ("", None) else None
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}: {raw!r} is not a valid {text}") from exc

@@ -1,0 +1,152 @@
+"""Postgres access: a small thread-safe pool of pg8000 connections.
+
+URLs: ``postgresql://user:pass@host:5432/db`` over TCP, or a Unix socket
+directory in the ``host`` query parameter (``postgresql://postgres@/postgres?host=/dir``),
+which is how the embedded server is reached.
+
+A connection that broke (server restarted, network) is dropped and the call
+is tried once more on a fresh one, so a Postgres restart costs one failed
+attempt at most, never a stuck function. Callers keep their statements
+idempotent or inside ``transaction()``, so a retry is harmless.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from pulse.errors import Unavailable
+
+T = TypeVar("T")
+Connection = pg8000.native.Connection
+
+
+def connect_kwargs(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    kwargs: dict[str, Any] = {
+        "user": unquote(parts.username or "postgres"),
+        "database": unquote(parts.path.lstrip("/")) or "postgres",
+        "timeout": 30,
+    }
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    socket_dir = query.get("host", [None])[0]
+    if socket_dir and socket_dir.startswith("/"):
+        port = parts.port or 5432
+        kwargs["unix_sock"] = f"{socket_dir}/.s.PGSQL.{port}"
+    else:
+        kwargs["host"] = parts.hostname or "localhost"
+        kwargs["port"] = parts.port or 5432
+    return kwargs
+
+
+class Database:
+    def __init__(self, url: str, max_connections: int = 8) -> None:
+        self._kwargs = connect_kwargs(url)
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._closed = False
+
+    def _open(self) -> Connection:
+        try:
+            return pg8000.native.Connection(**self._kwargs)
+        except (InterfaceError, OSError) as exc:
+            raise Unavailable(f"postgres is unreachable: {exc}") from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        if not self._slots.acquire(timeout=30):
+            raise Unavailable("postgres: no free connection")
+        conn: Connection | None = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._open()
+            yield conn
+        except (InterfaceError, OSError):
+            if conn is not None:
+                _close_quietly(conn)
+            conn = None
+            raise
+        finally:
+            if conn is not None:
+                if self._closed:
+                    _close_quietly(conn)
+                else:
+                    self._idle.put(conn)
+            self._slots.release()
+
+    def call(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a pooled connection; once more on a new one if the first broke."""
+        for attempt in (1, 2):
+            try:
+                with self.connection() as conn:
+                    return work(conn)
+            except (InterfaceError, OSError) as exc:
+                self._drain()
+                if attempt == 2:
+                    raise Unavailable(f"postgres connection failed: {exc}") from exc
+            except DatabaseError as exc:
+                if _is_shutdown(exc) and attempt == 1:
+                    self._drain()
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        return self.call(lambda conn: conn.run(sql, **params) or [])
+
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        def in_tx(conn: Connection) -> T:
+            conn.run("BEGIN")
+            try:
+                result = work(conn)
+            except BaseException:
+                try:
+                    conn.run("ROLLBACK")
+                except (InterfaceError, OSError, DatabaseError):
+                    pass
+                raise
+            conn.run("COMMIT")
+            return result
+
+        return self.call(in_tx)
+
+    def ping(self) -> bool:
+        try:
+            return self.run("SELECT 1") == [[1]]
+        except Exception:  # noqa: BLE001 - readiness reports any failure as not ready
+            return False
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                _close_quietly(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        self._drain()
+
+
+def _is_shutdown(exc: DatabaseError) -> bool:
+    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now
+    return str(info.get("C", "")).startswith("57P")
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - the connection is being thrown away
+        pass

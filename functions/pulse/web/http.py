@@ -1,0 +1,161 @@
+"""The HTTP frame every Pulse function shares.
+
+``HttpFunction`` routes a request to a handler, gives every response an
+``X-Request-ID``, a span and a log line, counts it in the metrics, and serves
+``/healthz``, ``/readyz`` and ``/metrics``. Errors become problem+json here
+and only here: a ``PulseError`` keeps its status; anything else is our bug,
+answered 500 with the request id and logged with its trace, never shown.
+
+The same object serves as a functions-framework target (``handle`` takes the
+Flask request) and as a plain WSGI app (``wsgi``) in the embedded runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from pulse import telemetry
+from pulse.errors import PulseError, RateLimited, Unavailable
+
+log = logging.getLogger("pulse.http")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBLEM = "application/problem+json"
+Handler = Callable[..., Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    name: str = ""
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status=status,
+                    headers=dict(headers or {}), content_type="application/json")
+
+
+def problem(status: int, title: str, detail: str, slug: str, errors: list[dict[str, Any]] | None = None,
+            request_id: str = "", headers: Mapping[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": f"https://pulse.dev/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+    }
+    if request_id:
+        body["request_id"] = request_id
+    return Response(orjson.dumps(body), status=status, headers=dict(headers or {}), content_type=PROBLEM)
+
+
+def problem_from(exc: PulseError, request_id: str) -> Response:
+    headers = {}
+    if isinstance(exc, RateLimited | Unavailable):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after_s)))
+    return problem(exc.status, exc.title, exc.detail, exc.slug,
+                   [e.as_dict() for e in exc.errors], request_id, headers)
+
+
+class HttpFunction:
+    """Base of the five functions. Subclasses set ``name`` and return their routes."""
+
+    name = "function"
+
+    def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
+        self._readiness = readiness or (lambda: {})
+        routes = [
+            Route("GET", "/healthz", self._healthz, "healthz"),
+            Route("GET", "/readyz", self._readyz, "readyz"),
+            Route("GET", "/metrics", self._metrics, "metrics"),
+            *self.routes(),
+        ]
+        self._handlers = {}
+        rules = []
+        for index, route in enumerate(routes):
+            endpoint = f"{index}:{route.name or route.path}"
+            self._handlers[endpoint] = route
+            rules.append(Rule(route.path, endpoint=endpoint, methods=[route.method], strict_slashes=False))
+        self._map = Map(rules)
+        self.stopping = False
+
+    def routes(self) -> Iterable[Route]:
+        return ()
+
+    # Entry points ---------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        started = time.perf_counter()
+        route_name = "unmatched"
+        with telemetry.bound(request_id=request_id, function=self.name), telemetry.span(
+            f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
+            **{"http.method": request.method, "http.target": request.path},
+        ) as current:
+            try:
+                adapter = self._map.bind_to_environ(request.environ)
+                endpoint, params = adapter.match(request.path, method=request.method)
+                route = self._handlers[endpoint]
+                route_name = route.name or route.path
+                response = route.handler(request, **params)
+            except PulseError as exc:
+                response = problem_from(exc, request_id)
+                if exc.status >= 500:
+                    log.warning("%s %s: %s", request.method, request.path, exc.detail)
+            except MethodNotAllowed as exc:
+                response = problem(405, "Method not allowed", f"{request.method} is not allowed here",
+                                   "method-not-allowed", request_id=request_id,
+                                   headers={"Allow": ", ".join(exc.valid_methods or [])})
+            except NotFound:
+                response = problem(404, "Not found", f"no route for {request.path}", "not-found",
+                                   request_id=request_id)
+            except HTTPException as exc:
+                status = exc.code or 400
+                response = problem(status, exc.name, exc.description or exc.name, "http",
+                                   request_id=request_id)
+            except Exception:  # noqa: BLE001 - our bug: log it, answer 500 without a trace
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = problem(500, "Internal error", f"something failed on our side; request id {request_id}",
+                                   "internal", request_id=request_id)
+            response.headers["X-Request-ID"] = request_id
+            current.set_attribute("http.status_code", response.status_code)
+        elapsed = time.perf_counter() - started
+        if route_name not in ("metrics", "healthz", "readyz"):
+            telemetry.HTTP_REQUESTS.labels(self.name, route_name, str(response.status_code)).inc()
+            telemetry.HTTP_LATENCY.labels(self.name, route_name).observe(elapsed)
+        return response
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self.handle(Request(environ))(environ, start_response)
+
+    # Built-in routes ------------------------------------------------------
+
+    def _healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok", "function": self.name})
+
+    def _readyz(self, request: Request) -> Response:
+        checks = dict(self._readiness())
+        ready = all(checks.values()) and not self.stopping
+        body = {"status": "ready" if ready else "not ready", "function": self.name,
+                "checks": {k: "ok" if v else "failing" for k, v in checks.items()}}
+        if self.stopping:
+            body["checks"]["shutdown"] = "in progress"
+        return json_response(body, 200 if ready else 503)
+
+    def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
