@@ -1,0 +1,142 @@
+"""The ``pulse`` command.
+
+  pulse up [--demo] [--port 8080] [--state-dir .pulse]   everything, embedded, in one process
+  pulse migrate                                          apply pending migrations to both stores
+  pulse serve [FUNCTION]                                 one function under functions-framework (containers)
+  pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pulse.settings import Settings, SettingsError
+from pulse.telemetry import configure_logging, configure_tracing
+
+FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pulse", description="Pulse: real-time event analytics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Pulse embedded: services, functions, gateway")
+    up.add_argument("--demo", action="store_true", help="create a demo project and load sample events")
+    up.add_argument("--port", type=int, help="gateway port (default 8080, PULSE_GATEWAY_PORT)")
+    up.add_argument("--state-dir", type=Path, help="where embedded data lives (default .pulse)")
+    up.add_argument("--demo-events", type=int, default=5000, help="sample events to load with --demo")
+
+    sub.add_parser("migrate", help="apply pending migrations to Postgres and ClickHouse")
+
+    serve = sub.add_parser("serve", help="serve one function (container entry point)")
+    serve.add_argument("function", nargs="?", default=os.environ.get("FUNCTION_TARGET"), choices=FUNCTIONS)
+
+    bench = sub.add_parser("bench", help="measure ingest throughput end to end")
+    bench.add_argument("--events", type=int, default=200_000)
+    bench.add_argument("--batch", type=int, default=1000)
+    bench.add_argument("--clients", type=int, default=4)
+    bench.add_argument("--baseline-events", type=int, default=5_000,
+                       help="events posted one per request for the baseline")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        print(f"pulse: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    configure_tracing(f"pulse-{args.command}")
+    try:
+        if args.command == "up":
+            return _up(settings, args)
+        if args.command == "migrate":
+            return _migrate(settings)
+        if args.command == "serve":
+            return _serve(args.function)
+        if args.command == "bench":
+            from pulse.bench import run_bench
+
+            return run_bench(settings, args)
+    except SettingsError as exc:
+        print(f"pulse: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from pulse.local.demo import create_demo_key, sample_events, send_events
+    from pulse.local.runtime import Runtime
+
+    changes = {}
+    if args.port is not None:
+        changes["gateway_port"] = args.port
+    if args.state_dir is not None:
+        changes["state_dir"] = args.state_dir
+    runtime = Runtime(settings.with_(**changes))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    runtime.start()
+    try:
+        url = runtime.gateway_url
+        print(f"Pulse is up: {url}", flush=True)
+        for name, function_url in runtime.describe()["functions"].items():
+            print(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
+        if args.demo:
+            project_id, key = create_demo_key(runtime.services)  # type: ignore[arg-type]
+            sent = send_events(url, key, sample_events(args.demo_events))
+            runtime.drain(60)
+            print(f"\nDemo project {project_id}: {sent} sample events loaded.")
+            print(f"API key (ingest + read): {key}\n")
+            print("Try:")
+            print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {key}'")
+            print(f"  curl -s {url}/v1/stats/dau -H 'X-API-Key: {key}'")
+            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\")
+            print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
+        print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
+        stop.wait()
+    finally:
+        print("Stopping: draining accepted events...", flush=True)
+        runtime.stop()
+        print("Stopped.", flush=True)
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from pulse.services import Services
+    from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
+
+    if not settings.postgres_url or not settings.clickhouse_url:
+        print("pulse migrate needs PULSE_POSTGRES_URL and PULSE_CLICKHOUSE_URL "
+              "(`pulse up` migrates the embedded stores itself)", file=sys.stderr)
+        return 2
+    services = Services(settings)
+    try:
+        services.verify(("postgres", "clickhouse"))
+        for store, applied in (("postgres", migrate_postgres(services.db)),
+                               ("clickhouse", migrate_clickhouse(services.ch, settings))):
+            print(f"{store}: " + (", ".join(applied) if applied else "up to date"))
+    finally:
+        services.close()
+    return 0
+
+
+def _serve(function: str | None) -> int:
+    if not function:
+        print("pulse serve: name a function or set FUNCTION_TARGET", file=sys.stderr)
+        return 2
+    source = Path(__file__).with_name(f"{function}.py")
+    os.execvp("functions-framework", [
+        "functions-framework", "--target", function, "--source", str(source), "--signature-type", "http",
+        "--host", "0.0.0.0", "--port", os.environ.get("PORT", "8080"),
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
