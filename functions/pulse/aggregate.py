@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from werkzeug.wrappers import Request, Response
 
+from pulse.bus.cloudevents import PERSISTED, receive
 from pulse.core import stats
 from pulse.core.filters import Filters, one, parse_filters
 from pulse.errors import InvalidInput
@@ -29,6 +30,7 @@ class Aggregate(HttpFunction):
         return [
             Route("GET", "/v1/stats/top-events", self.top_events, "top-events"),
             Route("GET", "/v1/stats/dau", self.dau, "dau"),
+            Route("POST", "/_ce/persisted", self.persisted, "ce-persisted"),
         ]
 
     def filters(self, request: Request) -> Filters:
@@ -43,6 +45,16 @@ class Aggregate(HttpFunction):
 
     def dau(self, request: Request) -> Response:
         return json_response(stats.dau(self.services.ch, self.filters(request)))
+
+
+    def persisted(self, request: Request) -> Response:
+        """Trigger on ``dev.pulse.events.persisted``: stats read the events table
+        directly, so a persisted batch needs no further work here."""
+        events = receive(request.headers, request.get_data())
+        unexpected = [e.type for e in events if e.type != PERSISTED]
+        if unexpected:
+            raise InvalidInput.field("type", f"expected {PERSISTED}, got {unexpected[0]}")
+        return json_response({"received": len(events)})
 
 
 def parse_limit(values: list[str], default: int = 10) -> int:

@@ -32,14 +32,15 @@ from pulse.web.http import HttpFunction, Route, json_response
 
 log = logging.getLogger("pulse.persist")
 SOURCE = "/pulse/persist"
+# A PingSource cannot set the CloudEvent type; its Trigger filters on the source.
+MAINTENANCE_TYPES = frozenset({MAINTENANCE_REQUESTED, "dev.knative.sources.ping"})
 
 
 class Persist(HttpFunction):
     name = "persist"
 
-    def __init__(self, services: Services, sink_url: str | None = None) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.sink_url = sink_url if sink_url is not None else services.settings.k_sink
         self.persister = Persister(services.db, services.ch)
         super().__init__(lambda: services.checks(("postgres", "clickhouse")))
 
@@ -64,14 +65,14 @@ class Persist(HttpFunction):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
                                     partitionkey=project_id, traceparent=telemetry.current_traceparent())
-            sink.publish(self.sink_url, notice)
+            sink.publish(self.services.sink(self.name), notice)
         telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
                         duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}
 
     def maintenance(self, request: Request) -> Response:
         for event in receive(request.headers, request.get_data()):
-            if event.type != MAINTENANCE_REQUESTED:
+            if event.type not in MAINTENANCE_TYPES:
                 raise InvalidInput.field("type", f"expected {MAINTENANCE_REQUESTED}, got {event.type}")
         removed = self.persister.trim_ledger(self.services.settings.ledger_retention_days)
         telemetry.event("ledger trimmed", removed=removed)

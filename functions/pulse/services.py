@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any
-
 from pulse.bus import kafka
 from pulse.bus.kafka import Producer
 from pulse.security.keys import KeyStore
@@ -27,7 +25,12 @@ class Services:
         self._ch: ClickHouse | None = None
         self._producer: Producer | None = None
         self._keys: KeyStore | None = None
-        self.extras: dict[str, Any] = {}
+        self.sinks: dict[str, str] = {}
+
+    def sink(self, function: str) -> str | None:
+        """Where ``function`` publishes CloudEvents: its SinkBinding's address
+        (set by the embedded runtime), else ``K_SINK``."""
+        return self.sinks.get(function) or self.settings.k_sink
 
     @property
     def db(self) -> Database:

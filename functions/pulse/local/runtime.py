@@ -1,9 +1,11 @@
 """``pulse up``: the whole of Pulse in one process.
 
 Embedded dependencies (what the settings leave unset), migrations, the five
-functions each on its own port, the gateway on one port routing paths as the
-cluster ingress does, and the eventing dispatcher delivering Kafka records to
-persist as the KafkaSource does. ``stop`` is graceful: ingest refuses new
+functions each on its own port, and the eventing and routing of the Helm chart
+(``charts/pulse``, rendered by pulse.local.wiring): the gateway routes paths as
+the chart's HTTPRoutes do, the dispatcher plays its KafkaSource and Triggers,
+a Broker ingress per Broker, SinkBindings become each function's sink, and
+PingSources fire on their schedules. ``stop`` is graceful: ingest refuses new
 work (503), every acknowledged record is delivered, then everything stops.
 """
 
@@ -20,44 +22,32 @@ from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
 from pulse.export import Export
 from pulse.ingest import Ingest
+from pulse.bus import sink
+from pulse.local import wiring as wiring_mod
 from pulse.local.dispatcher import DeliverySpec, Dispatcher, Subscription
 from pulse.local.embedded import EmbeddedStack
+from pulse.local.eventing import BrokerIngress, Cron, PingScheduler, ping_event
 from pulse.local.gateway import Gateway, Server
 from pulse.persist import Persist
 from pulse.services import Services
-from pulse.settings import Settings
+from pulse.settings import Settings, SettingsError
 from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 from pulse.web.http import HttpFunction
 
 log = logging.getLogger("pulse.runtime")
-FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
-ROUTES = {
-    "/v1/events": "ingest",
-    "/v1/stats": "aggregate",
-    "/v1/auth": "auth",
-    "/v1/projects": "auth",
-    "/v1/export": "export",
-    "/v1/exports": "export",
-}
-
-
-def route_for(path: str) -> str | None:
-    best = None
-    for prefix, function in ROUTES.items():
-        if (path == prefix or path.startswith(prefix + "/")) and (best is None or len(prefix) > len(best[0])):
-            best = (prefix, function)
-    return best[1] if best else None
-
-
 @dataclass
 class Runtime:
     settings: Settings
+    chart_values: dict[str, Any] | None = None
+    wiring: wiring_mod.Wiring | None = None
     stack: EmbeddedStack | None = None
     services: Services | None = None
     functions: dict[str, HttpFunction] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
     dispatcher: Dispatcher | None = None
     gateway: Server | None = None
+    brokers: dict[str, Server] = field(default_factory=dict)
+    pings: PingScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Runtime:
@@ -69,11 +59,14 @@ class Runtime:
             services.verify(("postgres", "clickhouse", "kafka"))
             migrate_postgres(services.db)
             migrate_clickhouse(services.ch, self.settings)
-            kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", {
-                self.settings.raw_topic: self.settings.raw_topic_partitions,
-                self.settings.dlq_topic: 1,
-            })
+            wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)
+            self._check(wiring)
+            kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", self._topics(wiring))
             host = self.settings.host
+            for broker in wiring.brokers:
+                ingress = BrokerIngress(broker.name, self._broker_topic(broker), services.producer)
+                self.brokers[broker.name] = Server(ingress.name, ingress.wsgi, host, 0).start()
+            services.sinks.update({b.function: self._address(b.sink) for b in wiring.sink_bindings})
             self.functions = {
                 "ingest": Ingest(services),
                 "auth": Auth(services),
@@ -85,7 +78,11 @@ class Runtime:
                 self.servers[name] = Server(name, function.wsgi, host, 0).start()
             self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions())
             self.dispatcher.start()
-            gateway = Gateway(route_for, {name: f.wsgi for name, f in self.functions.items()})
+            self.pings = PingScheduler(
+                [(p.name, Cron(p.schedule), ping_event(p.name, p.ce_type, p.data), self._address(p.sink))
+                 for p in wiring.pings], sink.publish)
+            self.pings.start()
+            gateway = Gateway(wiring.route_for, {name: f.wsgi for name, f in self.functions.items()})
             self.gateway = Server("gateway", gateway, host, self.settings.gateway_port).start()
         except BaseException:
             self.stop(drain=False)
@@ -94,15 +91,46 @@ class Runtime:
                                                   "seconds": round(time.monotonic() - started, 2)}})
         return self
 
+    def _check(self, wiring: wiring_mod.Wiring) -> None:
+        topics = {topic for source in wiring.sources for topic in source.topics}
+        if self.settings.raw_topic not in topics:
+            raise SettingsError(f"PULSE_RAW_TOPIC={self.settings.raw_topic} is not a topic of the chart's "
+                                f"KafkaSource ({', '.join(sorted(topics))}); set kafka.topics.raw to match")
+
+    def _topics(self, wiring: wiring_mod.Wiring) -> dict[str, int]:
+        topics = {topic: self.settings.raw_topic_partitions for s in wiring.sources for topic in s.topics}
+        for broker in wiring.brokers:
+            topics[self._broker_topic(broker)] = self.settings.raw_topic_partitions
+        deliveries = [s.delivery for s in wiring.sources] + [t.delivery for t in wiring.triggers]
+        topics.update({d.dead_letter_topic: 1 for d in deliveries if d.dead_letter_topic})
+        return topics
+
+    @staticmethod
+    def _broker_topic(broker: wiring_mod.Broker) -> str:
+        return broker.topic or f"knative-broker-pulse-{broker.name}"
+
+    def _address(self, destination: wiring_mod.Destination) -> str:
+        if destination.broker is not None:
+            return self.brokers[destination.broker].url + "/"
+        return self.url(destination.function or "") + destination.path
+
     def subscriptions(self) -> list[Subscription]:
-        return [Subscription(
-            name="raw-events",
-            topics=(self.settings.raw_topic,),
-            group="pulse-persist",
-            target=self.url("persist") + "/_ce/ingested",
-            delivery=DeliverySpec(retry=5, backoff_policy="exponential", backoff_delay_s=0.2,
-                                  timeout_s=30.0, dead_letter_topic=self.settings.dlq_topic),
-        )]
+        assert self.wiring is not None
+        subs = [Subscription(
+            name=source.name, topics=source.topics, group=source.consumer_group,
+            target=self._address(source.sink), delivery=_spec(source.delivery),
+            initial_offset=source.initial_offset, ordered=source.ordering == "ordered",
+            source_uri=f"/apis/v1/namespaces/pulse/kafkasources/{source.name}",
+        ) for source in self.wiring.sources]
+        brokers = {b.name: b for b in self.wiring.brokers}
+        for trigger in self.wiring.triggers:
+            topic = self._broker_topic(brokers[trigger.broker])
+            subs.append(Subscription(
+                name=trigger.name, topics=(topic,), group=f"knative-trigger-pulse-{trigger.name}",
+                target=self._address(trigger.subscriber), delivery=_spec(trigger.delivery),
+                initial_offset="latest", ordered=False, filter=trigger.filter, reply_to=topic,
+            ))
+        return subs
 
     def url(self, function: str) -> str:
         return self.servers[function].url
@@ -127,9 +155,11 @@ class Runtime:
                 log.warning("stopping before every acknowledged record was delivered")
         if self.gateway is not None:
             self.gateway.stop()
+        if self.pings is not None:
+            self.pings.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
-        for server in self.servers.values():
+        for server in [*self.servers.values(), *self.brokers.values()]:
             server.stop()
         if self.services is not None:
             self.services.close()
@@ -139,3 +169,9 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         return {"gateway": self.gateway_url, "functions": {n: s.url for n, s in self.servers.items()},
                 "embedded": self.stack.started if self.stack else []}
+
+
+def _spec(delivery: wiring_mod.Delivery) -> DeliverySpec:
+    return DeliverySpec(retry=delivery.retry, backoff_policy=delivery.backoff_policy,
+                        backoff_delay_s=delivery.backoff_delay_s, timeout_s=delivery.timeout_s,
+                        dead_letter_topic=delivery.dead_letter_topic)

@@ -1,0 +1,160 @@
+"""The embedded Broker ingress and PingSource, driven by the chart's wiring.
+
+``BrokerIngress`` plays a Kafka-class Broker's ingress: it accepts CloudEvents
+over HTTP (binary, structured or batch) and appends them to the Broker's
+topic, answering 202 once the broker acknowledged them. Triggers are
+dispatcher subscriptions on that topic.
+
+``PingScheduler`` fires each PingSource's CloudEvent at its cron schedule
+(minute resolution, the five standard fields, evaluated in UTC as Knative does
+by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from werkzeug.wrappers import Request, Response
+
+from pulse.bus.cloudevents import CloudEvent, receive
+from pulse.bus.kafka import Producer
+from pulse.errors import InvalidInput
+from pulse.web.http import HttpFunction, Route
+
+log = logging.getLogger("pulse.eventing")
+
+
+class BrokerIngress(HttpFunction):
+    def __init__(self, broker: str, topic: str, producer: Producer) -> None:
+        self.name = f"broker-{broker}"
+        self.topic = topic
+        self.producer = producer
+        super().__init__()
+
+    def routes(self) -> Iterable[Route]:
+        return [Route("POST", "/", self.ingress, "ingress")]
+
+    def ingress(self, request: Request) -> Response:
+        events = receive(request.headers, request.get_data())
+        for event in events:
+            self.append(event)
+        return Response(status=202)
+
+    def append(self, event: CloudEvent) -> None:
+        key = event.get("partitionkey") or event.id
+        self.producer.send(self.topic, key, event)
+
+
+def _field(text: str, low: int, high: int) -> frozenset[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        body, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if body == "*":
+            start, end = low, high
+        elif "-" in body:
+            start, end = (int(x) for x in body.split("-", 1))
+        else:
+            start = end = int(body)
+            if step_text:
+                end = high
+        if not (low <= start <= end <= high) or step < 1:
+            raise InvalidInput.field("schedule", f"{text!r} is out of range {low}-{high}")
+        values.update(range(start, end + 1, step))
+    return frozenset(values)
+
+
+class Cron:
+    """A five-field cron expression: minute hour day-of-month month day-of-week."""
+
+    def __init__(self, expression: str) -> None:
+        fields = expression.split()
+        if len(fields) != 5:
+            raise InvalidInput.field("schedule", f"{expression!r} must have five fields")
+        self.expression = expression
+        self.minutes = _field(fields[0], 0, 59)
+        self.hours = _field(fields[1], 0, 23)
+        self.days = _field(fields[2], 1, 31)
+        self.months = _field(fields[3], 1, 12)
+        self.weekdays = frozenset(d % 7 for d in _field(fields[4], 0, 7))
+        self.any_day, self.any_weekday = fields[2] == "*", fields[4] == "*"
+
+    def matches(self, moment: datetime) -> bool:
+        weekday = (moment.weekday() + 1) % 7  # cron: 0 = Sunday
+        day_ok = moment.day in self.days
+        weekday_ok = weekday in self.weekdays
+        if self.any_day or self.any_weekday:
+            calendar_ok = day_ok and weekday_ok
+        else:
+            calendar_ok = day_ok or weekday_ok
+        return (moment.minute in self.minutes and moment.hour in self.hours
+                and moment.month in self.months and calendar_ok)
+
+    def next_after(self, moment: datetime) -> datetime:
+        probe = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        for _ in range(366 * 24 * 60):
+            if self.matches(probe):
+                return probe
+            probe += timedelta(minutes=1)
+        raise InvalidInput.field("schedule", f"{self.expression!r} never fires")
+
+
+class PingScheduler:
+    def __init__(self, pings: Iterable[tuple[str, Cron, CloudEvent, str]], send: Callable[[str, CloudEvent], Any],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.pings = list(pings)
+        self.send = send
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pings", daemon=True)
+
+    def start(self) -> None:
+        if self.pings:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def due(self, since: datetime, until: datetime) -> list[tuple[str, datetime]]:
+        """Every (ping, minute) that fell in (since, until]."""
+        fired = []
+        for name, cron, _event, _url in self.pings:
+            moment = cron.next_after(since)
+            while moment <= until:
+                fired.append((name, moment))
+                moment = cron.next_after(moment)
+        return fired
+
+    def _run(self) -> None:
+        last = self.clock()
+        while not self._stop.wait(max(1.0, 60 - self.clock().second)):
+            now = self.clock()
+            for name, _moment in self.due(last, now):
+                event, url = next((e, u) for n, _c, e, u in self.pings if n == name)
+                fresh = CloudEvent.new(event.type, event.source, event.data,
+                                       content_type=event.get("datacontenttype") or "application/json")
+                try:
+                    self.send(url, fresh)
+                    log.info("ping %s fired", name)
+                except Exception:  # noqa: BLE001 - a failed ping is logged; the next one comes
+                    log.exception("ping %s could not be sent", name)
+            last = now
+
+
+def ping_event(name: str, ce_type: str, data: str, namespace: str = "pulse") -> CloudEvent:
+    body = data.encode()
+    try:
+        orjson.loads(body)
+        content_type = "application/json"
+    except orjson.JSONDecodeError:
+        content_type = "text/plain"
+    return CloudEvent.new(ce_type, f"/apis/v1/namespaces/{namespace}/pingsources/{name}", body,
+                          content_type=content_type)
+
