@@ -84,7 +84,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from pulse.settings import Settings
 
     state = tmp_path_factory.mktemp("pulse-state")
-    runtime = Runtime(Settings(state_dir=state, gateway_port=0)).start()
+    runtime = Runtime(Settings(state_dir=state, gateway_port=0, kafka_ack_timeout_s=2.0)).start()
     yield runtime
     runtime.stop()
 

@@ -66,7 +66,7 @@ class Services:
         probes = {
             "postgres": lambda: self.db.ping(),
             "clickhouse": lambda: self.ch.ping(),
-            "kafka": lambda: self.producer.ready(),
+            "kafka": lambda: self.producer.ready(self.settings.raw_topic),
         }
         out = {}
         for need in needs:

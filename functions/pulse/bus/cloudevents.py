@@ -165,9 +165,13 @@ def to_kafka_headers(event: CloudEvent) -> list[tuple[str, bytes]]:
     return headers
 
 
-def from_kafka(headers: Iterable[tuple[str, bytes | None]], value: bytes | None) -> CloudEvent | None:
-    """The CloudEvent in a binary-mode record, or None when the record is not one."""
+def from_kafka(headers: Iterable[tuple[str, bytes | None]], value: bytes | None,
+               key: bytes | str | None = None) -> CloudEvent | None:
+    """The CloudEvent in a binary-mode record, or None when the record is not one.
+    The record key is the ``partitionkey`` attribute, as the binding says."""
     attrs: dict[str, str] = {}
+    if key is not None:
+        attrs["partitionkey"] = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
     for key, raw in headers:
         text = (raw or b"").decode("utf-8", "replace")
         if key.startswith("ce_"):

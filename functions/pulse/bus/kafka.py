@@ -63,10 +63,11 @@ class Producer:
                               self.retry_after_s) from exc
         telemetry.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
-    def ready(self) -> bool:
+    def ready(self, topic: str) -> bool:
+        """The broker answers metadata for ``topic`` (cached once known)."""
         try:
-            return bool(self._get().bootstrap_connected())
-        except Unavailable:
+            return bool(self._get().partitions_for(topic))
+        except (Unavailable, KafkaError):
             return False
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -172,7 +172,7 @@ class Worker:
         return last
 
     def _handle(self, record: ConsumerRecord) -> None:
-        event = from_kafka(record.headers or [], record.value)
+        event = from_kafka(record.headers or [], record.value, record.key)
         if event is None:
             event = wrap_record(record, self.sub.source_uri or f"/kafka/{record.topic}")
         if not self.sub.matches(event):
