@@ -55,8 +55,9 @@ PING_CE_TYPE = "dev.knative.sources.ping"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 EXTERNAL_TOPIC_ANNOTATION = "kafka.eventing.knative.dev/external.topic"
 
-# The embedded gateway needs the route table even where a cluster exposes no
-# public host, and it never touches another namespace.
+# Laid over the caller's values: the embedded gateway needs the route table
+# even where a cluster exposes no public host, and never touches another
+# namespace.
 EMBEDDED_OVERRIDES: Mapping[str, Any] = {"routing": {"enabled": True, "referenceGrant": False}}
 
 
@@ -200,7 +201,7 @@ def _default_wiring() -> Wiring:
 
 
 def _load(values: dict[str, Any] | None, chart_dir: Path | None) -> Wiring:
-    merged = _deep_merge(dict(EMBEDDED_OVERRIDES), values or {})
+    merged = _deep_merge(dict(values or {}), EMBEDDED_OVERRIDES)
     return wiring_from_objects(_objects(render_chart(merged, chart_dir)))
 
 
