@@ -11,7 +11,7 @@ ENV PATH=/opt/venv/bin:${PATH}
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY functions ./functions
-RUN pip install . && find /opt/venv -name '__pycache__' -path '*/tests/*' -prune -exec rm -rf {} +
+RUN pip install .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 pulse \
