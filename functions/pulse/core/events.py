@@ -8,6 +8,7 @@ keeps the valid events even when others fail, as API.md asks.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ EVENT_COLUMNS = (
 CONTEXT_FIELDS = ("user_agent", "ip", "locale", "country")
 PAGE_FIELDS = ("path", "url", "referrer", "title")
 EPOCH_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
+CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class EventInvalid(Exception):
@@ -50,8 +52,9 @@ class Batch:
 
 def format_ts(moment: datetime) -> str:
     """The one wire form of a timestamp between Pulse's parts: UTC, milliseconds."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    m = moment.astimezone(UTC)
+    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d} {m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+            f".{m.microsecond // 1000:03d}")
 
 
 def parse_ts(value: Any, name: str) -> datetime:
@@ -78,6 +81,9 @@ def parse_ts(value: Any, name: str) -> datetime:
 def normalize_uuid(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 45:
         raise ValueError("must be a UUID")
+    lowered = value.lower()
+    if CANONICAL_UUID.match(lowered):
+        return lowered
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
@@ -171,45 +177,40 @@ def _identifier(value: Any, name: str, limits: Limits, fail: Any) -> str:
     return text
 
 
+# column, top-level alias, key under context.page
+PAGE_SOURCES = (("path", "path", "path"), ("url", "page_url", "url"),
+                ("referrer", "referrer", "referrer"), ("title", None, "title"))
+
+
 def _context(raw: Mapping[str, Any], row: dict[str, str], limits: Limits, fail: Any) -> None:
     context = raw.get("context")
-    if context is None:
-        context = {}
-    elif not isinstance(context, Mapping):
+    if context is not None and not isinstance(context, Mapping):
         fail("context", "must be a JSON object")
-        context = {}
-    page = context.get("page")
-    if page is None:
-        page = {}
-    elif not isinstance(page, Mapping):
+        context = None
+    page = context.get("page") if context else None
+    if page is not None and not isinstance(page, Mapping):
         fail("context.page", "must be a JSON object")
-        page = {}
-    sources = {
-        "path": (("path", raw.get("path")), ("context.page.path", page.get("path"))),
-        "url": (("page_url", raw.get("page_url")), ("context.page.url", page.get("url"))),
-        "referrer": (("referrer", raw.get("referrer")), ("context.page.referrer", page.get("referrer"))),
-        "title": (("context.page.title", page.get("title")),),
-    }
-    for column, candidates in sources.items():
-        row[column] = _first_text(candidates, limits, fail)
+        page = None
+    for column, alias, page_key in PAGE_SOURCES:
+        value, name = (raw.get(alias), alias) if alias else (None, "")
+        if value is None and page:
+            value, name = page.get(page_key), f"context.page.{page_key}"
+        row[column] = "" if value is None else _text(value, name, limits, fail)
     for column in CONTEXT_FIELDS:
-        row[column] = _first_text(((f"context.{column}", context.get(column)),), limits, fail)
+        value = context.get(column) if context else None
+        row[column] = "" if value is None else _text(value, f"context.{column}", limits, fail)
     if not row["path"] and row["url"]:
         row["path"] = urlsplit(row["url"]).path or "/"
 
 
-def _first_text(candidates: Any, limits: Limits, fail: Any) -> str:
-    for name, value in candidates:
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            fail(name, "must be a string")
-            return ""
-        if len(value) > limits.max_text_chars:
-            fail(name, f"must be at most {limits.max_text_chars} characters")
-            return ""
-        return value
-    return ""
+def _text(value: Any, name: str, limits: Limits, fail: Any) -> str:
+    if not isinstance(value, str):
+        fail(name, "must be a string")
+        return ""
+    if len(value) > limits.max_text_chars:
+        fail(name, f"must be at most {limits.max_text_chars} characters")
+        return ""
+    return value
 
 
 def parse_batch(body: bytes, limits: Limits, now: datetime | None = None) -> Batch:

@@ -17,10 +17,11 @@ import orjson
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
 from pulse.bus.kafka import Producer
-from pulse.core.events import format_ts
+from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
 from pulse.errors import FieldError, InvalidInput
 
 SOURCE = "/pulse/ingest"
+ROW_KEYS = frozenset(EVENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,15 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         raise InvalidInput.field("data.events", "must be an array")
     project_id, received_at = doc.get("project_id"), doc.get("received_at")
-    if not isinstance(project_id, str) or not isinstance(received_at, str):
-        raise InvalidInput.field("data.project_id", "project_id and received_at are required")
-    return project_id, received_at, doc["events"]
+    if not isinstance(project_id, str) or not CANONICAL_UUID.match(project_id) or not isinstance(received_at, str):
+        raise InvalidInput.field("data.project_id", "project_id (a UUID) and received_at are required")
+    rows = doc["events"]
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not CANONICAL_UUID.match(str(row.get("event_id", ""))) \
+                or set(row) != ROW_KEYS:
+            raise InvalidInput(f"data.events[{index}] is not a normalized event",
+                               [FieldError("data.events", "not a normalized event", index)])
+    return project_id, received_at, rows
 
 
 class Ingestor:

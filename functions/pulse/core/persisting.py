@@ -115,6 +115,8 @@ class Persister:
             b=batch_id, p=project_id,
         )
         fresh = bool(created)
+        # One array literal instead of a driver-built array: canonical UUIDs need no escaping.
+        ids = "{" + ",".join(event_ids) + "}"
         if not fresh:
             status, inserted, duplicates, first, last = conn.run(
                 "SELECT status, inserted, duplicates, first_at, last_at FROM persist_batches"
@@ -126,14 +128,14 @@ class Persister:
             "INSERT INTO event_ledger (project_id, event_id, batch_id)"
             " SELECT CAST(:p AS uuid), e, CAST(:b AS uuid) FROM unnest(CAST(:ids AS uuid[])) AS e"
             " ON CONFLICT DO NOTHING RETURNING event_id",
-            p=project_id, b=batch_id, ids=event_ids,
+            p=project_id, b=batch_id, ids=ids,
         )
         owned = {str(r[0]) for r in new}
         if not fresh:
             earlier = conn.run(
                 "SELECT event_id FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
                 " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
-                p=project_id, b=batch_id, ids=event_ids,
+                p=project_id, b=batch_id, ids=ids,
             )
             owned.update(str(r[0]) for r in earlier)
         return _Claim(fresh, None, frozenset(owned))
