@@ -64,7 +64,7 @@ def _run(runtime: Runtime, events: list[dict[str, Any]], batch: int, clients: in
     while _count(runtime, project_id) < len(events):
         if time.perf_counter() > deadline:
             raise RuntimeError("events did not all arrive within 10 minutes")
-        time.sleep(0.02)
+        time.sleep(0.1)
     done = time.perf_counter()
     latencies.sort()
     return {

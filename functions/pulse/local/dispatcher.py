@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import urllib3
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -102,7 +103,7 @@ class Worker:
         self.http = http
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"deliver-{subscription.name}")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"deliver-{subscription.name}")
         self.consumer: KafkaConsumer | None = None
         self.assigned = threading.Event()
 
@@ -145,11 +146,14 @@ class Worker:
                 self._report_lag(consumer)
                 continue
             batches = list(polled.items())
-            if self.sub.ordered:
+            if self.sub.ordered:  # partitions side by side, each in order
                 futures = [self._pool.submit(self._deliver_partition, records) for _, records in batches]
-                handled = [f.result() for f in futures]
-            else:
-                handled = [self._deliver_partition(records) for _, records in batches]
+            else:  # every record side by side
+                futures = [self._pool.submit(self._deliver_partition, [record])
+                           for _, records in batches for record in records]
+            results = iter([f.result() for f in futures])
+            handled = [next(results) if self.sub.ordered else _last_in_order(records, results)
+                       for _, records in batches]
             offsets = {tp: last + 1 for (tp, _), last in zip(batches, handled, strict=True) if last is not None}
             if offsets:
                 consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
@@ -245,6 +249,19 @@ class Worker:
             position = consumer.position(tp)
             telemetry.CONSUMER_LAG.labels(self.sub.group, tp.topic, str(tp.partition)).set(
                 max(0, ends.get(tp, 0) - position))
+
+
+def _last_in_order(records: Sequence[ConsumerRecord], results: Any) -> int | None:
+    """The last offset up to which every record was handled (the commit point)."""
+    last = None
+    broken = False
+    for record in records:
+        handled = next(results)
+        if handled is None:
+            broken = True
+        elif not broken:
+            last = handled
+    return last
 
 
 class _Stopping(Exception):
