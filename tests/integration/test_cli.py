@@ -1,0 +1,75 @@
+"""`pulse up` as a user runs it: a separate process, stopped by a signal, started
+again on the same state directory (which keeps the Postgres and ClickHouse data)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Api, make_event
+
+PULSE = [sys.executable, "-m", "pulse.cli"]
+
+
+def start_up(state: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    process = subprocess.Popen([*PULSE, "up", "--port", "0", "--state-dir", str(state), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if match := re.match(r"Pulse is up: (\S+)", line):
+            found["url"] = match.group(1)
+        if match := re.match(r"API key \(ingest \+ read\): (\S+)", line):
+            found["key"] = match.group(1)
+        if line.startswith("Ctrl-C stops Pulse"):
+            return process, found
+    process.kill()
+    process.wait(10)
+    process.stdout.close()
+    pytest.fail(f"pulse up did not come up: {found}")
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+        raise
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_up_demo_then_restart_keeps_data_and_stops_cleanly(tmp_path: Path) -> None:
+    process, found = start_up(tmp_path, "--demo", "--demo-events", "1500")
+    try:
+        api = Api(found["url"], found["key"])
+        top = api.get("/v1/stats/top-events")
+        assert top.status == 200
+        assert sum(row["count"] for row in top.json) == 1500
+        extra = [make_event(event_type="drained") for _ in range(5)]
+        assert api.post("/v1/events", {"events": extra}).status == 202
+    finally:
+        assert stop(process) == 0  # SIGTERM drains: the 5 acknowledged events are persisted first
+
+    process, restarted = start_up(tmp_path)
+    try:
+        top = Api(restarted["url"], found["key"]).get("/v1/stats/top-events").json
+        assert sum(row["count"] for row in top) == 1505
+        assert {"event_type": "drained", "count": 5, "users": 1} in top
+    finally:
+        assert stop(process) == 0
