@@ -1,4 +1,5 @@
-"""The embedded Broker ingress and PingSource, driven by the chart's wiring.
+"""The embedded eventing objects, driven by the chart's wiring: the
+dispatcher's subscriptions, the Broker ingress and the PingSource.
 
 ``BrokerIngress`` plays a Kafka-class Broker's ingress: it accepts CloudEvents
 over HTTP (binary, structured or batch) and appends them to the Broker's
@@ -24,9 +25,42 @@ from werkzeug.wrappers import Request, Response
 from pulse.bus.cloudevents import CloudEvent, receive
 from pulse.bus.kafka import Producer
 from pulse.errors import InvalidInput
+from pulse.local.dispatcher import DeliverySpec, Subscription
+from pulse.local.wiring import Broker, Delivery, Destination, Wiring
 from pulse.web.http import HttpFunction, Route
 
 log = logging.getLogger("pulse.eventing")
+
+
+def broker_topic(broker: Broker) -> str:
+    return broker.topic or f"knative-broker-pulse-{broker.name}"
+
+
+def delivery_spec(delivery: Delivery) -> DeliverySpec:
+    return DeliverySpec(retry=delivery.retry, backoff_policy=delivery.backoff_policy,
+                        backoff_delay_s=delivery.backoff_delay_s, timeout_s=delivery.timeout_s,
+                        dead_letter_topic=delivery.dead_letter_topic)
+
+
+def subscriptions(wiring: Wiring, address: Callable[[Destination], str]) -> list[Subscription]:
+    """The dispatcher's work as the chart describes it: one subscription per
+    KafkaSource and one per Trigger (its own consumer group on the Broker's
+    topic, its exact attribute filter, replies back into the Broker)."""
+    subs = [Subscription(
+        name=source.name, topics=source.topics, group=source.consumer_group,
+        target=address(source.sink), delivery=delivery_spec(source.delivery),
+        initial_offset=source.initial_offset, ordered=source.ordering == "ordered",
+        source_uri=f"/apis/v1/namespaces/pulse/kafkasources/{source.name}",
+    ) for source in wiring.sources]
+    brokers = {b.name: b for b in wiring.brokers}
+    for trigger in wiring.triggers:
+        topic = broker_topic(brokers[trigger.broker])
+        subs.append(Subscription(
+            name=trigger.name, topics=(topic,), group=f"knative-trigger-pulse-{trigger.name}",
+            target=address(trigger.subscriber), delivery=delivery_spec(trigger.delivery),
+            initial_offset="latest", ordered=False, filter=trigger.filter, reply_to=topic,
+        ))
+    return subs
 
 
 class BrokerIngress(HttpFunction):

@@ -24,9 +24,9 @@ from pulse.export import Export
 from pulse.ingest import Ingest
 from pulse.bus import sink
 from pulse.local import wiring as wiring_mod
-from pulse.local.dispatcher import DeliverySpec, Dispatcher, Subscription
+from pulse.local.dispatcher import Dispatcher, Subscription
 from pulse.local.embedded import EmbeddedStack
-from pulse.local.eventing import BrokerIngress, Cron, PingScheduler, ping_event
+from pulse.local.eventing import BrokerIngress, Cron, PingScheduler, broker_topic, ping_event, subscriptions
 from pulse.local.gateway import Gateway, Server
 from pulse.persist import Persist
 from pulse.services import Services
@@ -64,7 +64,7 @@ class Runtime:
             kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", self._topics(wiring))
             host = self.settings.host
             for broker in wiring.brokers:
-                ingress = BrokerIngress(broker.name, self._broker_topic(broker), services.producer)
+                ingress = BrokerIngress(broker.name, broker_topic(broker), services.producer)
                 self.brokers[broker.name] = Server(ingress.name, ingress.wsgi, host, 0).start()
             services.sinks.update({b.function: self._address(b.sink) for b in wiring.sink_bindings})
             self.functions = {
@@ -100,14 +100,10 @@ class Runtime:
     def _topics(self, wiring: wiring_mod.Wiring) -> dict[str, int]:
         topics = {topic: self.settings.raw_topic_partitions for s in wiring.sources for topic in s.topics}
         for broker in wiring.brokers:
-            topics[self._broker_topic(broker)] = self.settings.raw_topic_partitions
+            topics[broker_topic(broker)] = self.settings.raw_topic_partitions
         deliveries = [s.delivery for s in wiring.sources] + [t.delivery for t in wiring.triggers]
         topics.update({d.dead_letter_topic: 1 for d in deliveries if d.dead_letter_topic})
         return topics
-
-    @staticmethod
-    def _broker_topic(broker: wiring_mod.Broker) -> str:
-        return broker.topic or f"knative-broker-pulse-{broker.name}"
 
     def _address(self, destination: wiring_mod.Destination) -> str:
         if destination.broker is not None:
@@ -116,21 +112,7 @@ class Runtime:
 
     def subscriptions(self) -> list[Subscription]:
         assert self.wiring is not None
-        subs = [Subscription(
-            name=source.name, topics=source.topics, group=source.consumer_group,
-            target=self._address(source.sink), delivery=_spec(source.delivery),
-            initial_offset=source.initial_offset, ordered=source.ordering == "ordered",
-            source_uri=f"/apis/v1/namespaces/pulse/kafkasources/{source.name}",
-        ) for source in self.wiring.sources]
-        brokers = {b.name: b for b in self.wiring.brokers}
-        for trigger in self.wiring.triggers:
-            topic = self._broker_topic(brokers[trigger.broker])
-            subs.append(Subscription(
-                name=trigger.name, topics=(topic,), group=f"knative-trigger-pulse-{trigger.name}",
-                target=self._address(trigger.subscriber), delivery=_spec(trigger.delivery),
-                initial_offset="latest", ordered=False, filter=trigger.filter, reply_to=topic,
-            ))
-        return subs
+        return subscriptions(self.wiring, self._address)
 
     def url(self, function: str) -> str:
         return self.servers[function].url
@@ -170,8 +152,3 @@ class Runtime:
         return {"gateway": self.gateway_url, "functions": {n: s.url for n, s in self.servers.items()},
                 "embedded": self.stack.started if self.stack else []}
 
-
-def _spec(delivery: wiring_mod.Delivery) -> DeliverySpec:
-    return DeliverySpec(retry=delivery.retry, backoff_policy=delivery.backoff_policy,
-                        backoff_delay_s=delivery.backoff_delay_s, timeout_s=delivery.timeout_s,
-                        dead_letter_topic=delivery.dead_letter_topic)
