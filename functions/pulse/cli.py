@@ -19,6 +19,13 @@ from pulse.settings import Settings, SettingsError
 from pulse.telemetry import configure_logging, configure_tracing
 
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+NEEDS = {
+    "ingest": ("postgres", "kafka"),
+    "auth": ("postgres",),
+    "persist": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse"),
+    "export": ("postgres", "clickhouse"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "serve":
-            return _serve(args.function)
+            return _serve(settings, args.function)
         if args.command == "bench":
             from pulse.bench import run_bench
 
@@ -126,10 +133,17 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(function: str | None) -> int:
+def _serve(settings: Settings, function: str | None) -> int:
+    from pulse.services import Services
+
     if not function:
         print("pulse serve: name a function or set FUNCTION_TARGET", file=sys.stderr)
         return 2
+    services = Services(settings)
+    try:
+        services.verify(NEEDS[function])  # fail fast, naming the dependency
+    finally:
+        services.close()
     source = Path(__file__).with_name(f"{function}.py")
     os.execvp("functions-framework", [
         "functions-framework", "--target", function, "--source", str(source), "--signature-type", "http",

@@ -73,3 +73,13 @@ def test_up_demo_then_restart_keeps_data_and_stops_cleanly(tmp_path: Path) -> No
         assert {"event_type": "drained", "count": 5, "users": 1} in top
     finally:
         assert stop(process) == 0
+
+
+def test_an_unreachable_configured_dependency_stops_the_start_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env["PULSE_POSTGRES_URL"] = "postgresql://pulse:secret-pw@127.0.0.1:9/pulse"
+    for command in (["up", "--port", "0", "--state-dir", str(tmp_path)], ["serve", "ingest"]):
+        done = subprocess.run([*PULSE, *command], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "postgres" in done.stderr and "does not answer" in done.stderr
+        assert "secret-pw" not in done.stderr + done.stdout
