@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -94,3 +95,27 @@ def test_records_that_are_not_cloudevents_are_wrapped_as_kafkasource_does(pulse:
         dispatcher.stop()
         receiver.server.stop()
     assert receiver.received == [("/_ce/ingested", "dev.knative.kafka.event")]
+
+
+def test_the_daily_ping_reaches_persist_through_the_broker_and_trims_the_ledger(pulse: Any) -> None:
+    from pulse.bus.sink import publish
+    from pulse.local.eventing import ping_event
+
+    db = pulse.services.db
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    project = str(uuid.uuid4())
+    for event_id, age_days in ((old, pulse.settings.ledger_retention_days + 5), (recent, 1)):
+        db.run("INSERT INTO event_ledger (project_id, event_id, batch_id, claimed_at) VALUES"
+               " (CAST(:p AS uuid), CAST(:e AS uuid), CAST(:b AS uuid), now() - make_interval(days => :d))",
+               p=project, e=event_id, b=str(uuid.uuid4()), d=age_days)
+    (ping,) = pulse.wiring.pings
+    publish(pulse.brokers[ping.sink.broker].url + "/", ping_event(ping.name, ping.ce_type, ping.data))
+
+    def remaining() -> set[str]:
+        rows = db.run("SELECT event_id FROM event_ledger WHERE project_id = CAST(:p AS uuid)", p=project)
+        return {str(r[0]) for r in rows}
+
+    deadline = time.monotonic() + 30
+    while remaining() != {recent} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert remaining() == {recent}
