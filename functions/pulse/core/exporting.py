@@ -109,7 +109,7 @@ def _json_array(chunks: Iterator[bytes]) -> Iterator[bytes]:
     for chunk in chunks:
         if not chunk:
             continue
-        out = b",\n" if pending else b"\n"
+        out = b",\n" if pending else b""
         pending = chunk.endswith(b"\n")
         yield out + (chunk[:-1] if pending else chunk).replace(b"\n", b",\n")
     yield b"\n]\n"
