@@ -4,6 +4,7 @@
   pulse migrate                                          apply pending migrations to both stores
   pulse serve [FUNCTION]                                 one function under functions-framework (containers)
   pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
+  pulse import FILE --url URL --key KEY                  bulk import of a CSV or NDJSON file (docs/clients.md)
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--baseline-events", type=int, default=5_000,
                        help="events posted one per request for the baseline")
 
+    imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--url", default=os.environ.get("PULSE_URL", "http://127.0.0.1:8080"),
+                     help="Pulse's address (default $PULSE_URL or http://127.0.0.1:8080)")
+    imp.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help="an ingest API key ($PULSE_API_KEY)")
+    imp.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     args = parser.parse_args(argv)
+    if args.command == "import":
+        return _import(args)
     try:
         settings = Settings.load()
     except SettingsError as exc:
@@ -112,6 +123,27 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         runtime.stop()
         print("Stopped.", flush=True)
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import json
+
+    from pulse.client.upload import import_file, progress_bar
+
+    if not args.key:
+        print("pulse import: an ingest API key is required (--key or PULSE_API_KEY)", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"pulse import: {args.file}: no such file", file=sys.stderr)
+        return 2
+    try:
+        progress = None if args.quiet else progress_bar(args.file.stat().st_size)
+        status, answer = import_file(args.file, args.url, args.key, args.format, progress)
+    except (ValueError, OSError) as exc:
+        print(f"pulse import: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, indent=2))
+    return 0 if status == 200 else 1
 
 
 def _migrate(settings: Settings) -> int:

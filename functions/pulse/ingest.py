@@ -4,13 +4,16 @@ one Kafka record, answered 202 only after the broker acknowledged it."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from werkzeug.wrappers import Request, Response
 
-from pulse.core.events import parse_batch
+from pulse.bus.cloudevents import receive
+from pulse.core import compat
+from pulse.core.events import Batch, parse_batch
+from pulse.core.importing import ImportLedger, Importer, body_stream, declared_sha256, file_format
 from pulse.core.ingestion import Ingestor, count_rejections
-from pulse.errors import InvalidInput, Unauthorized, Unavailable
+from pulse.errors import InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
 from pulse.security.keys import ApiKey
 from pulse.services import Services
 from pulse.settings import Settings
@@ -26,10 +29,22 @@ class Ingest(HttpFunction):
         self.services = services
         self.settings = services.settings
         self.ingestor = Ingestor(services.producer, services.settings.raw_topic)
+        self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
         super().__init__(lambda: services.checks(("postgres", "kafka")))
 
     def routes(self) -> Iterable[Route]:
-        return [Route("POST", "/v1/events", self.events, "events")]
+        return [
+            Route("POST", "/v1/events", self.events, "events"),
+            # Compatible ingest (pulse.core.compat) and bulk import (pulse.core.importing).
+            Route("POST", "/v1/batch", self.segment, "segment-batch"),
+            Route("POST", "/v1/<any(track,page,screen,identify,group,alias):kind>", self.segment, "segment"),
+            Route("POST", "/batch/", self.posthog, "posthog-batch"),
+            Route("POST", "/i/v0/e/", self.posthog, "posthog-v0"),
+            Route("POST", "/e/", self.posthog, "posthog-e"),
+            Route("POST", "/i/v1/analytics/events", self.posthog_v1, "posthog-v1"),
+            Route("POST", "/v1/cloudevents", self.cloudevents, "cloudevents"),
+            Route("POST", "/v1/import", self.import_file, "import"),
+        ]
 
     def api_key(self, request: Request) -> ApiKey:
         credential = extract(request)
@@ -47,6 +62,72 @@ class Ingest(HttpFunction):
             raise InvalidInput("no valid event in the request", batch.errors)
         self.ingestor.submit(key.project_id, batch.rows)
         return json_response({"accepted": len(batch.rows), "errors": batch.error_list()}, 202)
+
+    # Compatible ingest --------------------------------------------------
+
+    def key_named(self, value: str | None) -> ApiKey:
+        """An ingest key given in the body (Segment's writeKey, PostHog's api_key)."""
+        if not value:
+            raise Unauthorized("an API key with the 'ingest' scope is required")
+        return self.services.keys.verify(value, "ingest")
+
+    def accept(self, key: ApiKey, batch: Batch, source: str) -> None:
+        """Submit the valid events, one Kafka record per ``max_batch_events``."""
+        if self.stopping:
+            raise Unavailable("ingest is shutting down", self.settings.retry_after_s)
+        count_rejections(batch.errors)
+        if not batch.rows:
+            raise InvalidInput("no valid event in the request", batch.errors)
+        size = self.settings.limits.max_batch_events
+        for start in range(0, len(batch.rows), size):
+            self.ingestor.submit(key.project_id, batch.rows[start:start + size], source)
+
+    def segment(self, request: Request, kind: str | None = None) -> Response:
+        try:
+            body = read_body(request, compat.SEGMENT_MAX_BATCH_BYTES)
+        except PayloadTooLarge as exc:  # Segment answers 400 to an oversized batch
+            raise InvalidInput.field("body", f"is over Segment's {compat.SEGMENT_MAX_BATCH_BYTES} bytes") from exc
+        doc = compat.load_json(body)
+        credential = extract(request)
+        key = self.api_key(request) if credential else self.key_named(compat.segment_write_key(doc))
+        self.accept(key, compat.segment_batch(doc, kind, key.project_id, self.settings.limits), "segment")
+        return json_response({"success": True})
+
+    def _posthog(self, request: Request) -> tuple[ApiKey, Sequence[object], Batch]:
+        body = read_body(request, self.settings.limits.max_body_bytes)
+        items, sent_at, body_key = compat.posthog_messages(compat.load_json(body))
+        credential = extract(request)
+        key = self.key_named(credential.value if credential else body_key)
+        return key, items, compat.posthog_batch(list(items), sent_at, key.project_id, self.settings.limits)
+
+    def posthog(self, request: Request) -> Response:
+        key, _items, batch = self._posthog(request)
+        self.accept(key, batch, "posthog")
+        return json_response({"status": 1})
+
+    def posthog_v1(self, request: Request) -> Response:
+        key, items, batch = self._posthog(request)
+        self.accept(key, batch, "posthog")
+        return json_response({"results": compat.posthog_results(list(items), batch)})
+
+    def cloudevents(self, request: Request) -> Response:
+        key = self.api_key(request)
+        body = read_body(request, self.settings.limits.max_body_bytes)
+        events = receive(request.headers, body)
+        if len(events) > self.settings.limits.max_batch_events:
+            raise PayloadTooLarge(f"at most {self.settings.limits.max_batch_events} CloudEvents per request")
+        batch = compat.cloudevents_batch(events, key.project_id, self.settings.limits)
+        self.accept(key, batch, "cloudevents")
+        return json_response({"accepted": len(batch.rows), "errors": batch.error_list()}, 202)
+
+    def import_file(self, request: Request) -> Response:
+        if self.stopping:
+            raise Unavailable("ingest is shutting down", self.settings.retry_after_s)
+        key = self.api_key(request)
+        fmt = file_format(request.headers.get("Content-Type"))
+        stream = body_stream(request.stream, request.headers.get("Content-Encoding"))
+        result = self.importer.run(key.project_id, stream, fmt, declared_sha256(request.headers.get("Content-Digest")))
+        return json_response(result.as_dict())
 
 
 @functools.cache

@@ -57,6 +57,8 @@ class Settings:
     kafka_ack_timeout_s: float = 5.0
     retry_after_s: int = 2
     max_range_days: int = 731
+    # Where the export function writes async export files (default <state_dir>/exports).
+    export_dir: str | None = None
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
 

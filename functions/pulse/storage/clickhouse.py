@@ -18,6 +18,10 @@ from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
 
+CHUNK = 1 << 16
+# Formats chDB streams block by block (their blocks concatenate into one valid stream).
+CHDB_STREAMED = frozenset({"CSV", "TSV", "TabSeparated", "JSONEachRow", "RowBinary", "Native"})
+
 
 class ClickHouse:
     def __init__(self, url: str) -> None:
@@ -61,15 +65,27 @@ class ClickHouse:
         )
 
     def stream(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> Iterator[bytes]:
-        """Bytes of a result formatted by ClickHouse itself (CSV, JSON, Parquet...)."""
-        if self.embedded:
-            # chDB answers in one piece; yield it in slices so callers stream uniformly.
-            data = self.client.raw_query(sql, parameters=parameters, fmt=fmt)
-            for start in range(0, len(data), 1 << 16):
-                yield data[start:start + (1 << 16)]
+        """Bytes of a result formatted by ClickHouse itself (CSV, JSON, Parquet...),
+        as they come: a server streams every format; chDB streams the formats
+        whose blocks concatenate (``CHDB_STREAMED``), and Parquet is written
+        here from its Arrow stream, a row group per block. Only other formats
+        are answered in one piece."""
+        if self.embedded and fmt == "Parquet":
+            yield from _parquet(self.client.query_arrow_stream(sql, parameters=parameters),
+                                lambda: self.client.raw_query(sql, parameters=parameters, fmt=fmt))
             return
-        with self.client.raw_stream(sql, parameters=parameters, fmt=fmt) as chunks:
-            yield from chunks
+        if self.embedded and fmt not in CHDB_STREAMED:
+            data = self.client.raw_query(sql, parameters=parameters, fmt=fmt)
+            for start in range(0, len(data), CHUNK):
+                yield data[start:start + CHUNK]
+            return
+        with self.client.raw_stream(sql, parameters=parameters, fmt=fmt) as source:
+            read = getattr(source, "read", None)
+            if read is None:
+                yield from source
+                return
+            while chunk := read(CHUNK):
+                yield chunk
 
     def ping(self) -> bool:
         try:
@@ -85,3 +101,52 @@ class ClickHouse:
                 client.close()
             except Exception:  # noqa: BLE001 - closing at shutdown
                 pass
+
+
+class _Spool:
+    """A write-only file that hands over what was written since the last take."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _parquet(batches: Any, empty: Any) -> Iterator[bytes]:
+    """Parquet from an Arrow batch stream; ``empty()`` answers a result with no rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spool = _Spool()
+    writer = None
+    with batches as stream:
+        for batch in stream:
+            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            if writer is None:
+                writer = pq.ParquetWriter(spool, table.schema, compression="zstd")
+            writer.write_table(table)
+            if data := spool.take():
+                yield data
+    if writer is None:
+        yield empty()
+        return
+    writer.close()
+    yield spool.take()
