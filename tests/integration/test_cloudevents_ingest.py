@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from cloudevents.conversion import to_dict
-from cloudevents.http import CloudEvent, to_binary, to_structured
+from cloudevents.conversion import to_binary, to_dict, to_structured
+from cloudevents.http import CloudEvent
 
 from tests.conftest import wait_persisted
 from tests.integration.test_segment import stored

@@ -58,7 +58,9 @@ def subscriptions(wiring: Wiring, address: Callable[[Destination], str]) -> list
         subs.append(Subscription(
             name=trigger.name, topics=(topic,), group=f"knative-trigger-pulse-{trigger.name}",
             target=address(trigger.subscriber), delivery=delivery_spec(trigger.delivery),
-            initial_offset="latest", ordered=False, filter=trigger.filter, reply_to=topic,
+            # A Trigger reads from when it was created; the embedded Broker's topic is
+            # created with it, so "earliest" is that moment and loses nothing to a slow join.
+            initial_offset="earliest", ordered=False, filter=trigger.filter, reply_to=topic,
         ))
     return subs
 
