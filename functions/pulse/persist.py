@@ -18,16 +18,18 @@ import logging
 from collections.abc import Iterable
 
 import orjson
+from opentelemetry.trace import SpanKind
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.bus import sink
+from pulse.bus import kafka, sink
 from pulse.bus.cloudevents import INGESTED, MAINTENANCE_REQUESTED, PERSISTED, CloudEvent, receive
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Persister
 from pulse.errors import InvalidInput
 from pulse.services import Services
 from pulse.settings import Settings
+from pulse.web.body import read_body
 from pulse.web.http import HttpFunction, Route, json_response
 
 log = logging.getLogger("pulse.persist")
@@ -52,7 +54,7 @@ class Persist(HttpFunction):
 
     def ingested(self, request: Request) -> Response:
         results = []
-        for event in receive(request.headers, request.get_data()):
+        for event in receive(request.headers, read_body(request, kafka.MAX_RECORD_BYTES)):
             if event.type != INGESTED:
                 raise InvalidInput.field("type", f"expected {INGESTED}, got {event.type}")
             results.append(self.persist_one(event))
@@ -60,7 +62,8 @@ class Persist(HttpFunction):
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
         project_id, received_at, rows = decode_batch(event)
-        with telemetry.span("persist batch", event.get("traceparent"), batch_id=event.id, events=len(rows)), \
+        with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, **{
+                "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),

@@ -51,7 +51,8 @@ class Services:
         with self._lock:
             if self._producer is None:
                 self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
-                                          self.settings.kafka_ack_timeout_s, self.settings.retry_after_s)
+                                          self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
+                                          self.settings.kafka_max_in_flight)
             return self._producer
 
     @property

@@ -55,6 +55,8 @@ class Settings:
     k_sink: str | None = None
     key_cache_ttl_s: float = 2.0
     kafka_ack_timeout_s: float = 5.0
+    kafka_max_in_flight: int = 64
+    shutdown_timeout_s: float = 20.0
     retry_after_s: int = 2
     max_range_days: int = 731
     # Where the export function writes async export files (default <state_dir>/exports).
@@ -107,6 +109,8 @@ class Settings:
             raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.kafka_max_in_flight < 1:
+            raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if self.ledger_retention_days < 1:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
 

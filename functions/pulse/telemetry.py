@@ -3,8 +3,17 @@
 Logs are JSON lines carrying the request id, trace id and project id of the
 work in hand (kept in context variables, so threads do not mix them).
 Metrics follow Prometheus naming (base units, ``_total`` on counters).
+Under several worker processes (gunicorn ``WORKERS`` > 1) set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before start: every worker
+writes its values there and ``/metrics`` sums them (``metrics_payload``).
+
 Traces use OpenTelemetry; the W3C ``traceparent`` travels on HTTP requests and
-as the CloudEvents ``traceparent`` extension through Kafka.
+as the CloudEvents ``traceparent`` extension through Kafka. Each process
+installs one SDK tracer provider (``configure_tracing``), so context flows even
+when nothing is exported; exporters are chosen by the standard variables
+(``OTEL_TRACES_EXPORTER=otlp|console|none``, ``OTEL_EXPORTER_OTLP_*``,
+``OTEL_SERVICE_NAME``), ``none`` by default. ``add_span_processor`` lets a test
+capture spans in memory.
 """
 
 from __future__ import annotations
@@ -13,15 +22,21 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 project_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("project_id", default="")
@@ -58,11 +73,46 @@ DISPATCH_DELIVERIES = Counter(
 DEAD_LETTERS = Counter(
     "pulse_dispatch_dead_letters_total", "Records sent to a dead-letter topic", ["route"])
 CONSUMER_LAG = Gauge(
-    "pulse_consumer_lag", "Records not yet delivered, per partition", ["group", "topic", "partition"])
+    "pulse_consumer_lag", "Records not yet delivered, per partition", ["group", "topic", "partition"],
+    multiprocess_mode="mostrecent")
+HTTP_IN_FLIGHT = Gauge(
+    "pulse_http_requests_in_flight", "Requests being answered", ["function"], multiprocess_mode="livesum")
+KAFKA_PRODUCE_REFUSED = Counter(
+    "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker")
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The text exposition of this process, or of every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+# Secrets never reach a log line, whatever a message or a traceback quotes:
+# API keys keep only their public prefix, credentials and password-like fields are masked.
+_SECRETS = (
+    (re.compile(r"\b(pulse_[A-Za-z0-9]{8})_[A-Za-z0-9]+"), r"\1_***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "***"),
+    (re.compile(r"(?i)((?:password|passwd|secret|api[_-]?key|token|authorization)\\?\"?\s*[:=]\s*\\?\"?)"
+                r"[^\"\\&\s,;}]+"), r"\1***"),
+    (re.compile(r"(://[^:/@\s\"]+):[^@/\s\"]+@"), r"\1:***@"),
+)
+
+
+def scrub(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return scrub(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -95,31 +145,115 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def ensure_logging(level: str = "INFO") -> None:
+    """JSON logs for a process nobody configured (a function under functions-framework);
+    leaves an existing configuration (the CLI's, a test runner's) alone."""
+    if not logging.getLogger().handlers:
+        configure_logging(level)
+
+
 def event(message: str, **fields: Any) -> None:
     """Log one structured line at INFO with extra fields."""
     log.info(message, extra={"fields": fields})
 
 
+class _Fanout(SpanProcessor):
+    """The provider's one processor: hands spans to those added at run time."""
+
+    def __init__(self) -> None:
+        self.processors: tuple[SpanProcessor, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, processor: SpanProcessor) -> None:
+        with self._lock:
+            self.processors = (*self.processors, processor)
+
+    def remove(self, processor: SpanProcessor) -> None:
+        with self._lock:
+            self.processors = tuple(p for p in self.processors if p is not processor)
+
+    def on_start(self, span: SdkSpan, parent_context: Any = None) -> None:
+        for processor in self.processors:
+            processor.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(p.force_flush(timeout_millis) for p in self.processors)
+
+
+class _Tracing:
+    """The process's tracer provider, installed once (OpenTelemetry allows one)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fanout = _Fanout()
+        self.installed = False
+        self.exporters_configured = False
+
+
+_tracing = _Tracing()
+
+
+def _install_provider(service_name: str) -> None:
+    with _tracing.lock:
+        if _tracing.installed:
+            return
+        _tracing.installed = True
+        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+        provider = TracerProvider(resource=Resource.create(attributes))
+        provider.add_span_processor(_tracing.fanout)
+        trace.set_tracer_provider(provider)
+
+
 def configure_tracing(service_name: str = "pulse") -> None:
-    """Install an SDK tracer provider when asked to by the standard OTEL_* variables
-    (``OTEL_TRACES_EXPORTER=otlp|console``); otherwise spans stay no-ops."""
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
-    if exporter_name in ("", "none"):
-        return
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    """Install the SDK tracer provider (once per process) and the exporters named by
+    ``OTEL_TRACES_EXPORTER`` (comma-separated ``otlp``, ``console``; ``none`` by default).
+    ``otlp`` needs the ``otlp`` extra (opentelemetry-exporter-otlp-proto-http) and reads
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` and friends itself."""
+    _install_provider(service_name)
+    with _tracing.lock:
+        if _tracing.exporters_configured:
+            return
+        _tracing.exporters_configured = True
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    exporter: SpanExporter
-    if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
-    else:  # otlp: needs the opentelemetry-exporter-otlp package installed
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower().replace(" ", "").split(",")
+    for name in names:
+        exporter: SpanExporter
+        if name in ("", "none"):
+            continue
+        if name == "console":
+            exporter = ConsoleSpanExporter(formatter=lambda s: s.to_json(indent=None) + "\n")
+        elif name == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                log.warning("OTEL_TRACES_EXPORTER=otlp needs `pip install pulse-analytics[otlp]`; not exporting")
+                continue
+            exporter = OTLPSpanExporter()
+        else:
+            log.warning("OTEL_TRACES_EXPORTER: unknown exporter %r ignored", name)
+            continue
+        _tracing.fanout.add(BatchSpanProcessor(exporter))
 
-        exporter = OTLPSpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+
+def add_span_processor(processor: SpanProcessor) -> None:
+    """Send every span that ends from now on to ``processor`` too (tests use an in-memory one)."""
+    _install_provider("pulse")
+    _tracing.fanout.add(processor)
+
+
+def remove_span_processor(processor: SpanProcessor) -> None:
+    _tracing.fanout.remove(processor)
 
 
 def current_traceparent() -> str | None:
@@ -131,10 +265,24 @@ def current_traceparent() -> str | None:
 @contextmanager
 def span(name: str, traceparent: str | None = None, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
          **attributes: Any) -> Iterator[trace.Span]:
-    """A span, child of ``traceparent`` when one is given, else of the current span."""
-    context = propagator.extract({"traceparent": traceparent}) if traceparent else None
-    with tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes) as current:
-        yield current
+    """A span under the current one; when ``traceparent`` names another trace (work that
+    arrived from elsewhere, e.g. a CloudEvent's ``traceparent`` extension), under that."""
+    context = None
+    if traceparent:
+        current = trace.get_current_span().get_span_context()
+        extracted = propagator.extract({"traceparent": traceparent})
+        parent = trace.get_current_span(extracted).get_span_context()
+        if parent.is_valid and not (current.is_valid and current.trace_id == parent.trace_id):
+            context = extracted
+    with tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes) as current_span:
+        yield current_span
+
+
+def set_project(project_id: str) -> None:
+    """Name the project of the work in hand in the logs and on the current span
+    (``bound`` around the request resets it)."""
+    project_id_var.set(project_id)
+    trace.get_current_span().set_attribute("pulse.project_id", project_id)
 
 
 @contextmanager

@@ -5,6 +5,11 @@
 ``Unavailable`` (the HTTP layer answers 503 with Retry-After). The record may
 still be stored later: clients that retry send the same ``event_id`` and the
 dedup ledger makes the retry harmless.
+
+Backpressure: at most ``max_in_flight`` records wait for an acknowledgement at
+once; one more is refused at once with ``Unavailable`` rather than queued, so
+a slow broker costs requests, never unbounded memory (each waiting record
+holds its request body).
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ FAST_GROUP_JOIN = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 class Producer:
-    def __init__(self, bootstrap: str, ack_timeout_s: float = 5.0, retry_after_s: int = 2) -> None:
+    def __init__(self, bootstrap: str, ack_timeout_s: float = 5.0, retry_after_s: int = 2,
+                 max_in_flight: int = 64) -> None:
         self.bootstrap = bootstrap
         self.ack_timeout_s = ack_timeout_s
         self.retry_after_s = retry_after_s
+        self.max_in_flight = max_in_flight
+        self._slots = threading.BoundedSemaphore(max_in_flight)
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -52,6 +60,10 @@ class Producer:
             return self._producer
 
     def send(self, topic: str, key: str, event: CloudEvent) -> None:
+        if not self._slots.acquire(blocking=False):
+            telemetry.KAFKA_PRODUCE_REFUSED.inc()
+            raise Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
+                              self.retry_after_s)
         started = time.perf_counter()
         try:
             future = self._get().send(
@@ -61,6 +73,8 @@ class Producer:
             telemetry.KAFKA_PRODUCE_ERRORS.inc()
             raise Unavailable(f"kafka did not acknowledge the record: {type(exc).__name__}",
                               self.retry_after_s) from exc
+        finally:
+            self._slots.release()
         telemetry.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
     def ready(self, topic: str) -> bool:

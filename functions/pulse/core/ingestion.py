@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
@@ -65,7 +66,8 @@ class Ingestor:
     def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
                received_at: datetime | None = None) -> Submitted:
         """Send the rows as one record; returns once the broker acknowledged it."""
-        with telemetry.span("kafka produce", topic=self.topic, events=len(rows)):
+        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, **{
+                "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
             event = encode_batch(project_id, rows, received_at, telemetry.current_traceparent())
             self.producer.send(self.topic, project_id, event)
         telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))

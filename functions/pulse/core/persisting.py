@@ -72,17 +72,20 @@ class _Claim:
 
 
 class Persister:
-    def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None) -> None:
+    def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None,
+                 insert_chunk_rows: int = 5000) -> None:
         self.db = db
         self.ch = ch
         self.fault = fault or (lambda step: None)
+        self.insert_chunk_rows = max(1, insert_chunk_rows)
 
     def persist(self, batch_id: str, project_id: str, received_at: str,
                 rows: Sequence[dict[str, str]]) -> Outcome:
         unique: dict[str, dict[str, str]] = {}
         for row in rows:
             unique.setdefault(row["event_id"], row)
-        claim = self.db.transaction(lambda conn: self._claim(conn, batch_id, project_id, list(unique)))
+        with telemetry.span("postgres ledger claim", **{"db.system": "postgresql", "pulse.events": len(unique)}):
+            claim = self.db.transaction(lambda conn: self._claim(conn, batch_id, project_id, list(unique)))
         if claim.done is not None:
             return claim.done
         self.fault("after-ledger")
@@ -148,10 +151,15 @@ class Persister:
         return {r[0] for r in rows}
 
     def _insert(self, project_id: str, batch_id: str, received_at: str, rows: list[dict[str, str]]) -> None:
+        """Insert in chunks of ``insert_chunk_rows``, so the encoded rows held at once stay
+        bounded whatever the batch size (a partial insert is what a redelivery completes)."""
         stamp = {"project_id": project_id, "batch_id": batch_id, "received_at": received_at}
-        body = b"\n".join(orjson.dumps({**stamp, **row}) for row in rows)
-        with telemetry.CLICKHOUSE_INSERT_LATENCY.time():
-            self.ch.insert_json_rows("events", INSERT_COLUMNS, body)
+        for start in range(0, len(rows), self.insert_chunk_rows):
+            chunk = rows[start:start + self.insert_chunk_rows]
+            body = b"\n".join(orjson.dumps({**stamp, **row}) for row in chunk)
+            with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
+                    telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
+                self.ch.insert_json_rows("events", INSERT_COLUMNS, body)
 
     def trim_ledger(self, retention_days: int) -> int:
         """Forget ledger entries and batch records older than the retention window."""

@@ -12,7 +12,9 @@ filter). The semantics follow Knative's:
 - 2xx is success; 5xx, 404, 408, 409, 429 and transport errors are retried
   with ``backoffPolicy``/``backoffDelay`` up to ``retry`` times; other 4xx are
   not retried; a record that did not get through goes to the dead-letter
-  topic (with ``knativeerrorcode``/``knativeerrordest``) and is counted;
+  topic (with ``knativeerrorcode``/``knativeerrordest``/``knativeerrordata``,
+  the last answer's first KiB base64-encoded, as Knative adds them, and
+  ``pulsesourcetopic``/``pulsesourceoffset``) and is counted;
 - offsets are committed only after a 2xx or a dead-letter send, so a crash
   or restart redelivers; a source's replies are dropped, a Trigger
   subscriber's CloudEvent reply goes back into its Broker.
@@ -20,6 +22,7 @@ filter). The semantics follow Knative's:
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -34,6 +37,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
+from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus import kafka as kafka_bus
@@ -41,6 +45,7 @@ from pulse.bus.cloudevents import CloudEvent, from_http, from_kafka, to_http, to
 
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
+ERROR_DATA_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -182,17 +187,28 @@ class Worker:
         if not self.sub.matches(event):
             telemetry.DISPATCH_DELIVERIES.labels(self.sub.name, "filtered").inc()
             return
-        outcome, code = self._deliver(event)
+        outcome, code, answer = self._deliver(event)
         telemetry.DISPATCH_DELIVERIES.labels(self.sub.name, outcome).inc()
         if outcome != "delivered":
-            self._dead_letter(record, event, code)
+            self._dead_letter(record, event, code, answer)
 
-    def _deliver(self, event: CloudEvent) -> tuple[str, int]:
+    def _deliver(self, event: CloudEvent) -> tuple[str, int, bytes]:
+        with telemetry.span(f"{self.sub.name} deliver", event.get("traceparent"), SpanKind.CONSUMER, **{
+                "messaging.system": "kafka", "messaging.message.id": event.id,
+                "server.address": self.sub.target}) as current:
+            outcome, code, answer = self._attempts(event)
+            current.set_attribute("pulse.delivery.outcome", outcome)
+            current.set_attribute("http.status_code", code)
+            return outcome, code, answer
+
+    def _attempts(self, event: CloudEvent) -> tuple[str, int, bytes]:
+        """(outcome, last status, last response body) after the retries the spec allows."""
         spec = self.sub.delivery
         headers = to_http(event)
-        if event.get("traceparent"):
-            headers["traceparent"] = event.get("traceparent") or ""
-        code = 0
+        traceparent = telemetry.current_traceparent() or event.get("traceparent")
+        if traceparent:
+            headers["traceparent"] = traceparent
+        code, answer = 0, b""
         for attempt in range(spec.retry + 1):
             if attempt:
                 if self._stop.wait(spec.delay(attempt)):
@@ -201,17 +217,17 @@ class Worker:
                 response = self.http.request(
                     "POST", self.sub.target, body=event.data, headers=headers, preload_content=True,
                     timeout=urllib3.Timeout(total=spec.timeout_s) if spec.timeout_s else None)
-                code = response.status
+                code, answer = response.status, response.data or b""
             except urllib3.exceptions.HTTPError as exc:
-                code = 0
+                code, answer = 0, type(exc).__name__.encode()
                 log.info("delivery of %s to %s failed: %s", event.id, self.sub.target, type(exc).__name__)
                 continue
             if 200 <= code < 300:
                 self._reply(response)
-                return "delivered", code
+                return "delivered", code, b""
             if code < 500 and code not in RETRYABLE:
-                return "rejected", code
-        return ("stopped" if self._stop.is_set() else "exhausted"), code
+                return "rejected", code, answer
+        return ("stopped" if self._stop.is_set() else "exhausted"), code, answer
 
     def _reply(self, response: urllib3.BaseHTTPResponse) -> None:
         if not self.sub.reply_to or not response.headers.get("ce-id"):
@@ -222,7 +238,7 @@ class Worker:
             return
         self.producer.send(self.sub.reply_to, value=reply.data, headers=to_kafka_headers(reply)).get(10)
 
-    def _dead_letter(self, record: ConsumerRecord, event: CloudEvent, code: int) -> None:
+    def _dead_letter(self, record: ConsumerRecord, event: CloudEvent, code: int, answer: bytes) -> None:
         if self._stop.is_set():
             raise _Stopping()
         topic = self.sub.delivery.dead_letter_topic
@@ -233,7 +249,10 @@ class Worker:
         headers = list(record.headers or []) if from_kafka(record.headers or [], record.value) else \
             to_kafka_headers(event)
         headers += [("ce_knativeerrorcode", str(code).encode()),
-                    ("ce_knativeerrordest", self.sub.target.encode())]
+                    ("ce_knativeerrordest", self.sub.target.encode()),
+                    ("ce_knativeerrordata", base64.b64encode(answer[:ERROR_DATA_BYTES])),
+                    ("ce_pulsesourcetopic", record.topic.encode()),
+                    ("ce_pulsesourceoffset", f"{record.partition}:{record.offset}".encode())]
         self.producer.send(topic, key=record.key, value=record.value, headers=headers).get(30)
         telemetry.DEAD_LETTERS.labels(self.sub.name).inc()
         log.warning("subscription %s dead-lettered %s (status %s)", self.sub.name, event.id, code)

@@ -5,8 +5,10 @@ functions each on its own port, and the eventing and routing of the Helm chart
 (``charts/pulse``, rendered by pulse.local.wiring): the gateway routes paths as
 the chart's HTTPRoutes do, the dispatcher plays its KafkaSource and Triggers,
 a Broker ingress per Broker, SinkBindings become each function's sink, and
-PingSources fire on their schedules. ``stop`` is graceful: ingest refuses new
-work (503), every acknowledged record is delivered, then everything stops.
+PingSources fire on their schedules. ``stop`` is graceful and bounded: ingest
+refuses new work (503) and finishes what it holds, every acknowledged record
+is delivered, then the other functions finish their requests and everything
+stops (each wait bounded by ``shutdown_timeout_s``, the drain by ``timeout_s``).
 """
 
 from __future__ import annotations
@@ -130,8 +132,13 @@ class Runtime:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for function in self.functions.values():
-            function.stopping = True
+        bound_s = self.settings.shutdown_timeout_s
+        entry = [f for name, f in self.functions.items() if name == "ingest"]
+        rest = [f for name, f in self.functions.items() if name != "ingest"]
+        for function in entry:
+            function.begin_stop()
+            if not function.wait_idle(bound_s):
+                log.warning("%s still had requests in hand after %ss", function.name, bound_s)
         if drain and self.dispatcher is not None:
             if not self.dispatcher.drain(timeout_s):
                 log.warning("stopping before every acknowledged record was delivered")
@@ -141,6 +148,11 @@ class Runtime:
             self.pings.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        for function in rest:
+            function.begin_stop()
+        for function in rest:
+            if not function.wait_idle(bound_s):
+                log.warning("%s still had requests in hand after %ss", function.name, bound_s)
         for server in [*self.servers.values(), *self.brokers.values()]:
             server.stop()
         if self.services is not None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from pulse import telemetry
 from pulse.errors import Forbidden, InvalidInput, Unauthorized
 from pulse.storage.postgres import Database
 
@@ -91,6 +92,7 @@ class KeyStore:
             raise Unauthorized("unknown or revoked API key")
         found.require(scope)
         self._touch(found)
+        telemetry.set_project(found.project_id)
         return found
 
     def lookup(self, api_key: str) -> ApiKey | None:

@@ -6,6 +6,10 @@
 and only here: a ``PulseError`` keeps its status; anything else is our bug,
 answered 500 with the request id and logged with its trace, never shown.
 
+Stopping is graceful: ``begin_stop`` makes every route but the probes answer
+503 with ``Retry-After`` (and ``/readyz`` fail), ``wait_idle`` waits, within a
+bound, for the requests already in hand to finish.
+
 The same object serves as a functions-framework target (``handle`` takes the
 Flask request) and as a plain WSGI app (``wsgi``) in the embedded runtime.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +27,6 @@ from typing import Any
 
 import orjson
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -32,6 +36,7 @@ from pulse.errors import PulseError, RateLimited, Unavailable
 
 log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBES = frozenset({"metrics", "healthz", "readyz"})
 PROBLEM = "application/problem+json"
 Handler = Callable[..., Response]
 
@@ -77,7 +82,12 @@ class HttpFunction:
     name = "function"
 
     def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
+        telemetry.configure_tracing()
+        telemetry.ensure_logging()
         self._readiness = readiness or (lambda: {})
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.retry_after_s = 2
         routes = [
             Route("GET", "/healthz", self._healthz, "healthz"),
             Route("GET", "/readyz", self._readyz, "readyz"),
@@ -103,42 +113,83 @@ class HttpFunction:
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         started = time.perf_counter()
         route_name = "unmatched"
-        with telemetry.bound(request_id=request_id, function=self.name), telemetry.span(
-            f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
-            **{"http.method": request.method, "http.target": request.path},
-        ) as current:
-            try:
-                adapter = self._map.bind_to_environ(request.environ)
-                endpoint, params = adapter.match(request.path, method=request.method)
-                route = self._handlers[endpoint]
-                route_name = route.name or route.path
-                response = route.handler(request, **params)
-            except PulseError as exc:
-                response = problem_from(exc, request_id)
-                if exc.status >= 500:
-                    log.warning("%s %s: %s", request.method, request.path, exc.detail)
-            except MethodNotAllowed as exc:
-                response = problem(405, "Method not allowed", f"{request.method} is not allowed here",
-                                   "method-not-allowed", request_id=request_id,
-                                   headers={"Allow": ", ".join(exc.valid_methods or [])})
-            except NotFound:
-                response = problem(404, "Not found", f"no route for {request.path}", "not-found",
-                                   request_id=request_id)
-            except HTTPException as exc:
-                status = exc.code or 400
-                response = problem(status, exc.name, exc.description or exc.name, "http",
-                                   request_id=request_id)
-            except Exception:  # noqa: BLE001 - our bug: log it, answer 500 without a trace
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                response = problem(500, "Internal error", f"something failed on our side; request id {request_id}",
-                                   "internal", request_id=request_id)
-            response.headers["X-Request-ID"] = request_id
-            current.set_attribute("http.status_code", response.status_code)
-        elapsed = time.perf_counter() - started
-        if route_name not in ("metrics", "healthz", "readyz"):
+        self._enter()
+        try:
+            with telemetry.bound(request_id=request_id, function=self.name, project_id=""), telemetry.span(
+                f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
+                **{"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
+            ) as current:
+                try:
+                    adapter = self._map.bind_to_environ(request.environ)
+                    endpoint, params = adapter.match(request.path, method=request.method)
+                    route = self._handlers[endpoint]
+                    route_name = route.name or route.path
+                    current.update_name(f"{self.name} {request.method} {route_name}")
+                    current.set_attribute("http.route", route.path)
+                    if self.stopping and route_name not in PROBES:
+                        raise Unavailable(f"{self.name} is shutting down", self.retry_after_s)
+                    response = route.handler(request, **params)
+                except PulseError as exc:
+                    response = problem_from(exc, request_id)
+                    if exc.status >= 500:
+                        log.warning("%s %s: %s", request.method, request.path, exc.detail)
+                except MethodNotAllowed as exc:
+                    response = problem(405, "Method not allowed", f"{request.method} is not allowed here",
+                                       "method-not-allowed", request_id=request_id,
+                                       headers={"Allow": ", ".join(exc.valid_methods or [])})
+                except NotFound:
+                    response = problem(404, "Not found", f"no route for {request.path}", "not-found",
+                                       request_id=request_id)
+                except HTTPException as exc:
+                    status = exc.code or 400
+                    response = problem(status, exc.name, exc.description or exc.name, "http",
+                                       request_id=request_id)
+                except Exception:  # noqa: BLE001 - our bug: log it, answer 500 without a trace
+                    log.exception("unhandled error on %s %s", request.method, request.path)
+                    response = problem(500, "Internal error",
+                                       f"something failed on our side; request id {request_id}",
+                                       "internal", request_id=request_id)
+                response.headers["X-Request-ID"] = request_id
+                current.set_attribute("http.status_code", response.status_code)
+                elapsed = time.perf_counter() - started
+                if route_name not in PROBES:
+                    # the path only: a query string may carry a credential
+                    log.info("%s %s %s", request.method, request.path, response.status_code,
+                             extra={"fields": {"route": route_name, "status": response.status_code,
+                                               "duration_ms": round(elapsed * 1000, 2)}})
+        finally:
+            self._leave()
+        if route_name not in PROBES:
             telemetry.HTTP_REQUESTS.labels(self.name, route_name, str(response.status_code)).inc()
             telemetry.HTTP_LATENCY.labels(self.name, route_name).observe(elapsed)
         return response
+
+    # Graceful stop ----------------------------------------------------------
+
+    def _enter(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+        telemetry.HTTP_IN_FLIGHT.labels(self.name).inc()
+
+    def _leave(self) -> None:
+        telemetry.HTTP_IN_FLIGHT.labels(self.name).dec()
+        with self._idle:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def begin_stop(self) -> None:
+        """Take no more work: every route but the probes answers 503 from now on."""
+        self.stopping = True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until the requests in hand are answered; False if some still run after ``timeout_s``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout_s)
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         return self.handle(Request(environ))(environ, start_response)
@@ -158,4 +209,5 @@ class HttpFunction:
         return json_response(body, 200 if ready else 503)
 
     def _metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        payload, content_type = telemetry.metrics_payload()
+        return Response(payload, content_type=content_type)
