@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -177,10 +178,14 @@ def _serve(settings: Settings, function: str | None) -> int:
     finally:
         services.close()
     source = Path(__file__).with_name(f"{function}.py")
-    os.execvp("functions-framework", [
-        "functions-framework", "--target", function, "--source", str(source), "--signature-type", "http",
-        "--host", "0.0.0.0", "--port", os.environ.get("PORT", "8080"),
-    ])
+    env = dict(os.environ)
+    if int(env.get("WORKERS", "1")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several gunicorn workers: each writes its metrics here, /metrics sums them
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{function}-metrics-")
+    os.execve(sys.executable, [
+        sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source), "--signature-type", "http",
+        "--host", env.get("HOST", "0.0.0.0"), "--port", env.get("PORT", "8080"),
+    ], env)
     return 0
 
 
