@@ -69,8 +69,8 @@ class Persist(HttpFunction):
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
                                     partitionkey=project_id, traceparent=telemetry.current_traceparent())
             sink.publish(self.services.sink(self.name), notice)
-        telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
-                        duplicates=outcome.duplicates, redelivered=outcome.redelivered)
+            telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
+                            duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}
 
     def maintenance(self, request: Request) -> Response:
