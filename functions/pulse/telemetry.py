@@ -56,9 +56,10 @@ HTTP_LATENCY = Histogram(
 EVENTS_ACCEPTED = Counter("pulse_events_accepted_total", "Events accepted by ingest", ["source"])
 EVENTS_REJECTED = Counter("pulse_events_rejected_total", "Events refused by ingest", ["reason"])
 KAFKA_PRODUCE_LATENCY = Histogram(
-    "pulse_kafka_produce_duration_seconds", "Time until the broker acknowledged a record",
+    "pulse_kafka_produce_duration_seconds", "Time until the broker acknowledged a record", ["topic"],
     buckets=LATENCY_BUCKETS)
-KAFKA_PRODUCE_ERRORS = Counter("pulse_kafka_produce_errors_total", "Records the broker did not acknowledge")
+KAFKA_PRODUCE_ERRORS = Counter(
+    "pulse_kafka_produce_errors_total", "Records the broker did not acknowledge", ["topic"])
 PERSIST_BATCH_SIZE = Histogram(
     "pulse_persist_batch_size", "Events per persisted batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000))
@@ -78,7 +79,8 @@ CONSUMER_LAG = Gauge(
 HTTP_IN_FLIGHT = Gauge(
     "pulse_http_requests_in_flight", "Requests being answered", ["function"], multiprocess_mode="livesum")
 KAFKA_PRODUCE_REFUSED = Counter(
-    "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker")
+    "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker",
+    ["topic"])
 
 
 def metrics_payload() -> tuple[bytes, str]:

@@ -36,6 +36,11 @@ def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def raw_source(pulse: Any) -> Any:
+    """The dispatcher's KafkaSource on the raw-events topic."""
+    return next(w.sub for w in pulse.dispatcher.workers if pulse.settings.raw_topic in w.sub.topics)
+
+
 def test_series_move_when_traffic_flows(pulse: Any, project: Any) -> None:
     ingest_url, aggregate_url = pulse.url("ingest"), pulse.url("aggregate")
     before = scrape(ingest_url)
@@ -59,13 +64,13 @@ def test_series_move_when_traffic_flows(pulse: Any, project: Any) -> None:
     assert moved("pulse_http_requests_total", function="persist", route="ce-ingested", status="200") == 2
     assert moved("pulse_events_accepted_total", source="events") == 5
     assert moved("pulse_events_rejected_total", reason="occurred_at") == 1
-    assert moved("pulse_kafka_produce_duration_seconds_count") == 2
+    assert moved("pulse_kafka_produce_duration_seconds_count", topic=pulse.settings.raw_topic) == 2
     assert moved("pulse_persist_batch_size_count") == 2
     assert moved("pulse_persist_batch_size_sum") == 5
     assert moved("pulse_persist_events_inserted_total") == 3
     assert moved("pulse_persist_duplicates_total") == 2
     assert moved("pulse_clickhouse_insert_duration_seconds_count") == 1
-    assert moved("pulse_dispatch_deliveries_total", route="raw-events", outcome="delivered") == 2
+    assert moved("pulse_dispatch_deliveries_total", route=raw_source(pulse).name, outcome="delivered") == 2
     assert moved("pulse_query_duration_seconds_count", endpoint="top-events") == 1
     assert value(after, "pulse_http_requests_in_flight", function="ingest") == 0
 
@@ -79,7 +84,7 @@ def test_consumer_lag_per_partition_returns_to_zero(pulse: Any, project: Any) ->
     while True:
         samples = scrape(pulse.url("persist"))
         lags = {labels: v for (name, labels), v in samples.items() if name == "pulse_consumer_lag"
-                and ("topic", topic) in labels and ("group", "pulse-persist") in labels}
+                and ("topic", topic) in labels and ("group", raw_source(pulse).group) in labels}
         if len(lags) == partitions and all(v == 0 for v in lags.values()):
             break
         assert time.monotonic() < deadline, f"lag per partition never settled at 0: {lags}"
@@ -133,4 +138,4 @@ def test_workers_add_up_under_gunicorn(served_ingest: str, project: Any) -> None
         samples = scrape(served_ingest)
         assert value(samples, "pulse_http_requests_total", function="ingest", route="events", status="202") == sent
         assert value(samples, "pulse_events_accepted_total", source="events") == sent
-        assert value(samples, "pulse_kafka_produce_duration_seconds_count") == sent
+        assert value(samples, "pulse_kafka_produce_duration_seconds_count", topic="pulse.events.raw") == sent

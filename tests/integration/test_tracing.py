@@ -3,6 +3,7 @@ the dispatcher and persist to the ClickHouse insert and the persisted event."""
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import subprocess
@@ -71,15 +72,17 @@ def test_one_trace_from_client_through_kafka_to_clickhouse(pulse: Any, project: 
     answer = project.api.post("/v1/events", {"events": [make_event(), make_event()]}, headers={"traceparent": traceparent})
     assert answer.status == 202, answer.body
     wait_persisted(pulse)
-    wait_for_span(spans, trace_id, "raw-events deliver")
+    deliver = next(w.sub.name for w in pulse.dispatcher.workers if pulse.settings.raw_topic in w.sub.topics)
+    deliver += " deliver"
+    wait_for_span(spans, trace_id, deliver)
 
     found = by_name(of_trace(spans, trace_id))
     topic = pulse.settings.raw_topic
     chain = [
         ("ingest POST events", None),
         (f"{topic} publish", "ingest POST events"),
-        ("raw-events deliver", f"{topic} publish"),
-        ("persist POST ce-ingested", "raw-events deliver"),
+        (deliver, f"{topic} publish"),
+        ("persist POST ce-ingested", deliver),
         ("persist batch", "persist POST ce-ingested"),
         ("postgres ledger claim", "persist batch"),
         ("clickhouse insert", "persist batch"),
@@ -108,7 +111,9 @@ def test_persisted_event_carries_the_trace(pulse: Any, project: Any, spans: InMe
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        persist = Persist(pulse.services, sink_url=f"http://127.0.0.1:{server.server_port}/")
+        services = copy.copy(pulse.services)  # the same store clients, another sink
+        services.sinks = {"persist": f"http://127.0.0.1:{server.server_port}/"}
+        persist = Persist(services)
         traceparent, trace_id, _ = new_traceparent()
         batch = encode_batch(project.project_id, [{**make_event(), "properties": "{}"}], traceparent=traceparent)
         persist.persist_one(batch)

@@ -55,13 +55,12 @@ class Producer:
                         request_timeout_ms=30000,
                     )
                 except KafkaError as exc:
-                    telemetry.KAFKA_PRODUCE_ERRORS.inc()
                     raise Unavailable(f"kafka is unreachable: {exc}", self.retry_after_s) from exc
             return self._producer
 
     def send(self, topic: str, key: str, event: CloudEvent) -> None:
         if not self._slots.acquire(blocking=False):
-            telemetry.KAFKA_PRODUCE_REFUSED.inc()
+            telemetry.KAFKA_PRODUCE_REFUSED.labels(topic).inc()
             raise Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
                               self.retry_after_s)
         started = time.perf_counter()
@@ -70,12 +69,15 @@ class Producer:
                 topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
             future.get(timeout=self.ack_timeout_s)
         except KafkaError as exc:
-            telemetry.KAFKA_PRODUCE_ERRORS.inc()
+            telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()
             raise Unavailable(f"kafka did not acknowledge the record: {type(exc).__name__}",
                               self.retry_after_s) from exc
+        except Unavailable:
+            telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()
+            raise
         finally:
             self._slots.release()
-        telemetry.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        telemetry.KAFKA_PRODUCE_LATENCY.labels(topic).observe(time.perf_counter() - started)
 
     def ready(self, topic: str) -> bool:
         """The broker answers metadata for ``topic`` (cached once known)."""
