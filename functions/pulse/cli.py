@@ -5,6 +5,7 @@
   pulse serve [FUNCTION]                                 one function under functions-framework (containers)
   pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
   pulse import FILE --url URL --key KEY                  bulk import of a CSV or NDJSON file (docs/clients.md)
+  pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help="an ingest API key ($PULSE_API_KEY)")
     imp.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    dlq = sub.add_parser("dlq", help="dead-lettered records: list them, replay them after a fix")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, text in (("list", "show the records on the dead-letter topic"),
+                       ("replay", "re-produce dead-lettered records to the raw-events topic")):
+        one = dlq_sub.add_parser(name, help=text)
+        one.add_argument("--bootstrap", help="Kafka bootstrap servers (default PULSE_KAFKA_BOOTSTRAP)")
+        one.add_argument("--topic", help="the dead-letter topic (default PULSE_DLQ_TOPIC)")
+        one.add_argument("--id", action="append", default=[], dest="ids",
+                         help="only the record(s) with this CloudEvent id (repeatable)")
+        if name == "list":
+            one.add_argument("--json", action="store_true", help="one JSON object per line")
+        else:
+            one.add_argument("--to", help="the topic to replay to (default PULSE_RAW_TOPIC)")
 
     args = parser.parse_args(argv)
     if args.command == "import":
@@ -77,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "serve":
             return _serve(settings, args.function)
+        if args.command == "dlq":
+            return _dlq(settings, args)
         if args.command == "bench":
             from pulse.bench import run_bench
 
@@ -145,6 +161,35 @@ def _import(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(answer, indent=2))
     return 0 if status == 200 else 1
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from pulse.local import dlq
+
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    if not bootstrap:
+        print("pulse dlq needs --bootstrap or PULSE_KAFKA_BOOTSTRAP (the Kafka of a running Pulse)",
+              file=sys.stderr)
+        return 2
+    topic = args.topic or settings.dlq_topic
+    letters = dlq.select(dlq.read(bootstrap, topic), args.ids)
+    if args.dlq_command == "list":
+        for letter in letters:
+            row = letter.summary()
+            if args.json:
+                print(orjson.dumps(row).decode())
+            else:
+                print(f"{row['partition']}:{row['offset']}  {row['time']}  {row['id']}  {row['type']}"
+                      f"  status={row['status'] or '-'}  {row['bytes']}B  {row['error']}")
+        print(f"{len(letters)} dead-lettered record(s) on {topic}", file=sys.stderr)
+        return 0
+    target = args.to or settings.raw_topic
+    replayed, skipped = dlq.replay(bootstrap, letters, target)
+    for letter in skipped:
+        print(f"skipped {letter.id}: not a CloudEvent", file=sys.stderr)
+    print(f"replayed {len(replayed)} record(s) from {topic} to {target}"
+          " (persist stores each batch once, however often it is replayed)")
+    return 0 if not skipped else 1
 
 
 def _migrate(settings: Settings) -> int:
@@ -183,7 +228,8 @@ def _serve(settings: Settings, function: str | None) -> int:
         # several gunicorn workers: each writes its metrics here, /metrics sums them
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{function}-metrics-")
     os.execve(sys.executable, [
-        sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source), "--signature-type", "http",
+        sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source),
+        "--signature-type", "http",
         "--host", env.get("HOST", "0.0.0.0"), "--port", env.get("PORT", "8080"),
     ], env)
     return 0
