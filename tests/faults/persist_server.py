@@ -37,7 +37,7 @@ def fault_hook(faults: Path) -> Any:
         if step != "after-ledger":
             return
         if (faults / "clickhouse-down").exists():
-            raise ConnectionError("injected fault: ClickHouse insert failed")
+            raise RuntimeError("injected fault: ClickHouse insert failed")
         if (faults / "hang-after-ledger").exists():
             (faults / "hung").touch()
             while True:  # until SIGKILL

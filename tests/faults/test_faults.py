@@ -135,7 +135,8 @@ def test_duplicate_deliveries(stack: FaultStack) -> None:
                        extra_sent=ids, extra_acked=ids)
 
 
-def test_concurrent_deliveries_of_one_batch(stack: FaultStack) -> None:
+@pytest.mark.parametrize("round_", range(4))
+def test_concurrent_deliveries_of_one_batch(stack: FaultStack, round_: int) -> None:
     """Two deliveries of one record at the same moment (a timed-out delivery retried while
     the first is still being handled, possibly by another replica)."""
     project_id, _ = stack.project()

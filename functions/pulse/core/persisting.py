@@ -26,6 +26,12 @@ Crash analysis:
   inserted twice.
 - after 3: redelivery finds ``done`` and only reports the earlier outcome.
 
+Two deliveries of one record may also overlap (a delivery timed out and was
+retried while persist still worked on it, perhaps on another replica). Each
+runs the steps holding a Postgres advisory lock on the batch id, so they take
+turns and the later one sees the earlier one's outcome; the lock is a session
+lock, freed by a crash as well as at the end.
+
 An event sent again in a *different* batch (a client retrying after a 503)
 finds the ledger row of the first batch and is a duplicate; the first batch,
 being in the log, is delivered and stored. The ledger keeps rows for
@@ -35,6 +41,7 @@ late a duplicate can still be recognised.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +51,8 @@ import orjson
 from pulse import telemetry
 from pulse.core.events import EVENT_COLUMNS
 from pulse.storage.clickhouse import ClickHouse
-from pulse.storage.postgres import Connection, Database
+from pulse.errors import Unavailable
+from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
@@ -73,19 +81,41 @@ class _Claim:
 
 class Persister:
     def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None,
-                 insert_chunk_rows: int = 5000) -> None:
+                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0) -> None:
         self.db = db
         self.ch = ch
         self.fault = fault or (lambda step: None)
         self.insert_chunk_rows = max(1, insert_chunk_rows)
+        self.lock_wait_s = lock_wait_s
 
     def persist(self, batch_id: str, project_id: str, received_at: str,
                 rows: Sequence[dict[str, str]]) -> Outcome:
+        return self.db.call(lambda conn: self._persist_alone(conn, batch_id, project_id, received_at, rows))
+
+    def _persist_alone(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
+                       rows: Sequence[dict[str, str]]) -> Outcome:
+        """The steps below with the batch's advisory lock held by this session: two
+        deliveries of one record at once (a retry while the first is still running,
+        perhaps on another replica) take turns, so the second finds the batch ``done``
+        instead of reading ClickHouse before the first inserted. A crash ends the
+        session and frees the lock."""
+        deadline = time.monotonic() + self.lock_wait_s
+        while not conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")[0][0]:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
+            time.sleep(0.02)
+        try:
+            return self._steps(conn, batch_id, project_id, received_at, rows)
+        finally:
+            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")
+
+    def _steps(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
+               rows: Sequence[dict[str, str]]) -> Outcome:
         unique: dict[str, dict[str, str]] = {}
         for row in rows:
             unique.setdefault(row["event_id"], row)
         with telemetry.span("postgres ledger claim", **{"db.system": "postgresql", "pulse.events": len(unique)}):
-            claim = self.db.transaction(lambda conn: self._claim(conn, batch_id, project_id, list(unique)))
+            claim = in_transaction(conn, lambda: self._claim(conn, batch_id, project_id, list(unique)))
         if claim.done is not None:
             return claim.done
         self.fault("after-ledger")
@@ -101,7 +131,7 @@ class Persister:
         outcome = Outcome(project_id, len(claim.owned), duplicates,
                           min(times) if times else None, max(times) if times else None,
                           redelivered=not claim.fresh)
-        self.db.run(
+        conn.run(
             "UPDATE persist_batches SET status = 'done', inserted = :i, duplicates = :d,"
             " first_at = :f, last_at = :l, done_at = now() WHERE batch_id = CAST(:b AS uuid)",
             i=outcome.inserted, d=outcome.duplicates, f=outcome.first, l=outcome.last, b=batch_id,

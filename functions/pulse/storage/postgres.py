@@ -106,20 +106,7 @@ class Database:
         return self.call(lambda conn: conn.run(sql, **params) or [])
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
-        def in_tx(conn: Connection) -> T:
-            conn.run("BEGIN")
-            try:
-                result = work(conn)
-            except BaseException:
-                try:
-                    conn.run("ROLLBACK")
-                except (InterfaceError, OSError, DatabaseError):
-                    pass
-                raise
-            conn.run("COMMIT")
-            return result
-
-        return self.call(in_tx)
+        return self.call(lambda conn: in_transaction(conn, lambda: work(conn)))
 
     def ping(self) -> bool:
         try:
@@ -137,6 +124,21 @@ class Database:
     def close(self) -> None:
         self._closed = True
         self._drain()
+
+
+def in_transaction(conn: Connection, work: Callable[[], T]) -> T:
+    """``work`` between BEGIN and COMMIT on ``conn``; rolled back if it raises."""
+    conn.run("BEGIN")
+    try:
+        result = work()
+    except BaseException:
+        try:
+            conn.run("ROLLBACK")
+        except (InterfaceError, OSError, DatabaseError):
+            pass
+        raise
+    conn.run("COMMIT")
+    return result
 
 
 def _is_shutdown(exc: DatabaseError) -> bool:
