@@ -208,7 +208,9 @@ class Load:
             give_up = time.monotonic() + 60
             while time.monotonic() < give_up:  # a client retries the same events until acknowledged
                 try:
-                    status = client.request("POST", self.url + "/v1/events", body=body, headers=headers).status
+                    answer = client.request("POST", self.url + "/v1/events", body=body, headers=headers)
+                    status = answer.status
+                    assert status != 503 or int(answer.headers["Retry-After"]) >= 1
                 except urllib3.exceptions.HTTPError:
                     status = 0
                 if status == 202:

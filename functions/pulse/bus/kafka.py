@@ -38,6 +38,7 @@ class Producer:
         self.retry_after_s = retry_after_s
         self.max_in_flight = max_in_flight
         self._slots = threading.BoundedSemaphore(max_in_flight)
+        self.in_flight = 0  # records waiting for their acknowledgement now
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -64,6 +65,8 @@ class Producer:
             raise Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
                               self.retry_after_s)
         started = time.perf_counter()
+        with self._lock:
+            self.in_flight += 1
         try:
             future = self._get().send(
                 topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
@@ -76,6 +79,8 @@ class Producer:
             telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()
             raise
         finally:
+            with self._lock:
+                self.in_flight -= 1
             self._slots.release()
         telemetry.KAFKA_PRODUCE_LATENCY.labels(topic).observe(time.perf_counter() - started)
 
