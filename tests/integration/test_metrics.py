@@ -109,8 +109,9 @@ def served_ingest(pulse: Any, tmp_path: Any) -> Iterator[str]:
            "PULSE_POSTGRES_URL": pulse.settings.postgres_url, "PULSE_KAFKA_BOOTSTRAP": pulse.settings.kafka_bootstrap,
            "PULSE_STATE_DIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen([sys.executable, "-m", "pulse.cli", "serve", "ingest"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pulse.cli", "serve", "ingest"], env=env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -98,7 +99,9 @@ def test_one_trace_from_client_through_kafka_to_clickhouse(pulse: Any, project: 
 
 def test_persisted_event_carries_the_trace(pulse: Any, project: Any, spans: InMemorySpanExporter) -> None:
     """persist hands K_SINK a ``persisted`` event whose traceparent continues the batch's trace."""
+    from pulse.core.events import parse_batch
     from pulse.core.ingestion import encode_batch
+    from pulse.settings import Limits
     from pulse.persist import Persist
 
     received: list[dict[str, str]] = []
@@ -115,7 +118,8 @@ def test_persisted_event_carries_the_trace(pulse: Any, project: Any, spans: InMe
         services.sinks = {"persist": f"http://127.0.0.1:{server.server_port}/"}
         persist = Persist(services)
         traceparent, trace_id, _ = new_traceparent()
-        batch = encode_batch(project.project_id, [{**make_event(), "properties": "{}"}], traceparent=traceparent)
+        rows = parse_batch(orjson.dumps({"events": [make_event()]}), Limits()).rows
+        batch = encode_batch(project.project_id, rows, traceparent=traceparent)
         persist.persist_one(batch)
     finally:
         server.shutdown()
