@@ -50,7 +50,9 @@ class Ingest(HttpFunction):
         credential = extract(request)
         if credential is None or credential.kind != "api_key":
             raise Unauthorized("an API key with the 'ingest' scope is required (X-API-Key or Basic)")
-        return self.services.keys.verify(credential.value, "ingest")
+        key = self.services.keys.verify(credential.value, "ingest")
+        self.services.limiter.hit(self.services.limit("ingest"), key.key_id)
+        return key
 
     def events(self, request: Request) -> Response:
         if self.stopping:

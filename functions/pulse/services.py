@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 from pulse.bus import kafka
 from pulse.bus.kafka import Producer
+from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.keys import KeyStore
+from pulse.security.ratelimit import Limit, RateLimiter
+from pulse.security.tokens import Issuer, JwksKeys, KeyFileError, StaticKeys, Verifier, load_ring, load_signing_key
 from pulse.settings import Settings, SettingsError, redact
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
@@ -25,6 +30,10 @@ class Services:
         self._ch: ClickHouse | None = None
         self._producer: Producer | None = None
         self._keys: KeyStore | None = None
+        self._verifier: Verifier | None = None
+        self._issuer: Issuer | None = None
+        self._limiter: RateLimiter | None = None
+        self._access: ReadAccess | None = None
         self.sinks: dict[str, str] = {}
 
     def sink(self, function: str) -> str | None:
@@ -62,6 +71,59 @@ class Services:
                 self._keys = KeyStore(db, self.settings.key_cache_ttl_s)
             return self._keys
 
+    @property
+    def verifier(self) -> Verifier | None:
+        """Access-token verification from the JWKS URL, else a configured public
+        key (file or directory of PEMs), else the signing key's directory; None
+        when none is configured."""
+        settings = self.settings
+        with self._lock:
+            if self._verifier is None:
+                if settings.jwks_url:
+                    keys: JwksKeys | StaticKeys = JwksKeys(settings.jwks_url, settings.jwks_cache_ttl_s)
+                else:
+                    path = settings.jwt_public_key_file or settings.jwt_private_key_file
+                    if not path:
+                        return None
+                    keys = StaticKeys(_ring(path))
+                self._verifier = Verifier(keys, settings.jwt_issuer, settings.jwt_audience)
+            return self._verifier
+
+    @property
+    def issuer(self) -> Issuer:
+        settings = self.settings
+        with self._lock:
+            if self._issuer is None:
+                path = _required(settings.jwt_private_key_file, "PULSE_JWT_PRIVATE_KEY_FILE")
+                try:
+                    signing = load_signing_key(Path(path))
+                except KeyFileError as exc:
+                    raise SettingsError(f"PULSE_JWT_PRIVATE_KEY_FILE: {exc}") from exc
+                self._issuer = Issuer(signing, settings.jwt_issuer, settings.jwt_audience,
+                                      settings.access_token_ttl_s)
+            return self._issuer
+
+    @property
+    def limiter(self) -> RateLimiter:
+        db = self.db
+        with self._lock:
+            if self._limiter is None:
+                self._limiter = RateLimiter(db)
+            return self._limiter
+
+    def limit(self, name: str) -> Limit:
+        """The configured limit ``ingest``, ``login`` or ``register``."""
+        return Limit(name, getattr(self.settings, f"{name}_rate_limit"), getattr(self.settings, f"{name}_rate_window_s"))
+
+    @property
+    def access(self) -> ReadAccess:
+        keys, verifier, db = self.keys, self.verifier, self.db
+        with self._lock:
+            if self._access is None:
+                bearer = BearerAccess(verifier, Memberships(db, self.settings.key_cache_ttl_s)) if verifier else None
+                self._access = ReadAccess(keys, bearer)
+            return self._access
+
     def checks(self, needs: Iterable[str]) -> dict[str, bool]:
         probes = {
             "postgres": lambda: self.db.ping(),
@@ -93,12 +155,21 @@ class Services:
             producer, db, ch = self._producer, self._db, self._ch
             self._producer = self._db = self._ch = None
             self._keys = None
+            self._limiter = None
+            self._access = None
         if producer is not None:
             producer.close()
         if db is not None:
             db.close()
         if ch is not None:
             ch.close()
+
+
+def _ring(path: str) -> dict[str, Any]:
+    try:
+        return load_ring(Path(path))
+    except KeyFileError as exc:
+        raise SettingsError(f"JWT verification keys: {exc}") from exc
 
 
 def _required(value: str | None, name: str) -> str:

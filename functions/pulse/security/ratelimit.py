@@ -1,0 +1,118 @@
+"""Rate limits that hold across replicas, and the back-off on failed sign-ins.
+
+Counters live in Postgres (``rate_counters``), one row per bucket per fixed
+window, bumped by one atomic upsert per request, so every replica of a
+function counts into the same row. Window boundaries come from the database
+clock, not the replica's. A request over the limit is answered 429 with
+``Retry-After`` (the seconds left in the window) and still counts, so a client
+that keeps hammering stays limited until it waits.
+
+Failed sign-ins are counted per lower-cased email (``login_failures``),
+whether or not the account exists. From the ``lock_after``-th failure in a
+row the account is locked for 1 s, then 2 s, 4 s… up to ``max_lock_s``; while
+locked, sign-in answers 429 without looking at the password. A success
+clears the count.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+from dataclasses import dataclass
+
+from pulse.errors import RateLimited
+from pulse.storage.postgres import Database
+
+SWEEP_EVERY = 500
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    limit: int
+    window_s: int
+
+
+def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
+    """The client's address: the peer's, or with ``trusted_hops`` proxies in front
+    of us, the address the outermost trusted proxy saw (X-Forwarded-For entries
+    further left are client-controlled and ignored)."""
+    peer = remote_addr or "unknown"
+    if trusted_hops <= 0 or not forwarded_for:
+        return peer
+    chain = [hop.strip() for hop in forwarded_for.split(",")][-64:] + [peer]
+    candidate = chain[max(0, len(chain) - 1 - trusted_hops)]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer
+
+
+def lock_seconds(failures: int, lock_after: int, max_lock_s: int) -> int:
+    """How long an account stays locked after ``failures`` failed sign-ins in a row."""
+    if failures < lock_after:
+        return 0
+    return min(max_lock_s, 2 ** min(failures - lock_after, 30))
+
+
+class RateLimiter:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._hits = 0
+        self._lock = threading.Lock()
+
+    def hit(self, limit: Limit, subject: str) -> None:
+        """Count one request by ``subject``; 429 when it is over ``limit``."""
+        rows = self.db.run(
+            "WITH w AS (SELECT floor(extract(epoch FROM now()) / CAST(:win AS integer))::bigint AS idx,"
+            "                  extract(epoch FROM now())::float8 AS at),"
+            " up AS (INSERT INTO rate_counters AS c (bucket, window_idx, hits, expires_at)"
+            "        SELECT :b, w.idx, 1, to_timestamp((w.idx + 1) * CAST(:win AS integer)) FROM w"
+            "        ON CONFLICT (bucket, window_idx) DO UPDATE SET hits = c.hits + 1"
+            "        RETURNING c.hits, c.window_idx)"
+            " SELECT up.hits, (up.window_idx + 1) * CAST(:win AS integer) - w.at FROM up, w",
+            b=f"{limit.name}:{subject}", win=limit.window_s)
+        hits, left_s = int(rows[0][0]), float(rows[0][1])
+        self._sweep()
+        if hits > limit.limit:
+            raise RateLimited(f"rate limit: {limit.limit} {limit.name} requests per {limit.window_s} s",
+                              max(1, math.ceil(left_s)))
+
+    def _sweep(self) -> None:
+        with self._lock:
+            self._hits += 1
+            due = self._hits % SWEEP_EVERY == 0
+        if due:
+            self.db.run("DELETE FROM rate_counters WHERE expires_at < now() - interval '1 minute'")
+
+
+class LoginBackoff:
+    def __init__(self, db: Database, lock_after: int, max_lock_s: int) -> None:
+        self.db = db
+        self.lock_after = lock_after
+        self.max_lock_s = max_lock_s
+
+    def check(self, email_lower: str) -> None:
+        rows = self.db.run(
+            "SELECT extract(epoch FROM locked_until - now())::float8 FROM login_failures"
+            " WHERE email_lower = :e AND locked_until > now()", e=email_lower)
+        if rows:
+            raise RateLimited("too many failed sign-ins for this account; wait and try again",
+                              max(1, math.ceil(rows[0][0])))
+
+    def failed(self, email_lower: str) -> None:
+        rows = self.db.run(
+            "INSERT INTO login_failures AS f (email_lower, failures, last_at) VALUES (:e, 1, now())"
+            " ON CONFLICT (email_lower) DO UPDATE SET"
+            "   failures = CASE WHEN f.last_at < now() - make_interval(secs => CAST(:reset AS integer))"
+            "                   THEN 1 ELSE f.failures + 1 END,"
+            "   last_at = now()"
+            " RETURNING failures", e=email_lower, reset=self.max_lock_s)
+        seconds = lock_seconds(int(rows[0][0]), self.lock_after, self.max_lock_s)
+        if seconds:
+            self.db.run("UPDATE login_failures SET locked_until = now() + make_interval(secs => CAST(:s AS integer))"
+                        " WHERE email_lower = :e", e=email_lower, s=seconds)
+
+    def succeeded(self, email_lower: str) -> None:
+        self.db.run("DELETE FROM login_failures WHERE email_lower = :e", e=email_lower)
