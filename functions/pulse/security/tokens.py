@@ -91,7 +91,10 @@ class VerifyingKey:
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any]) -> VerifyingKey:
-        key = jwt.PyJWK(dict(jwk)).key
+        try:
+            key = jwt.PyJWK(dict(jwk)).key
+        except jwt.PyJWTError as exc:
+            raise KeyFileError(f"unusable JWK: {exc}") from exc
         found = cls.of(key)
         if jwk.get("alg") not in (None, found.alg):
             raise KeyFileError(f"JWK {found.kid} claims alg {jwk.get('alg')}, its key type allows {found.alg}")
@@ -230,7 +233,7 @@ class JwksKeys:
             for entry in document["keys"]:
                 try:
                     key = VerifyingKey.from_jwk(entry)
-                except (KeyFileError, jwt.PyJWKError, KeyError, TypeError, ValueError):
+                except (KeyFileError, KeyError, TypeError, ValueError):
                     continue
                 ring[key.kid] = key
         except (OSError, urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
