@@ -413,3 +413,17 @@ def test_injection_shaped_and_oversized_input_is_400_never_500(pulse: Any, alice
     quoted = signup(pulse, email=f"o'brien-{uuid.uuid4().hex[:6]}@example.com")
     assert quoted.get("/v1/projects").status == 200
     assert pulse.services.db.run("SELECT count(*) FROM users")[0][0] >= 3
+
+
+def test_demo_account_is_made_through_the_public_api(pulse: Any) -> None:
+    from pulse.local.demo import create_demo_account, send_events
+
+    demo = create_demo_account(pulse.gateway_url)
+    assert send_events(pulse.gateway_url, demo.ingest_key, [make_event(event_type="demo")]) == 1
+    wait_persisted(pulse)
+    api = Client(pulse.gateway_url)
+    assert api.get("/v1/stats/top-events", headers={"X-API-Key": demo.read_key}).json == [
+        {"event_type": "demo", "count": 1, "users": 1}]
+    login = api.post("/v1/auth/login", {"email": demo.email, "password": demo.password})
+    bearer = {"Authorization": f"Bearer {login.json['access_token']}"}
+    assert [p["role"] for p in api.get("/v1/projects", headers=bearer).json] == ["owner"]
