@@ -43,7 +43,8 @@ CREATE TABLE login_failures (
 );
 
 -- Fixed-window counters shared by every replica: one row per (bucket, window).
-CREATE TABLE rate_counters (
+-- UNLOGGED: no WAL per request (a crash only forgets the current windows).
+CREATE UNLOGGED TABLE rate_counters (
     bucket      text NOT NULL,
     window_idx  bigint NOT NULL,
     hits        integer NOT NULL,

@@ -154,3 +154,30 @@ def test_repeated_failed_logins_lock_the_account_briefly(pulse: Any) -> None:
     # success clears the count: one more failure does not lock again
     problem(api.post("/v1/auth/login", {"email": user.email, "password": "wrong guess"}), 401)
     assert api.post("/v1/auth/login", {"email": user.email, "password": user.password}).status == 200
+
+
+def test_leased_counts_never_admit_more_than_the_limit_across_replicas(pulse: Any) -> None:
+    from pulse.errors import RateLimited
+    from pulse.security.ratelimit import Limit, RateLimiter
+    from pulse.storage.postgres import Database
+
+    limit = Limit("test", 300, 3600)  # leases of 3
+    databases = [Database(pulse.settings.postgres_url) for _ in range(3)]
+    limiters = [RateLimiter(db) for db in databases]
+    try:
+        for _attempt in range(3):
+            subject, start = uuid.uuid4().hex, window_index(pulse, limit.window_s)
+            admitted = 0
+            for n in range(400):
+                try:
+                    limiters[n % 3].hit(limit, subject)
+                    admitted += 1
+                except RateLimited:
+                    pass
+            if window_index(pulse, limit.window_s) == start:
+                assert limit.limit - 3 * 3 <= admitted <= limit.limit
+                return
+        pytest.fail("could not stay in one window")
+    finally:
+        for db in databases:
+            db.close()
