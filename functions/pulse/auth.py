@@ -17,7 +17,7 @@ from pulse.core.accounts import Accounts
 from pulse.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import Passwords
 from pulse.security.ratelimit import LoginBackoff, client_ip
-from pulse.security.tokens import jwks, load_ring
+from pulse.security.tokens import FileKeys, jwks
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.web.body import read_body
@@ -106,12 +106,13 @@ class Auth(HttpFunction):
         return Response(status=204)
 
     @functools.cached_property
-    def _jwks(self) -> bytes:
+    def published(self) -> FileKeys:
+        """Every key next to the signing key (re-read every 30 s, so a key added for a rotation appears)."""
         self.services.issuer  # noqa: B018 - fails clearly when no signing key is configured
-        return orjson.dumps(jwks(load_ring(Path(self.settings.jwt_private_key_file or ""))))
+        return FileKeys(Path(self.settings.jwt_private_key_file or ""))
 
     def jwks(self, request: Request) -> Response:
-        return Response(self._jwks, content_type="application/json",
+        return Response(orjson.dumps(jwks(self.published.ring())), content_type="application/json",
                         headers={"Cache-Control": f"public, max-age={int(self.settings.jwks_cache_ttl_s)}"})
 
     # Projects, keys, members -----------------------------------------------

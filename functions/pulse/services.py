@@ -10,13 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 from pulse.bus import kafka
 from pulse.bus.kafka import Producer
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
-from pulse.security.tokens import Issuer, JwksKeys, KeyFileError, StaticKeys, Verifier, load_ring, load_signing_key
+from pulse.security.tokens import FileKeys, Issuer, JwksKeys, KeyFileError, Verifier, load_signing_key
 from pulse.settings import Settings, SettingsError, redact
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
@@ -80,12 +79,12 @@ class Services:
         with self._lock:
             if self._verifier is None:
                 if settings.jwks_url:
-                    keys: JwksKeys | StaticKeys = JwksKeys(settings.jwks_url, settings.jwks_cache_ttl_s)
+                    keys: JwksKeys | FileKeys = JwksKeys(settings.jwks_url, settings.jwks_cache_ttl_s)
                 else:
                     path = settings.jwt_public_key_file or settings.jwt_private_key_file
                     if not path:
                         return None
-                    keys = StaticKeys(_ring(path))
+                    keys = _file_keys(path)
                 self._verifier = Verifier(keys, settings.jwt_issuer, settings.jwt_audience)
             return self._verifier
 
@@ -165,9 +164,9 @@ class Services:
             ch.close()
 
 
-def _ring(path: str) -> dict[str, Any]:
+def _file_keys(path: str) -> FileKeys:
     try:
-        return load_ring(Path(path))
+        return FileKeys(Path(path))
     except KeyFileError as exc:
         raise SettingsError(f"JWT verification keys: {exc}") from exc
 

@@ -419,10 +419,10 @@ def test_demo_account_is_made_through_the_public_api(pulse: Any) -> None:
     from pulse.local.demo import create_demo_account, send_events
 
     demo = create_demo_account(pulse.gateway_url)
-    assert send_events(pulse.gateway_url, demo.ingest_key, [make_event(event_type="demo")]) == 1
+    assert send_events(pulse.gateway_url, demo.api_key, [make_event(event_type="demo")]) == 1
     wait_persisted(pulse)
     api = Client(pulse.gateway_url)
-    assert api.get("/v1/stats/top-events", headers={"X-API-Key": demo.read_key}).json == [
+    assert api.get("/v1/stats/top-events", headers={"X-API-Key": demo.api_key}).json == [
         {"event_type": "demo", "count": 1, "users": 1}]
     login = api.post("/v1/auth/login", {"email": demo.email, "password": demo.password})
     bearer = {"Authorization": f"Bearer {login.json['access_token']}"}

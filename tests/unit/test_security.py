@@ -57,7 +57,7 @@ def write_key(folder: Path, name: str, kind: str = "ed25519") -> Path:
 
 
 def verifier_for(path: Path) -> tokens.Verifier:
-    return tokens.Verifier(tokens.StaticKeys(tokens.load_ring(path)), "pulse", "pulse")
+    return tokens.Verifier(tokens.FileKeys(path), "pulse", "pulse")
 
 
 @pytest.mark.parametrize("kind,alg", [("ed25519", "EdDSA"), ("ec", "ES256"), ("rsa", "RS256")])
@@ -144,15 +144,15 @@ def test_rotation_keeps_old_tokens_valid_while_the_old_key_is_published(tmp_path
     old_token = tokens.Issuer(tokens.load_signing_key(old_path), "pulse", "pulse", 900).issue(SUBJECT).token
     new_path = write_key(tmp_path, "2026-02.pem")
     new_token = tokens.Issuer(tokens.load_signing_key(new_path), "pulse", "pulse", 900).issue(SUBJECT).token
-    ring = tokens.load_ring(new_path)
-    assert len(tokens.jwks(ring)["keys"]) == 2
-    verifier = verifier_for(new_path)
+    published = tokens.FileKeys(new_path, reload_s=0)
+    assert len(tokens.jwks(published.ring())["keys"]) == 2
+    verifier = tokens.Verifier(published, "pulse", "pulse")
     assert verifier.verify(old_token).subject == verifier.verify(new_token).subject == SUBJECT
-    old_path.unlink()
-    retired = verifier_for(new_path)
-    assert retired.verify(new_token).subject == SUBJECT
+    old_path.unlink()  # the old key retires: its tokens stop verifying, the new key's do not
+    assert len(tokens.jwks(published.ring())["keys"]) == 1
+    assert verifier.verify(new_token).subject == SUBJECT
     with pytest.raises(Unauthorized):
-        retired.verify(old_token)
+        verifier.verify(old_token)
 
 
 def test_jwks_keys_refresh_on_a_new_kid_and_survive_an_outage(tmp_path: Path) -> None:

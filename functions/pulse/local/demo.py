@@ -26,13 +26,12 @@ class DemoAccount:
     email: str
     password: str
     project_id: str
-    ingest_key: str
-    read_key: str
+    api_key: str  # scopes ingest and read
     access_token: str
 
 
 def create_demo_account(gateway_url: str, project_name: str = "Demo") -> DemoAccount:
-    """Sign up, sign in, create a project and an ingest and a read key, all through the API."""
+    """Sign up, sign in, create a project and a key (ingest + read), all through the API."""
     http = urllib3.PoolManager()
 
     def call(path: str, body: dict[str, Any], token: str | None = None) -> Any:
@@ -49,9 +48,8 @@ def create_demo_account(gateway_url: str, project_name: str = "Demo") -> DemoAcc
     call("/v1/auth/register", {"email": email, "password": password, "full_name": "Demo User"})
     token = call("/v1/auth/login", {"email": email, "password": password})["access_token"]
     project_id = call("/v1/projects", {"name": project_name}, token)["project_id"]
-    ingest_key = call(f"/v1/projects/{project_id}/api-keys", {"name": "demo ingest", "scopes": ["ingest"]}, token)
-    read_key = call(f"/v1/projects/{project_id}/api-keys", {"name": "demo read", "scopes": ["read"]}, token)
-    return DemoAccount(email, password, project_id, ingest_key["api_key"], read_key["api_key"], token)
+    key = call(f"/v1/projects/{project_id}/api-keys", {"name": "demo", "scopes": ["ingest", "read"]}, token)
+    return DemoAccount(email, password, project_id, key["api_key"], token)
 
 
 def create_demo_key(services: Services, name: str = "Demo") -> tuple[str, str]:

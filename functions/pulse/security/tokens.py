@@ -187,14 +187,30 @@ class Issuer:
         return AccessToken(token, self.ttl_s, jti)
 
 
-class StaticKeys:
-    """Keys read from PEM files at start."""
+class FileKeys:
+    """The PEM keys of a file's directory (or a directory), read again every
+    ``reload_s`` so a key added to a mounted Secret is published and trusted
+    without a restart. A read that fails keeps the last good keys."""
 
-    def __init__(self, ring: Mapping[str, VerifyingKey]) -> None:
-        self.ring = dict(ring)
+    def __init__(self, path: Path, reload_s: float = 30.0) -> None:
+        self.path = path
+        self.reload_s = reload_s
+        self._ring = load_ring(path)
+        self._loaded = time.monotonic()
+        self._lock = threading.Lock()
+
+    def ring(self) -> dict[str, VerifyingKey]:
+        with self._lock:
+            if time.monotonic() - self._loaded >= self.reload_s:
+                try:
+                    self._ring = load_ring(self.path)
+                except KeyFileError:
+                    pass
+                self._loaded = time.monotonic()
+            return self._ring
 
     def get(self, kid: str) -> VerifyingKey | None:
-        return self.ring.get(kid)
+        return self.ring().get(kid)
 
 
 Fetch = Callable[[str], bytes]
