@@ -33,6 +33,7 @@ class Auth(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
+        self.trusted = services.settings.trusted_networks
         super().__init__(lambda: services.checks(("postgres",)))
 
     def routes(self) -> Iterable[Route]:
@@ -71,7 +72,7 @@ class Auth(HttpFunction):
             raise InvalidInput.field("body", "is not valid JSON") from exc
 
     def limit(self, request: Request, name: str) -> None:
-        ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), self.settings.trusted_proxy_hops)
+        ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), self.trusted)
         self.services.limiter.hit(self.services.limit(name), ip)
 
     def user(self, request: Request) -> str:

@@ -13,6 +13,7 @@ when running ``pulse up``; a function started on its own requires them.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -72,7 +73,7 @@ class Settings:
     refresh_token_ttl_s: int = 30 * 86400
     admin_emails: str = ""
     password_scrypt_n: int = 1 << 15
-    trusted_proxy_hops: int = 0
+    trusted_proxies: str = ""
     # Rate limits: at most N requests per window, counted in Postgres so they
     # hold across replicas.
     ingest_rate_limit: int = 20000
@@ -138,10 +139,17 @@ class Settings:
                 raise SettingsError(f"PULSE_{positive.upper()}: must be at least 1")
         if self.password_scrypt_n < 1024 or self.password_scrypt_n & (self.password_scrypt_n - 1):
             raise SettingsError("PULSE_PASSWORD_SCRYPT_N: must be a power of two, at least 1024")
-        if self.trusted_proxy_hops < 0:
-            raise SettingsError("PULSE_TRUSTED_PROXY_HOPS: must be at least 0")
+        try:
+            self.trusted_networks  # noqa: B018 - parsed to fail fast
+        except ValueError as exc:
+            raise SettingsError(f"PULSE_TRUSTED_PROXIES: {exc}") from exc
         if self.jwks_url is not None and urlsplit(self.jwks_url).scheme not in ("http", "https"):
             raise SettingsError("PULSE_JWKS_URL: scheme must be http:// or https://")
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Proxies whose X-Forwarded-For is believed (``PULSE_TRUSTED_PROXIES``: addresses or CIDR blocks)."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip())
 
     @property
     def admins(self) -> frozenset[str]:

@@ -88,6 +88,9 @@ def test_login_limit_per_ip_holds_across_replicas(pulse: Any, replicas: Callable
         limited = call(one, "POST", "/v1/auth/login", ip, json={})
         assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= window
         assert limited.headers["Content-Type"] == "application/problem+json"
+        # a made-up X-Forwarded-For from an untrusted peer changes nothing
+        spoofed = call(two, "POST", "/v1/auth/login", ip, json={}, headers={"X-Forwarded-For": fresh_ip()})
+        assert spoofed.status_code == 429
         # another address is not affected
         assert call(two, "POST", "/v1/auth/login", fresh_ip(), json={}).status_code == 400
         return

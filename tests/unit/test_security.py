@@ -18,6 +18,7 @@ from pulse.core import accounts
 from pulse.errors import InvalidInput, Unauthorized, Unavailable
 from pulse.security import passwords, tokens
 from pulse.security.ratelimit import client_ip, lock_seconds
+from pulse.settings import Settings, SettingsError
 
 N = 1024  # cheap scrypt for tests; the stored parameters travel with the hash
 
@@ -201,12 +202,15 @@ def test_weak_keys_are_refused(tmp_path: Path) -> None:
 
 # Limits and addresses ----------------------------------------------------------
 
-def test_client_ip_trusts_only_configured_hops() -> None:
-    assert client_ip("10.0.0.5", "1.2.3.4", 0) == "10.0.0.5"
-    assert client_ip("10.0.0.5", "6.6.6.6, 1.2.3.4", 1) == "1.2.3.4"
-    assert client_ip("10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.9", 2) == "1.2.3.4"
-    assert client_ip("10.0.0.5", "not-an-ip", 1) == "10.0.0.5"
-    assert client_ip("10.0.0.5", None, 1) == "10.0.0.5"
+def test_client_ip_trusts_only_configured_proxies() -> None:
+    proxies = Settings(trusted_proxies="10.0.0.0/8, 127.0.0.1").trusted_networks
+    assert client_ip("10.0.0.5", "1.2.3.4", ()) == "10.0.0.5"
+    assert client_ip("10.0.0.5", "6.6.6.6, 1.2.3.4", proxies) == "1.2.3.4"
+    assert client_ip("127.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.9, 10.1.2.3", proxies) == "1.2.3.4"
+    assert client_ip("8.8.8.8", "1.2.3.4", proxies) == "8.8.8.8"  # an untrusted peer cannot claim an address
+    assert client_ip("10.0.0.5", "not-an-ip", proxies) == "10.0.0.5"
+    assert client_ip("10.0.0.5", None, proxies) == "10.0.0.5"
+    assert client_ip("10.0.0.5", "10.0.0.7", proxies) == "10.0.0.5"
 
 
 def test_lock_backs_off_exponentially_with_a_cap() -> None:
@@ -233,3 +237,11 @@ def test_plausible_emails_pass() -> None:
 def test_malformed_refresh_tokens_are_400(token: str) -> None:
     with pytest.raises(InvalidInput):
         accounts.check_refresh_token(token)
+
+
+def test_bad_security_settings_fail_at_start() -> None:
+    for bad in ({"trusted_proxies": "10.0.0.0/33"}, {"password_scrypt_n": "1000"}, {"login_rate_limit": "0"},
+                {"jwks_url": "file:///etc/keys"}):
+        with pytest.raises(SettingsError):
+            Settings.from_values(bad)
+    assert Settings.from_values({"admin_emails": " Ops@Example.com ,b@x.io,"}).admins == {"ops@example.com", "b@x.io"}

@@ -41,19 +41,32 @@ class Limit:
     window_s: int
 
 
-def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
-    """The client's address: the peer's, or with ``trusted_hops`` proxies in front
-    of us, the address the outermost trusted proxy saw (X-Forwarded-For entries
-    further left are client-controlled and ignored)."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
+    """The client's address. When the peer is a trusted proxy, walk
+    X-Forwarded-For from the right past trusted proxies: the first address not
+    among them is the client (entries further left are client-controlled)."""
     peer = remote_addr or "unknown"
-    if trusted_hops <= 0 or not forwarded_for:
+    if not trusted or not forwarded_for or not _within(peer, trusted):
         return peer
-    chain = [hop.strip() for hop in forwarded_for.split(",")][-64:] + [peer]
-    candidate = chain[max(0, len(chain) - 1 - trusted_hops)]
+    hops = [hop.strip() for hop in forwarded_for.split(",")][-64:]
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer
+    return peer
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
     try:
-        return str(ipaddress.ip_address(candidate))
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return peer
+        return False
+    return any(ip in network for network in networks)
 
 
 def lock_seconds(failures: int, lock_after: int, max_lock_s: int) -> int:
