@@ -9,6 +9,7 @@ users do, so the per-IP limits on register/login never couple two tests.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -182,6 +183,36 @@ def test_refresh_rotates_and_reuse_revokes_the_family(pulse: Any, alice: User) -
     # another sign-in is another family, untouched
     other = api.post("/v1/auth/login", {"email": alice.email, "password": alice.password})
     assert api.post("/v1/auth/refresh", {"refresh_token": other.json["refresh_token"]}).status == 200
+
+
+def test_concurrent_reuse_of_one_refresh_token_revokes_the_family(pulse: Any, alice: User) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: Client(pulse.gateway_url).post(
+            "/v1/auth/refresh", {"refresh_token": alice.refresh}), range(2)))
+    assert sorted(a.status for a in answers) == [200, 401]
+    winner = next(a for a in answers if a.status == 200)
+    problem(alice.api.post("/v1/auth/refresh", {"refresh_token": winner.json["refresh_token"]}), 401)
+
+
+def test_expired_refresh_token_is_refused(pulse: Any, alice: User) -> None:
+    from pulse.auth import Auth
+    from pulse.services import Services
+
+    services = Services(pulse.settings.with_(refresh_token_ttl_s=1))
+    try:
+        replica = WsgiClient(Auth(services).wsgi)
+        pair = replica.post("/v1/auth/login", json={"email": alice.email, "password": alice.password}).json
+        digest = hashlib.sha256(pair["refresh_token"].encode()).digest()
+        deadline = time.monotonic() + 10
+        while pulse.services.db.run("SELECT expires_at > now() FROM refresh_tokens WHERE token_sha256 = :h",
+                                    h=digest)[0][0]:
+            assert time.monotonic() < deadline, "the 1 s refresh token did not expire"
+            time.sleep(0.2)
+        problem(alice.api.post("/v1/auth/refresh", {"refresh_token": pair["refresh_token"]}), 401)
+    finally:
+        services.close()
 
 
 def test_logout_revokes_the_session(pulse: Any, alice: User) -> None:
