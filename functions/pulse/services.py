@@ -112,7 +112,8 @@ class Services:
 
     def limit(self, name: str) -> Limit:
         """The configured limit ``ingest``, ``login`` or ``register``."""
-        return Limit(name, getattr(self.settings, f"{name}_rate_limit"), getattr(self.settings, f"{name}_rate_window_s"))
+        settings = self.settings
+        return Limit(name, getattr(settings, f"{name}_rate_limit"), getattr(settings, f"{name}_rate_window_s"))
 
     @property
     def access(self) -> ReadAccess:

@@ -285,7 +285,8 @@ def add_member(db: Database, project_id: str, body: dict[str, Any]) -> tuple[dic
                            " AND user_id = CAST(:u AS uuid)", p=project_id, u=user_id)
         if current and current[0][0] == "owner" and role != "owner":
             _keep_an_owner(conn, project_id)
-        conn.run("INSERT INTO project_members (project_id, user_id, role) VALUES (CAST(:p AS uuid), CAST(:u AS uuid), :r)"
+        conn.run("INSERT INTO project_members (project_id, user_id, role)"
+                 " VALUES (CAST(:p AS uuid), CAST(:u AS uuid), :r)"
                  " ON CONFLICT (project_id, user_id) DO UPDATE SET role = EXCLUDED.role",
                  p=project_id, u=user_id, r=role)
         return {"user_id": user_id, "email": users[0][1], "role": role}, not current
