@@ -22,10 +22,10 @@ from pulse.telemetry import configure_logging, configure_tracing
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
 NEEDS = {
     "ingest": ("postgres", "kafka"),
-    "auth": ("postgres",),
+    "auth": ("postgres", "signing_key"),
     "persist": ("postgres", "clickhouse"),
-    "aggregate": ("postgres", "clickhouse"),
-    "export": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse", "token_keys"),
+    "export": ("postgres", "clickhouse", "token_keys"),
 }
 
 

@@ -143,6 +143,13 @@ class Services:
         urls = {"postgres": self.settings.postgres_url, "clickhouse": self.settings.clickhouse_url,
                 "kafka": self.settings.kafka_bootstrap}
         for need in needs:
+            if need == "signing_key":
+                self.issuer  # noqa: B018 - loading it names the problem
+                continue
+            if need == "token_keys":
+                if self.verifier is None:
+                    raise SettingsError("set PULSE_JWKS_URL or PULSE_JWT_PUBLIC_KEY_FILE to verify access tokens")
+                continue
             if need == "kafka":
                 ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
             else:

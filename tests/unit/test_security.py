@@ -245,3 +245,18 @@ def test_bad_security_settings_fail_at_start() -> None:
         with pytest.raises(SettingsError):
             Settings.from_values(bad)
     assert Settings.from_values({"admin_emails": " Ops@Example.com ,b@x.io,"}).admins == {"ops@example.com", "b@x.io"}
+
+
+def test_services_refuse_to_start_without_token_keys(tmp_path: Path) -> None:
+    from pulse.services import Services
+
+    with pytest.raises(SettingsError, match="PULSE_JWT_PRIVATE_KEY_FILE"):
+        Services(Settings()).verify(["signing_key"])
+    with pytest.raises(SettingsError, match="PULSE_JWKS_URL"):
+        Services(Settings()).verify(["token_keys"])
+    with pytest.raises(SettingsError, match="not a PEM key"):
+        (tmp_path / "signing.pem").write_text("not a key")
+        Services(Settings(jwt_private_key_file=str(tmp_path / "signing.pem"))).verify(["signing_key"])
+    key = write_key(tmp_path / "ok", "signing.pem")
+    Services(Settings(jwt_private_key_file=str(key))).verify(["signing_key", "token_keys"])
+    Services(Settings(jwks_url="http://auth.pulse.svc/.well-known/jwks.json")).verify(["token_keys"])
