@@ -340,6 +340,8 @@ def test_viewer_reads_stats_but_cannot_manage_and_loses_access_when_removed(puls
     members = alice.get(f"/v1/projects/{project_id}/members").json
     assert {(m["user_id"], m["role"]) for m in members} == {(alice.user_id, "owner"), (bob.user_id, "viewer")}
     assert bob.get(f"/v1/stats/top-events?project_id={project_id}").status == 200
+    exported = bob.get(f"/v1/export?format=ndjson&project_id={project_id}")
+    assert exported.status == 200, exported.body[:300]
     assert [p["role"] for p in bob.get("/v1/projects").json] == ["viewer"]
     problem(bob.post(f"/v1/projects/{project_id}/api-keys", {"name": "k"}), 403)
     problem(bob.get(f"/v1/projects/{project_id}/api-keys"), 403)
