@@ -21,15 +21,22 @@ CREATE TABLE project_members (
 CREATE INDEX project_members_user ON project_members (user_id);
 
 -- A family is one sign-in: every rotation stays in it, and presenting a
--- spent token revokes all of it.
+-- spent token revokes all of it. Refresh and sign-out lock the family row,
+-- so they serialize per sign-in.
+CREATE TABLE refresh_families (
+    family_id   uuid PRIMARY KEY,
+    user_id     uuid NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+CREATE INDEX refresh_families_user ON refresh_families (user_id);
+
 CREATE TABLE refresh_tokens (
     token_sha256  bytea PRIMARY KEY,
-    family_id     uuid NOT NULL,
-    user_id       uuid NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    family_id     uuid NOT NULL REFERENCES refresh_families (family_id) ON DELETE CASCADE,
     created_at    timestamptz NOT NULL DEFAULT now(),
     expires_at    timestamptz NOT NULL,
-    used_at       timestamptz,
-    revoked_at    timestamptz
+    used_at       timestamptz
 );
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
 CREATE INDEX refresh_tokens_expires_at ON refresh_tokens USING brin (expires_at);

@@ -138,6 +138,20 @@ def test_ingest_limit_per_key_holds_across_replicas_and_recovers(pulse: Any, rep
     poll(lambda: send(0).status_code, lambda s: s == 202, 5.0, "ingest after the window")
 
 
+def test_ingest_limit_covers_keys_sent_in_the_body(pulse: Any, replicas: Callable[..., Any]) -> None:
+    from pulse.ingest import Ingest
+
+    owner = signup(pulse)
+    key = owner.new_key(owner.new_project(), ["ingest"])
+    ingest = replicas(Ingest, ingest_rate_limit=2, ingest_rate_window_s=2)
+    statuses: list[int] = []
+    while not statuses or statuses[-1] != 429:
+        statuses.append(call(ingest, "POST", "/v1/track", "127.0.0.1", json={
+            "writeKey": key, "event": "a", "userId": "u", "messageId": uuid.uuid4().hex}).status_code)
+        assert len(statuses) <= 5, statuses
+    assert set(statuses[:-1]) == {200}
+
+
 def test_repeated_failed_logins_lock_the_account_briefly(pulse: Any) -> None:
     user: User = signup(pulse)
     api = Client(pulse.gateway_url)

@@ -4,12 +4,15 @@ members and their roles. Plain values in and out; HTTP lives in pulse.auth.
 Refresh tokens are ``prt_`` + 256 random bits, stored as their SHA-256 only.
 Each use spends the token and issues its successor in the same family; a
 spent or revoked token presented again revokes the whole family (whoever holds
-the live successor — the user or a thief — must sign in again).
+the live successor — the user or a thief — must sign in again). Refresh and
+sign-out lock the family's row first, so two uses of one token, or a refresh
+racing a sign-out, cannot leave a live successor behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import uuid
@@ -25,6 +28,7 @@ from pulse.security.ratelimit import LoginBackoff
 from pulse.security.tokens import Issuer
 from pulse.storage.postgres import Connection, Database
 
+log = logging.getLogger("pulse.auth")
 ROLES = ("owner", "viewer")
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
@@ -168,46 +172,71 @@ class Accounts:
             self.backoff.failed(email_lower)
             raise Unauthorized("invalid email or password")
         self.backoff.succeeded(email_lower)
-        return self._pair(str(rows[0][0]), str(uuid.uuid4()))
+        user_id = str(rows[0][0])
+
+        def sign_in(conn: Connection) -> TokenPair:
+            family_id = str(uuid.uuid4())
+            conn.run("INSERT INTO refresh_families (family_id, user_id) VALUES (CAST(:f AS uuid), CAST(:u AS uuid))",
+                     f=family_id, u=user_id)
+            return self._pair(conn, user_id, family_id)
+
+        return self.db.transaction(sign_in)
 
     def refresh(self, body: dict[str, Any]) -> TokenPair:
         token = check_refresh_token(body.get("refresh_token"))
+        digest = _digest(token)
 
-        def rotate(conn: Connection) -> tuple[str, str] | None:
-            rows = conn.run(
-                "SELECT user_id, family_id, used_at IS NOT NULL OR revoked_at IS NOT NULL, expires_at <= now()"
-                " FROM refresh_tokens WHERE token_sha256 = :h FOR UPDATE", h=_digest(token))
-            if not rows:
+        def rotate(conn: Connection) -> TokenPair | None:
+            family = _lock_family(conn, digest)
+            if family is None:
                 return None
-            user_id, family_id, spent, expired = rows[0]
-            if spent:
-                conn.run("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = :f AND revoked_at IS NULL",
+            family_id, user_id, revoked = family
+            used, expired = conn.run("SELECT used_at IS NOT NULL, expires_at <= now() FROM refresh_tokens"
+                                     " WHERE token_sha256 = :h", h=digest)[0]
+            if revoked or expired:
+                return None
+            if used:
+                conn.run("UPDATE refresh_families SET revoked_at = now() WHERE family_id = CAST(:f AS uuid)",
                          f=family_id)
+                log.warning("spent refresh token presented again: sign-in revoked",
+                            extra={"fields": {"user_id": user_id, "family_id": family_id}})
                 return None
-            if expired:
-                return None
-            conn.run("UPDATE refresh_tokens SET used_at = now() WHERE token_sha256 = :h", h=_digest(token))
-            return str(user_id), str(family_id)
+            conn.run("UPDATE refresh_tokens SET used_at = now() WHERE token_sha256 = :h", h=digest)
+            return self._pair(conn, user_id, family_id)
 
-        found = self.db.transaction(rotate)
-        if found is None:
+        pair = self.db.transaction(rotate)
+        if pair is None:
             raise Unauthorized("refresh token is invalid, expired or already used")
-        return self._pair(found[0], found[1])
+        return pair
 
     def logout(self, body: dict[str, Any]) -> None:
-        token = check_refresh_token(body.get("refresh_token"))
-        self.db.run(
-            "UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND family_id ="
-            " (SELECT family_id FROM refresh_tokens WHERE token_sha256 = :h)", h=_digest(token))
+        digest = _digest(check_refresh_token(body.get("refresh_token")))
 
-    def _pair(self, user_id: str, family_id: str) -> TokenPair:
+        def revoke(conn: Connection) -> None:
+            family = _lock_family(conn, digest)
+            if family is not None and not family[2]:
+                conn.run("UPDATE refresh_families SET revoked_at = now() WHERE family_id = CAST(:f AS uuid)",
+                         f=family[0])
+
+        self.db.transaction(revoke)
+
+    def _pair(self, conn: Connection, user_id: str, family_id: str) -> TokenPair:
+        """A new refresh token in the family (inside the caller's transaction) and an access token."""
         refresh = "prt_" + secrets.token_urlsafe(32)
-        self.db.run(
-            "INSERT INTO refresh_tokens (token_sha256, family_id, user_id, expires_at)"
-            " VALUES (:h, CAST(:f AS uuid), CAST(:u AS uuid), now() + make_interval(secs => CAST(:t AS integer)))",
-            h=_digest(refresh), f=family_id, u=user_id, t=self.refresh_ttl_s)
+        conn.run(
+            "INSERT INTO refresh_tokens (token_sha256, family_id, expires_at)"
+            " VALUES (:h, CAST(:f AS uuid), now() + make_interval(secs => CAST(:t AS integer)))",
+            h=_digest(refresh), f=family_id, t=self.refresh_ttl_s)
         access = self.issuer.issue(user_id)
         return TokenPair(access.token, refresh, access.expires_in)
+
+
+def _lock_family(conn: Connection, digest: bytes) -> tuple[str, str, bool] | None:
+    """The token's family (id, user, revoked), its row locked for this transaction; None for an unknown token."""
+    rows = conn.run(
+        "SELECT f.family_id, f.user_id, f.revoked_at IS NOT NULL FROM refresh_families f"
+        " WHERE f.family_id = (SELECT family_id FROM refresh_tokens WHERE token_sha256 = :h) FOR UPDATE", h=digest)
+    return (str(rows[0][0]), str(rows[0][1]), bool(rows[0][2])) if rows else None
 
 
 def user_exists(db: Database, user_id: str) -> bool:
