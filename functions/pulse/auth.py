@@ -25,6 +25,7 @@ from pulse.web.credentials import extract
 from pulse.web.http import HttpFunction, Route, json_response
 
 MAX_BODY_BYTES = 16 * 1024
+NO_STORE = {"Cache-Control": "no-store"}  # token responses (RFC 6749 5.1)
 
 
 class Auth(HttpFunction):
@@ -97,10 +98,10 @@ class Auth(HttpFunction):
 
     def login(self, request: Request) -> Response:
         self.limit(request, "login")
-        return json_response(self.accounts.login(self.body(request)).as_dict())
+        return json_response(self.accounts.login(self.body(request)).as_dict(), headers=NO_STORE)
 
     def refresh(self, request: Request) -> Response:
-        return json_response(self.accounts.refresh(self.body(request)).as_dict())
+        return json_response(self.accounts.refresh(self.body(request)).as_dict(), headers=NO_STORE)
 
     def logout(self, request: Request) -> Response:
         self.accounts.logout(self.body(request))
@@ -132,7 +133,7 @@ class Auth(HttpFunction):
         name = accounts.check_text("name", body.get("name"), required=True)
         key, secret = self.services.keys.create(project, name or "", body.get("scopes"))
         return json_response({"key_id": key.key_id, "api_key": secret, "prefix": key.prefix,
-                              "scopes": sorted(key.scopes), "name": name}, 201)
+                              "scopes": sorted(key.scopes), "name": name}, 201, NO_STORE)
 
     def list_keys(self, request: Request, project_id: str) -> Response:
         _, project = self.member(request, project_id, "owner")

@@ -121,6 +121,7 @@ def test_new_user_signs_up_creates_project_and_key_sends_events_and_reads_stats(
     login = api.post("/v1/auth/login", {"email": email.lower(), "password": PASSWORD})
     assert login.status == 200
     assert login.json["token_type"] == "Bearer" and login.json["expires_in"] == 900
+    assert login.headers["Cache-Control"] == "no-store"
     bearer = {"Authorization": f"Bearer {login.json['access_token']}"}
 
     created = api.post("/v1/projects", {"name": "My site"}, headers=bearer)
