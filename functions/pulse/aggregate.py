@@ -11,7 +11,6 @@ from pulse.bus.cloudevents import PERSISTED, receive
 from pulse.core import stats
 from pulse.core.filters import Filters, one, parse_filters
 from pulse.errors import InvalidInput
-from pulse.security.access import ReadAccess
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.web.credentials import extract
@@ -23,7 +22,7 @@ class Aggregate(HttpFunction):
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.access = ReadAccess(services.keys)
+        self.access = services.access
         super().__init__(lambda: services.checks(("postgres", "clickhouse")))
 
     def routes(self) -> Iterable[Route]:

@@ -24,10 +24,10 @@ from pulse.telemetry import configure_logging, configure_tracing
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
 NEEDS = {
     "ingest": ("postgres", "kafka"),
-    "auth": ("postgres",),
+    "auth": ("postgres", "signing_key"),
     "persist": ("postgres", "clickhouse"),
-    "aggregate": ("postgres", "clickhouse"),
-    "export": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse", "token_keys"),
+    "export": ("postgres", "clickhouse", "token_keys"),
 }
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from pulse.local.demo import create_demo_key, sample_events, send_events
+    from pulse.local.demo import create_demo_account, sample_events, send_events
     from pulse.local.runtime import Runtime
 
     changes = {}
@@ -123,15 +123,18 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         for name, function_url in runtime.describe()["functions"].items():
             print(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
         if args.demo:
-            project_id, key = create_demo_key(runtime.services)  # type: ignore[arg-type]
-            sent = send_events(url, key, sample_events(args.demo_events))
+            demo = create_demo_account(url)
+            sent = send_events(url, demo.api_key, sample_events(args.demo_events))
             runtime.drain(60)
-            print(f"\nDemo project {project_id}: {sent} sample events loaded.")
-            print(f"API key (ingest + read): {key}\n")
+            print(f"\nDemo user {demo.email} / password {demo.password}")
+            print(f"Demo project {demo.project_id}: {sent} sample events loaded.")
+            print(f"API key (ingest + read): {demo.api_key}\n")
             print("Try:")
-            print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {key}'")
-            print(f"  curl -s {url}/v1/stats/dau -H 'X-API-Key: {key}'")
-            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\")
+            print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'")
+            print(f"  curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\")
+            print(f"       -d '{{\"email\": \"{demo.email}\", \"password\": \"{demo.password}\"}}'")
+            print(f"  curl -s '{url}/v1/stats/dau?project_id={demo.project_id}' -H 'Authorization: Bearer <access_token>'")
+            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}' -H 'Content-Type: application/json' \\")
             print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
         print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
         stop.wait()

@@ -20,7 +20,7 @@ from pulse.bus.cloudevents import EXPORT_REQUESTED, CloudEvent, receive
 from pulse.core import exporting
 from pulse.core.filters import one
 from pulse.errors import Conflict, InvalidInput
-from pulse.security.access import Reader, ReadAccess
+from pulse.security.access import Reader
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.web.body import read_body
@@ -38,7 +38,7 @@ class Export(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        self.access = ReadAccess(services.keys)
+        self.access = services.access
         self.jobs = exporting.Jobs(services.db)
         super().__init__(lambda: services.checks(("postgres", "clickhouse")))
 

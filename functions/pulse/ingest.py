@@ -50,7 +50,7 @@ class Ingest(HttpFunction):
         credential = extract(request)
         if credential is None or credential.kind != "api_key":
             raise Unauthorized("an API key with the 'ingest' scope is required (X-API-Key or Basic)")
-        return self.services.keys.verify(credential.value, "ingest")
+        return self.key_named(credential.value)
 
     def events(self, request: Request) -> Response:
         if self.stopping:
@@ -66,10 +66,12 @@ class Ingest(HttpFunction):
     # Compatible ingest --------------------------------------------------
 
     def key_named(self, value: str | None) -> ApiKey:
-        """An ingest key given in the body (Segment's writeKey, PostHog's api_key)."""
+        """An ingest key (also as given in the body: Segment's writeKey, PostHog's api_key), within its rate limit."""
         if not value:
             raise Unauthorized("an API key with the 'ingest' scope is required")
-        return self.services.keys.verify(value, "ingest")
+        key = self.services.keys.verify(value, "ingest")
+        self.services.limiter.hit(self.services.limit("ingest"), key.key_id)
+        return key
 
     def accept(self, key: ApiKey, batch: Batch, source: str) -> None:
         """Submit the valid events, one Kafka record per ``max_batch_events``."""

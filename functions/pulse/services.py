@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from pulse.bus import kafka
 from pulse.bus.kafka import Producer
+from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.keys import KeyStore
+from pulse.security.ratelimit import Limit, RateLimiter
+from pulse.security.tokens import FileKeys, Issuer, JwksKeys, KeyFileError, Verifier, load_signing_key
 from pulse.settings import Settings, SettingsError, redact
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
@@ -25,6 +29,10 @@ class Services:
         self._ch: ClickHouse | None = None
         self._producer: Producer | None = None
         self._keys: KeyStore | None = None
+        self._verifier: Verifier | None = None
+        self._issuer: Issuer | None = None
+        self._limiter: RateLimiter | None = None
+        self._access: ReadAccess | None = None
         self.sinks: dict[str, str] = {}
 
     def sink(self, function: str) -> str | None:
@@ -63,6 +71,60 @@ class Services:
                 self._keys = KeyStore(db, self.settings.key_cache_ttl_s)
             return self._keys
 
+    @property
+    def verifier(self) -> Verifier | None:
+        """Access-token verification from the JWKS URL, else a configured public
+        key (file or directory of PEMs), else the signing key's directory; None
+        when none is configured."""
+        settings = self.settings
+        with self._lock:
+            if self._verifier is None:
+                if settings.jwks_url:
+                    keys: JwksKeys | FileKeys = JwksKeys(settings.jwks_url, settings.jwks_cache_ttl_s)
+                else:
+                    path = settings.jwt_public_key_file or settings.jwt_private_key_file
+                    if not path:
+                        return None
+                    keys = _file_keys(path)
+                self._verifier = Verifier(keys, settings.jwt_issuer, settings.jwt_audience)
+            return self._verifier
+
+    @property
+    def issuer(self) -> Issuer:
+        settings = self.settings
+        with self._lock:
+            if self._issuer is None:
+                path = _required(settings.jwt_private_key_file, "PULSE_JWT_PRIVATE_KEY_FILE")
+                try:
+                    signing = load_signing_key(Path(path))
+                except KeyFileError as exc:
+                    raise SettingsError(f"PULSE_JWT_PRIVATE_KEY_FILE: {exc}") from exc
+                self._issuer = Issuer(signing, settings.jwt_issuer, settings.jwt_audience,
+                                      settings.access_token_ttl_s)
+            return self._issuer
+
+    @property
+    def limiter(self) -> RateLimiter:
+        db = self.db
+        with self._lock:
+            if self._limiter is None:
+                self._limiter = RateLimiter(db)
+            return self._limiter
+
+    def limit(self, name: str) -> Limit:
+        """The configured limit ``ingest``, ``login`` or ``register``."""
+        settings = self.settings
+        return Limit(name, getattr(settings, f"{name}_rate_limit"), getattr(settings, f"{name}_rate_window_s"))
+
+    @property
+    def access(self) -> ReadAccess:
+        keys, verifier, db = self.keys, self.verifier, self.db
+        with self._lock:
+            if self._access is None:
+                bearer = BearerAccess(verifier, Memberships(db, self.settings.key_cache_ttl_s)) if verifier else None
+                self._access = ReadAccess(keys, bearer)
+            return self._access
+
     def checks(self, needs: Iterable[str]) -> dict[str, bool]:
         probes = {
             "postgres": lambda: self.db.ping(),
@@ -82,6 +144,13 @@ class Services:
         urls = {"postgres": self.settings.postgres_url, "clickhouse": self.settings.clickhouse_url,
                 "kafka": self.settings.kafka_bootstrap}
         for need in needs:
+            if need == "signing_key":
+                self.issuer  # noqa: B018 - loading it names the problem
+                continue
+            if need == "token_keys":
+                if self.verifier is None:
+                    raise SettingsError("set PULSE_JWKS_URL or PULSE_JWT_PUBLIC_KEY_FILE to verify access tokens")
+                continue
             if need == "kafka":
                 ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
             else:
@@ -94,12 +163,21 @@ class Services:
             producer, db, ch = self._producer, self._db, self._ch
             self._producer = self._db = self._ch = None
             self._keys = None
+            self._limiter = None
+            self._access = None
         if producer is not None:
             producer.close()
         if db is not None:
             db.close()
         if ch is not None:
             ch.close()
+
+
+def _file_keys(path: str) -> FileKeys:
+    try:
+        return FileKeys(Path(path))
+    except KeyFileError as exc:
+        raise SettingsError(f"JWT verification keys: {exc}") from exc
 
 
 def _required(value: str | None, name: str) -> str:

@@ -13,6 +13,7 @@ when running ``pulse up``; a function started on its own requires them.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -63,6 +64,28 @@ class Settings:
     export_dir: str | None = None
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
+    # Accounts and tokens (docs/security.md).
+    jwt_private_key_file: str | None = None
+    jwt_public_key_file: str | None = None
+    jwks_url: str | None = None
+    jwks_cache_ttl_s: float = 300.0
+    jwt_issuer: str = "pulse"
+    jwt_audience: str = "pulse"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 86400
+    admin_emails: str = ""
+    password_scrypt_n: int = 1 << 15
+    trusted_proxies: str = ""
+    # Rate limits: at most N requests per window, counted in Postgres so they
+    # hold across replicas.
+    ingest_rate_limit: int = 20000
+    ingest_rate_window_s: int = 10
+    login_rate_limit: int = 30
+    login_rate_window_s: int = 60
+    register_rate_limit: int = 20
+    register_rate_window_s: int = 3600
+    login_lock_after: int = 5
+    login_lock_max_s: int = 900
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +136,30 @@ class Settings:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if self.ledger_retention_days < 1:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
+        for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",
+                         "login_rate_limit", "login_rate_window_s", "register_rate_limit",
+                         "register_rate_window_s", "login_lock_after", "login_lock_max_s"):
+            if getattr(self, positive) < 1:
+                raise SettingsError(f"PULSE_{positive.upper()}: must be at least 1")
+        if self.password_scrypt_n < 1024 or self.password_scrypt_n & (self.password_scrypt_n - 1):
+            raise SettingsError("PULSE_PASSWORD_SCRYPT_N: must be a power of two, at least 1024")
+        try:
+            self.trusted_networks  # noqa: B018 - parsed to fail fast
+        except ValueError as exc:
+            raise SettingsError(f"PULSE_TRUSTED_PROXIES: {exc}") from exc
+        if self.jwks_url is not None and urlsplit(self.jwks_url).scheme not in ("http", "https"):
+            raise SettingsError("PULSE_JWKS_URL: scheme must be http:// or https://")
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Proxies whose X-Forwarded-For is believed (``PULSE_TRUSTED_PROXIES``: addresses or CIDR blocks)."""
+        parts = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+        return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+    @property
+    def admins(self) -> frozenset[str]:
+        """Instance admins, by lower-cased email (``PULSE_ADMIN_EMAILS``, comma-separated)."""
+        return frozenset(e.strip().lower() for e in self.admin_emails.split(",") if e.strip())
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

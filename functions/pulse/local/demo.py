@@ -1,10 +1,13 @@
-"""Demo data for ``pulse up --demo``: a project, a key, and sample events sent
-through the gateway like any client would send them."""
+"""Demo data for ``pulse up --demo``: a user who signs up, creates a project and
+keys through the public auth API, and sample events sent through the gateway
+like any client would send them."""
 
 from __future__ import annotations
 
 import random
+import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +19,37 @@ from pulse.services import Services
 
 PAGES = ["/", "/pricing", "/docs", "/blog", "/signup", "/login", "/dashboard", "/settings"]
 COUNTRIES = ["US", "DE", "UA", "FR", "GB", "IN", "BR", "JP"]
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    email: str
+    password: str
+    project_id: str
+    api_key: str  # scopes ingest and read
+    access_token: str
+
+
+def create_demo_account(gateway_url: str, project_name: str = "Demo") -> DemoAccount:
+    """Sign up, sign in, create a project and a key (ingest + read), all through the API."""
+    http = urllib3.PoolManager()
+
+    def call(path: str, body: dict[str, Any], token: str | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        response = http.request("POST", gateway_url + path, body=orjson.dumps(body), headers=headers)
+        if response.status not in (200, 201):
+            raise RuntimeError(f"demo {path} failed: {response.status} {response.data[:300]!r}")
+        return orjson.loads(response.data)
+
+    email = f"demo-{secrets.token_hex(3)}@example.com"
+    password = secrets.token_urlsafe(12)
+    call("/v1/auth/register", {"email": email, "password": password, "full_name": "Demo User"})
+    token = call("/v1/auth/login", {"email": email, "password": password})["access_token"]
+    project_id = call("/v1/projects", {"name": project_name}, token)["project_id"]
+    key = call(f"/v1/projects/{project_id}/api-keys", {"name": "demo", "scopes": ["ingest", "read"]}, token)
+    return DemoAccount(email, password, project_id, key["api_key"], token)
 
 
 def create_demo_key(services: Services, name: str = "Demo") -> tuple[str, str]:

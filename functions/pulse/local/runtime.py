@@ -31,6 +31,7 @@ from pulse.local.embedded import EmbeddedStack
 from pulse.local.eventing import BrokerIngress, Cron, PingScheduler, broker_topic, ping_event, subscriptions
 from pulse.local.gateway import Gateway, Server
 from pulse.persist import Persist
+from pulse.security.tokens import generate_key_file
 from pulse.services import Services
 from pulse.settings import Settings, SettingsError
 from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
@@ -56,7 +57,7 @@ class Runtime:
         started = time.monotonic()
         self.stack = EmbeddedStack(self.settings)
         try:
-            self.settings = self.stack.start()
+            self.settings = with_signing_key(self.stack.start())
             services = self.services = Services(self.settings)
             services.verify(("postgres", "clickhouse", "kafka"))
             migrate_postgres(services.db)
@@ -163,4 +164,15 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         return {"gateway": self.gateway_url, "functions": {n: s.url for n, s in self.servers.items()},
                 "embedded": self.stack.started if self.stack else []}
+
+
+def with_signing_key(settings: Settings) -> Settings:
+    """Embedded mode signs access tokens with an Ed25519 key kept under the
+    state directory (made on first start) unless a key or a JWKS is configured."""
+    if settings.jwt_private_key_file or settings.jwks_url:
+        return settings
+    path = settings.state_dir / "jwt" / "signing.pem"
+    if not path.exists():
+        generate_key_file(path)
+    return settings.with_(jwt_private_key_file=str(path))
 

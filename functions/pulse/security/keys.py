@@ -127,6 +127,15 @@ class KeyStore:
             self._last_used[key.key_id] = now
         self.db.run("UPDATE api_keys SET last_used_at = now() WHERE key_id = CAST(:k AS uuid)", k=key.key_id)
 
+    def list(self, project_id: str) -> list[dict[str, object]]:
+        """The project's keys, revoked ones included, never their secrets."""
+        rows = self.db.run(
+            "SELECT key_id, name, prefix, scopes, created_at, last_used_at, revoked_at FROM api_keys"
+            " WHERE project_id = CAST(:p AS uuid) ORDER BY created_at, key_id", p=project_id)
+        return [{"key_id": str(k), "name": n, "prefix": x, "scopes": sorted(s), "created_at": c.isoformat(),
+                 "last_used_at": u.isoformat() if u else None, "revoked_at": r.isoformat() if r else None}
+                for k, n, x, s, c, u, r in rows]
+
     def revoke(self, project_id: str, key_id: str) -> bool:
         rows = self.db.run(
             "UPDATE api_keys SET revoked_at = now() WHERE key_id = CAST(:k AS uuid)"
