@@ -168,7 +168,16 @@ def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")
-    for index, segment in enumerate(filters.segments):
+    segment_parts, segment_params = segment_condition(filters.segments, prefix)
+    params.update(segment_params)
+    return " AND ".join(parts + segment_parts), params
+
+
+def segment_condition(segments: Sequence[Segment], prefix: str) -> tuple[list[str], dict[str, Any]]:
+    """One SQL term per segment (to be ANDed) and their bound parameters."""
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for index, segment in enumerate(segments):
         value = f"{prefix}_sv{index}"
         params[value] = segment.value
         if segment.field.startswith("properties."):
@@ -179,4 +188,4 @@ def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]
                 f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
         else:
             parts.append(f"{SEGMENT_COLUMNS[segment.field]} = {{{value}:String}}")
-    return " AND ".join(parts), params
+    return parts, params

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBLEM = "application/problem+json"
 Handler = Callable[..., Response]
+OPENAPI_DIR = Path(__file__).resolve().parents[3] / "docs" / "openapi"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class HttpFunction:
             Route("GET", "/healthz", self._healthz, "healthz"),
             Route("GET", "/readyz", self._readyz, "readyz"),
             Route("GET", "/metrics", self._metrics, "metrics"),
+            Route("GET", "/openapi.json", self._openapi, "openapi"),
             *self.routes(),
         ]
         self._handlers = {}
@@ -135,7 +138,7 @@ class HttpFunction:
             response.headers["X-Request-ID"] = request_id
             current.set_attribute("http.status_code", response.status_code)
         elapsed = time.perf_counter() - started
-        if route_name not in ("metrics", "healthz", "readyz"):
+        if route_name not in ("metrics", "healthz", "readyz", "openapi"):
             telemetry.HTTP_REQUESTS.labels(self.name, route_name, str(response.status_code)).inc()
             telemetry.HTTP_LATENCY.labels(self.name, route_name).observe(elapsed)
         return response
@@ -159,3 +162,13 @@ class HttpFunction:
 
     def _metrics(self, request: Request) -> Response:
         return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    def _openapi(self, request: Request) -> Response:
+        path = OPENAPI_DIR / f"{self.name}.json"
+        if not path.is_file():
+            raise NotFound()
+        return Response(path.read_bytes(), content_type="application/json")
+
+    def registered_routes(self) -> list[tuple[str, str]]:
+        """(method, werkzeug rule) of every route this function serves."""
+        return [(route.method, route.path) for route in self._handlers.values()]
