@@ -113,7 +113,7 @@ def funnel(ch: ClickHouse, spec: Funnel) -> dict[str, Any]:
             SELECT windowFunnel({{window:UInt64}})(toUInt64(toUnixTimestamp64Milli(occurred_at)), {conditions})
                    AS level
             FROM events WHERE {where} AND ({" OR ".join(f"({t})" for t in terms)})
-            GROUP BY actor
+            GROUP BY actor_key
         ) WHERE level > 0 GROUP BY level""", params)
     reached = {int(level): int(n) for level, n in rows}
     users = [sum(n for level, n in reached.items() if level >= k) for k in range(1, len(spec.steps) + 1)]

@@ -71,10 +71,10 @@ def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | N
     rows = query("retention", ch, f"""
         SELECT cw, intDiv(w - cw, 7) AS k, count()
         FROM (
-            SELECT actor, toMonday(min(occurred_at), {{tz:String}}) AS cw,
+            SELECT actor_key, toMonday(min(occurred_at), {{tz:String}}) AS cw,
                    groupUniqArrayIf(toMonday(occurred_at, {{tz:String}}), {where}) AS weeks
             FROM events WHERE project_id = {{project:UUID}}
-            GROUP BY actor
+            GROUP BY actor_key
             HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)
         )
         ARRAY JOIN weeks AS w

@@ -3,7 +3,8 @@
 Each function takes ``Filters`` (already validated), builds SQL whose values
 are all bound parameters, and shapes the rows into the documented answer.
 A user is ``user_id``, or ``anonymous_id`` when ``user_id`` is empty: the
-materialized ``actor`` column. Unique counts use ``uniqExact``. Day, week
+materialized ``actor`` column; unique users are ``uniqExact(actor_key)``, its
+stored 128-bit SipHash (what ``uniqExact`` over the string hashes to anyway). Day, week
 (Monday) and month boundaries are those of ``filters.tz``.
 """
 
@@ -97,7 +98,7 @@ def events(ch: ClickHouse, filters: Filters, group_by: str) -> list[dict[str, An
     else:
         params["key"] = group_by[len("properties."):]
         bucket, order = PROPERTY_VALUE, "e DESC, b"
-    rows = query("events", ch, f"SELECT {bucket} AS b, count() AS e, uniqExact(actor) FROM events"
+    rows = query("events", ch, f"SELECT {bucket} AS b, count() AS e, uniqExact(actor_key) FROM events"
                  f" WHERE {where} GROUP BY b ORDER BY {order}", params)
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
@@ -112,7 +113,7 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str,
                  endpoint: str = "active-users") -> list[dict[str, Any]]:
     where, params = condition(filters)
     params["tz"] = filters.tz
-    rows = query(endpoint, ch, f"SELECT {TIME_BUCKETS[interval]} AS b, uniqExact(actor) FROM events"
+    rows = query(endpoint, ch, f"SELECT {TIME_BUCKETS[interval]} AS b, uniqExact(actor_key) FROM events"
                  f" WHERE {where} GROUP BY b ORDER BY b", params)
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
@@ -121,7 +122,7 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int) -> list[dict[str, A
     where, params = condition(filters)
     params["limit"] = limit
     rows = query("top-events", ch,
-                 f"SELECT event_type, count() AS c, uniqExact(actor) AS u FROM events WHERE {where}"
+                 f"SELECT event_type, count() AS c, uniqExact(actor_key) AS u FROM events WHERE {where}"
                  " GROUP BY event_type ORDER BY c DESC, event_type ASC LIMIT {limit:UInt32}", params)
     return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
 
@@ -130,9 +131,9 @@ def pages(ch: ClickHouse, filters: Filters, limit: int) -> dict[str, Any]:
     where, params = condition(replace(filters, event_type="page_view"))
     params["limit"] = limit
     rows = query("pages", ch,
-                 f"SELECT path, count() AS v, uniqExact(actor) FROM events WHERE {where}"
+                 f"SELECT path, count() AS v, uniqExact(actor_key) FROM events WHERE {where}"
                  " GROUP BY path ORDER BY v DESC, path ASC LIMIT {limit:UInt32}", params)
-    totals = query("pages", ch, f"SELECT count(), uniqExact(actor) FROM events WHERE {where}", params)[0]
+    totals = query("pages", ch, f"SELECT count(), uniqExact(actor_key) FROM events WHERE {where}", params)[0]
     return {"total_views": int(totals[0]), "unique_users": int(totals[1]),
             "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u in rows]}
 
@@ -140,7 +141,7 @@ def pages(ch: ClickHouse, filters: Filters, limit: int) -> dict[str, Any]:
 def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
     where, params = condition(filters)
     e, u, t, s = query("overview", ch,
-                       "SELECT count(), uniqExact(actor), uniqExact(event_type),"
+                       "SELECT count(), uniqExact(actor_key), uniqExact(event_type),"
                        f" uniqExactIf(session_id, session_id != '') FROM events WHERE {where}", params)[0]
     return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s)}
 
@@ -174,7 +175,7 @@ def summary(ch: ClickHouse, filters: Filters, now: datetime | None = None) -> di
                   today=today.replace(tzinfo=None), top=SUMMARY_TOP)
     e5, u5, e1, et = query("summary", ch,
                            "SELECT countIf(occurred_at >= {m5:DateTime64(3, 'UTC')}),"
-                           " uniqExactIf(actor, occurred_at >= {m5:DateTime64(3, 'UTC')}),"
+                           " uniqExactIf(actor_key, occurred_at >= {m5:DateTime64(3, 'UTC')}),"
                            " countIf(occurred_at >= {m1:DateTime64(3, 'UTC')}),"
                            " countIf(occurred_at >= {today:DateTime64(3, 'UTC')})"
                            f" FROM events WHERE {where}", params)[0]
