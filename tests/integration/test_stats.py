@@ -251,3 +251,42 @@ def test_dates_are_plain_dates(seeded: Seeded) -> None:
     for row in seeded.get("/v1/stats/dau", **seeded.range("UTC")):
         date.fromisoformat(row["date"])
         assert isinstance(row["unique_users"], int)
+
+
+ROLLUP_CASES = [("UTC", []), ("Europe/Kyiv", [("country", "UA")]), ("America/New_York", [("event_type", "click")])]
+
+
+@pytest.mark.parametrize(("tz", "segments"), ROLLUP_CASES)
+def test_rollups_answer_as_the_events_table(pulse: Any, seeded: Seeded, tz: str,
+                                            segments: list[tuple[str, str]]) -> None:
+    from pulse.core import retention, rollups, stats
+    from pulse.core.filters import parse_filters
+
+    ch = pulse.services.ch
+    filters = parse_filters({**{k: [v] for k, v in seeded.range(tz).items()}, "segment": segs(segments)},
+                            seeded.project_id, 731)
+    assert rollups.actor_source(filters) is rollups.ACTOR_HOURS
+    for group_by in ("hour", "day", "week", "month", "event_type"):
+        assert stats.events(ch, filters, group_by) == stats.events(ch, filters, group_by, rollups=False)
+    for interval in ("day", "week", "month"):
+        assert stats.active_users(ch, filters, interval) == stats.active_users(ch, filters, interval, rollups=False)
+    assert stats.top_events(ch, filters, 10) == stats.top_events(ch, filters, 10, rollups=False)
+    assert stats.pages(ch, filters, 10) == stats.pages(ch, filters, 10, rollups=False)
+    spec = retention.Retention(retention.monday(seeded.first), 12)
+    assert retention.retention(ch, filters, spec) == retention.retention(ch, filters, spec, rollups=False)
+
+
+def test_half_hour_zones_and_minutes_read_the_events_table(seeded: Seeded) -> None:
+    from pulse.core import rollups
+    from pulse.core.filters import parse_filters
+
+    kolkata = parse_filters({k: [v] for k, v in seeded.range("Asia/Kolkata").items()}, seeded.project_id, 731)
+    assert rollups.actor_source(kolkata) is rollups.EVENTS
+    minutes = parse_filters({"from": ["2026-11-01T10:15:00Z"], "to": ["2026-11-02T00:00:00Z"]},
+                            seeded.project_id, 731)
+    assert rollups.actor_source(minutes) is rollups.EVENTS
+    by_path = parse_filters({"segment": ["path:/docs"]}, seeded.project_id, 731)
+    assert rollups.actor_source(by_path) is rollups.EVENTS
+    assert rollups.page_source(by_path) is rollups.PAGE_HOURS
+    got = seeded.get("/v1/stats/events", group_by="day", **seeded.range("Asia/Kolkata"))
+    assert got == oracle.events_by(seeded.select("Asia/Kolkata"), "day", "Asia/Kolkata")

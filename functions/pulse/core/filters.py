@@ -151,8 +151,9 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
 
 
-def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]:
-    """``WHERE`` text over the events table and its bound parameters. Every
+def condition(filters: Filters, prefix: str = "f", time_column: str = "occurred_at") -> tuple[str, dict[str, Any]]:
+    """``WHERE`` text over the events table (or a rollup with the same
+    columns, whose time column is named) and its bound parameters. Every
     value, property keys included, is a parameter; only fixed column names
     from ``SEGMENT_COLUMNS`` appear in the text."""
     params: dict[str, Any] = {
@@ -162,8 +163,8 @@ def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]
     }
     parts = [
         f"project_id = {{{prefix}_project:UUID}}",
-        f"occurred_at >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
-        f"occurred_at < {{{prefix}_end:DateTime64(3, 'UTC')}}",
+        f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
+        f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}",
     ]
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type

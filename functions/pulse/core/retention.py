@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters, condition, parse_day
+from pulse.core.rollups import EVENTS, actor_source
 from pulse.core.stats import percent, query
 from pulse.errors import InvalidInput
 from pulse.storage.clickhouse import ClickHouse
@@ -60,20 +61,23 @@ def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | None = None) -> list[dict[str, Any]]:
+def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | None = None,
+              rollups: bool = True) -> list[dict[str, Any]]:
     zone = ZoneInfo(filters.tz)
     today = today or datetime.now(zone).date()
     last_week = spec.first_week + timedelta(weeks=spec.windows)
     start = datetime.combine(spec.first_week, time(), zone).astimezone(UTC)
     end = datetime.combine(last_week + timedelta(weeks=spec.windows + 1), time(), zone).astimezone(UTC)
-    where, params = condition(replace(filters, start=start, end=end))
+    scoped = replace(filters, start=start, end=end)
+    src = actor_source(scoped) if rollups else EVENTS
+    where, params = condition(scoped, time_column=src.time)
     params.update(tz=filters.tz, project=filters.project_id, first_week=spec.first_week, last_week=last_week)
     rows = query("retention", ch, f"""
         SELECT cw, intDiv(w - cw, 7) AS k, count()
         FROM (
-            SELECT actor_key, toMonday(min(occurred_at), {{tz:String}}) AS cw,
-                   groupUniqArrayIf(toMonday(occurred_at, {{tz:String}}), {where}) AS weeks
-            FROM events WHERE project_id = {{project:UUID}}
+            SELECT actor_key, toMonday(min({src.time}), {{tz:String}}) AS cw,
+                   groupUniqArrayIf(toMonday({src.time}, {{tz:String}}), {where}) AS weeks
+            FROM {src.table} WHERE project_id = {{project:UUID}}
             GROUP BY actor_key
             HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)
         )

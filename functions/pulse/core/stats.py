@@ -18,16 +18,17 @@ from zoneinfo import ZoneInfo
 
 from pulse import telemetry
 from pulse.core.filters import PROPERTY_KEY, Filters, condition
+from pulse.core.rollups import EVENTS, Source, actor_source, page_source
 from pulse.errors import InvalidInput, NotFound
 from pulse.storage.clickhouse import ClickHouse
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 10
 TIME_BUCKETS = {
-    "hour": "toStartOfHour(occurred_at, {tz:String})",
-    "day": "toDate(occurred_at, {tz:String})",
-    "week": "toMonday(occurred_at, {tz:String})",
-    "month": "toStartOfMonth(occurred_at, {tz:String})",
+    "hour": "toStartOfHour({time}, {{tz:String}})",
+    "day": "toDate({time}, {{tz:String}})",
+    "week": "toMonday({time}, {{tz:String}})",
+    "month": "toStartOfMonth({time}, {{tz:String}})",
 }
 INTERVALS = ("day", "week", "month")
 SUMMARY_TOP = 10
@@ -85,11 +86,16 @@ def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
     return value
 
 
-def events(ch: ClickHouse, filters: Filters, group_by: str) -> list[dict[str, Any]]:
-    where, params = condition(filters)
+def _source(filters: Filters, rollups: bool) -> Source:
+    return actor_source(filters) if rollups else EVENTS
+
+
+def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
+    src = _source(filters, rollups) if not group_by.startswith("properties.") else EVENTS
+    where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
     if group_by in TIME_BUCKETS:
-        bucket = TIME_BUCKETS[group_by]
+        bucket = TIME_BUCKETS[group_by].format(time=src.time)
         if group_by == "hour":
             bucket = f"toTimeZone({bucket}, 'UTC')"
         order = "b"
@@ -98,42 +104,50 @@ def events(ch: ClickHouse, filters: Filters, group_by: str) -> list[dict[str, An
     else:
         params["key"] = group_by[len("properties."):]
         bucket, order = PROPERTY_VALUE, "e DESC, b"
-    rows = query("events", ch, f"SELECT {bucket} AS b, count() AS e, uniqExact(actor_key) FROM events"
+    rows = query("events", ch, f"SELECT {bucket} AS b, {src.count} AS e, uniqExact(actor_key) FROM {src.table}"
                  f" WHERE {where} GROUP BY b ORDER BY {order}", params)
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
 
 
-def dau(ch: ClickHouse, filters: Filters) -> list[dict[str, Any]]:
+def dau(ch: ClickHouse, filters: Filters, rollups: bool = True) -> list[dict[str, Any]]:
     return [{"date": row["bucket"], "unique_users": row["unique_users"]}
-            for row in active_users(ch, filters, "day", "dau")]
+            for row in active_users(ch, filters, "day", rollups, "dau")]
 
 
-def active_users(ch: ClickHouse, filters: Filters, interval: str,
+def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
                  endpoint: str = "active-users") -> list[dict[str, Any]]:
-    where, params = condition(filters)
+    src = _source(filters, rollups)
+    where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
-    rows = query(endpoint, ch, f"SELECT {TIME_BUCKETS[interval]} AS b, uniqExact(actor_key) FROM events"
+    bucket = TIME_BUCKETS[interval].format(time=src.time)
+    rows = query(endpoint, ch, f"SELECT {bucket} AS b, uniqExact(actor_key) FROM {src.table}"
                  f" WHERE {where} GROUP BY b ORDER BY b", params)
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
-def top_events(ch: ClickHouse, filters: Filters, limit: int) -> list[dict[str, Any]]:
-    where, params = condition(filters)
+def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
+    src = _source(filters, rollups)
+    where, params = condition(filters, time_column=src.time)
     params["limit"] = limit
     rows = query("top-events", ch,
-                 f"SELECT event_type, count() AS c, uniqExact(actor_key) AS u FROM events WHERE {where}"
+                 f"SELECT event_type, {src.count} AS c, uniqExact(actor_key) AS u FROM {src.table} WHERE {where}"
                  " GROUP BY event_type ORDER BY c DESC, event_type ASC LIMIT {limit:UInt32}", params)
     return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
 
 
-def pages(ch: ClickHouse, filters: Filters, limit: int) -> dict[str, Any]:
-    where, params = condition(replace(filters, event_type="page_view"))
+def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
+    views = replace(filters, event_type="page_view")
+    src = page_source(views) if rollups else EVENTS
+    if src is not EVENTS:
+        views = replace(views, event_type=None)  # the rollup holds page views only
+    where, params = condition(views, time_column=src.time)
     params["limit"] = limit
     rows = query("pages", ch,
-                 f"SELECT path, count() AS v, uniqExact(actor_key) FROM events WHERE {where}"
+                 f"SELECT path, {src.count} AS v, uniqExact(actor_key) FROM {src.table} WHERE {where}"
                  " GROUP BY path ORDER BY v DESC, path ASC LIMIT {limit:UInt32}", params)
-    totals = query("pages", ch, f"SELECT count(), uniqExact(actor_key) FROM events WHERE {where}", params)[0]
+    totals = query("pages", ch, f"SELECT {src.count}, uniqExact(actor_key) FROM {src.table} WHERE {where}",
+                   params)[0]
     return {"total_views": int(totals[0]), "unique_users": int(totals[1]),
             "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u in rows]}
 
