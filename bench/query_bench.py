@@ -50,18 +50,20 @@ SELECT
             h % 100 < 88, 'activate', h % 100 < 94, 'purchase', concat('custom_', toString(h % 20))),
     if(u % 10 = 0, '', concat('user-', toString(u))),
     if(u % 10 = 0, concat('anon-', toString(u)), ''),
-    concat('s-', toString(u), '-', toString(day)),
+    concat('s-', toString(s)),
     toDateTime64({start:DateTime64(3, 'UTC')}, 3, 'UTC') + toIntervalMillisecond(
-        day * 86400000 + cityHash64(number, 4) % 86400000),
+        day * 86400000 + (cityHash64(s, 4) % 82800) * 1000 + (number % {per_session:UInt64}) * 150000
+        + cityHash64(number, 5) % 150000),
     now64(3),
     if(h % 3 = 0, '{"plan":"pro"}', '{"plan":"free"}'),
     if(h % 100 < 55, ['/', '/pricing', '/docs', '/blog', '/signup', '/login', '/dashboard', '/settings'][h % 8 + 1], ''),
-    ['US', 'DE', 'UA', 'FR', 'GB', 'IN', 'BR', 'JP'][cityHash64(u, 5) % 8 + 1],
+    ['US', 'DE', 'UA', 'FR', 'GB', 'IN', 'BR', 'JP'][cityHash64(u, 6) % 8 + 1],
     generateUUIDv4(0)
 FROM (
-    SELECT number, cityHash64(number, 1) AS h, cityHash64(number, 2) % {users:UInt64} AS u,
+    SELECT number, intDiv(number, {per_session:UInt64}) AS s, cityHash64(number, 1) AS h,
+           cityHash64(s, 2) % {users:UInt64} AS u,
            cityHash64(u, 7) % {days:UInt64} AS first_day,
-           first_day + cityHash64(number, 3) % ({days:UInt64} - first_day) AS day
+           first_day + cityHash64(s, 3) % ({days:UInt64} - first_day) AS day
     FROM numbers({events:UInt64})
 )
 """
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=360)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--per-session", type=int, default=10, help="events per session (a session spans ~25 min)")
     parser.add_argument("--state-dir", type=Path, help="scratch chDB path (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -97,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     if ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID}", {"p": PROJECT})[0][0] == 0:
         started = time.perf_counter()
         ch.command(LOAD_SQL, {"project": PROJECT, "start": start.replace(tzinfo=None), "users": args.users,
-                              "days": args.days, "events": args.events})
+                              "days": args.days, "events": args.events, "per_session": args.per_session})
         # Some other project's traffic, so project scoping is exercised.
         ch.command(LOAD_SQL, {"project": OTHER_PROJECT, "start": start.replace(tzinfo=None),
-                              "users": 1000, "days": args.days, "events": max(1, args.events // 20)})
+                              "users": 1000, "days": args.days, "events": max(1, args.events // 20),
+                              "per_session": args.per_session})
         load_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events (+{args.events // 20:,} in another project) "
               f"in {load_s:.1f} s ({args.events / load_s:,.0f} events/s)")
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     month = {"from": [(now - timedelta(days=29)).date().isoformat()], "to": [now.date().isoformat()]}
     spec = retention.Retention(retention.monday(now.date() - timedelta(weeks=11)), 11)
 
-    def cases(segment: list[str]) -> dict[str, Callable[[], Any]]:
+    def cases(segment: list[str]) -> dict[str, tuple[Callable[[bool], Any], bool]]:
+        """name -> (run(rollups), whether a rollup may answer it)."""
         f = parse_filters({**year, "segment": segment}, PROJECT, 731)
         steps = {"steps": ["signup", "activate", "purchase"], "window_seconds": 86_400,
                  "from": month["from"][0], "to": month["to"][0], "segment": segment}
@@ -120,29 +125,34 @@ def main(argv: list[str] | None = None) -> int:
         where, params = condition(f)
         someone = ch.rows(f"SELECT actor FROM events WHERE {where} LIMIT 1", params)[0][0]
         return {
-            "baseline count()": lambda: ch.rows(
-                "SELECT count() FROM events WHERE project_id = {p:UUID} AND occurred_at >= {s:DateTime64(3, 'UTC')}",
-                {"p": PROJECT, "s": f.start.replace(tzinfo=None)}),
-            "dau": lambda: stats.dau(ch, f),
-            "top-events": lambda: stats.top_events(ch, f, 10),
-            "retention": lambda: retention.retention(ch, f, spec),
-            "funnel": lambda: funnel.funnel(ch, fun),
-            "pages": lambda: stats.pages(ch, f, 10),
-            "summary": lambda: stats.summary(ch, f),
-            "events (day)": lambda: stats.events(ch, f, "day"),
-            "active-users (week)": lambda: stats.active_users(ch, f, "week"),
-            "overview": lambda: stats.overview(ch, f),
-            "user": lambda: stats.user(ch, f, someone),
+            "dau": (lambda r: stats.dau(ch, f, r), True),
+            "top-events": (lambda r: stats.top_events(ch, f, 10, r), True),
+            "retention": (lambda r: retention.retention(ch, f, spec, rollups=r), True),
+            "funnel": (lambda r: funnel.funnel(ch, fun), False),
+            "pages": (lambda r: stats.pages(ch, f, 10, r), True),
+            "summary": (lambda r: stats.summary(ch, f), False),
+            "events (day)": (lambda r: stats.events(ch, f, "day", r), True),
+            "events (hour)": (lambda r: stats.events(ch, f, "hour", r), True),
+            "active-users (week)": (lambda r: stats.active_users(ch, f, "week", r), True),
+            "overview": (lambda r: stats.overview(ch, f), False),
+            "user": (lambda r: stats.user(ch, f, someone), False),
         }
 
-    print(f"\n{'endpoint':<22}{'segment':<12}{'median ms':>10}{'p95 ms':>10}{'goal ms':>9}{'x baseline':>12}  met")
+    baseline = measure(lambda: ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID}", {"p": PROJECT}),
+                       args.repeat)[0]
+    print(f"baseline: bare count() over the project's events: {baseline:.1f} ms median")
+    print(f"\n{'endpoint':<21}{'segment':<12}{'median ms':>10}{'p95 ms':>9}{'raw median':>11}{'raw p95':>9}"
+          f"{'speed-up':>9}{'goal':>6}  met")
     for label, segment in (("-", []), (SEGMENT, [SEGMENT])):
-        timed = {name: measure(fn, args.repeat) for name, fn in cases(segment).items()}
-        base = timed["baseline count()"][0]
-        for name, (median, p95) in timed.items():
+        for name, (run, rollable) in cases(segment).items():
+            median, p95 = measure(lambda run=run: run(True), args.repeat)
+            raw = measure(lambda run=run: run(False), args.repeat) if rollable else (median, p95)
+            if rollable:
+                assert run(True) == run(False), f"{name}: the rollup and the events table disagree"
             goal = GOALS_MS.get(name)
             met = "" if goal is None else ("yes" if median < goal else "NO")
-            print(f"{name:<22}{label:<12}{median:>10.1f}{p95:>10.1f}{goal or '':>9}{median / base:>12.1f}  {met}")
+            print(f"{name:<21}{label:<12}{median:>10.1f}{p95:>9.1f}{raw[0]:>11.1f}{raw[1]:>9.1f}"
+                  f"{raw[0] / median:>8.1f}x{goal or '':>6}  {met}", flush=True)
     ch.close()
     return 0
 

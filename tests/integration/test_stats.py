@@ -265,7 +265,9 @@ def test_rollups_answer_as_the_events_table(pulse: Any, seeded: Seeded, tz: str,
     ch = pulse.services.ch
     filters = parse_filters({**{k: [v] for k, v in seeded.range(tz).items()}, "segment": segs(segments)},
                             seeded.project_id, 731)
-    assert rollups.actor_source(filters) is rollups.ACTOR_HOURS
+    assert rollups.actor_source(filters, by_type=True) is rollups.ACTOR_TYPE_HOURS
+    plain = rollups.ACTOR_TYPE_HOURS if segments and segments[0][0] == "event_type" else rollups.ACTOR_HOURS
+    assert rollups.actor_source(filters) is plain
     for group_by in ("hour", "day", "week", "month", "event_type"):
         assert stats.events(ch, filters, group_by) == stats.events(ch, filters, group_by, rollups=False)
     for interval in ("day", "week", "month"):

@@ -1,7 +1,8 @@
 """Which table answers a query: the events table, or an hourly rollup.
 
-``actor_hours`` and ``page_hours`` (migration 0003) hold, per UTC hour and
-user, the event counts by event type and country (and page views by path).
+``actor_hours``, ``actor_type_hours`` and ``page_hours`` (migration 0003)
+hold, per UTC hour, country and user, the event count (also per event type;
+page views per path).
 They give the same answer as the events table when the query only cuts
 whole hours: the range starts and ends on an hour, every day/week/month
 boundary in ``tz`` falls on a UTC hour (a whole-hour offset throughout the
@@ -28,8 +29,10 @@ class Source:
 
 EVENTS = Source("events", "occurred_at", "count()")
 ACTOR_HOURS = Source("actor_hours", "hour", "sum(events)")
+ACTOR_TYPE_HOURS = Source("actor_type_hours", "hour", "sum(events)")
 PAGE_HOURS = Source("page_hours", "hour", "sum(views)")
-ACTOR_HOURS_FIELDS = frozenset({"event_type", "country"})
+ACTOR_HOURS_FIELDS = frozenset({"country"})
+ACTOR_TYPE_HOURS_FIELDS = frozenset({"event_type", "country"})
 PAGE_HOURS_FIELDS = frozenset({"path", "country"})
 
 
@@ -57,8 +60,11 @@ def covers(filters: Filters, fields: frozenset[str]) -> bool:
             and whole_hour_offsets(filters.tz, filters.start, filters.end))
 
 
-def actor_source(filters: Filters) -> Source:
-    return ACTOR_HOURS if covers(filters, ACTOR_HOURS_FIELDS) else EVENTS
+def actor_source(filters: Filters, by_type: bool = False) -> Source:
+    """Per-user counts; ``by_type`` when the query groups by event type."""
+    if not by_type and filters.event_type is None and covers(filters, ACTOR_HOURS_FIELDS):
+        return ACTOR_HOURS
+    return ACTOR_TYPE_HOURS if covers(filters, ACTOR_TYPE_HOURS_FIELDS) else EVENTS
 
 
 def page_source(filters: Filters) -> Source:

@@ -86,12 +86,13 @@ def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
     return value
 
 
-def _source(filters: Filters, rollups: bool) -> Source:
-    return actor_source(filters) if rollups else EVENTS
+def _source(filters: Filters, rollups: bool, by_type: bool = False) -> Source:
+    return actor_source(filters, by_type) if rollups else EVENTS
 
 
 def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
-    src = _source(filters, rollups) if not group_by.startswith("properties.") else EVENTS
+    by_property = group_by.startswith("properties.")
+    src = EVENTS if by_property else _source(filters, rollups, by_type=group_by == "event_type")
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
     if group_by in TIME_BUCKETS:
@@ -127,7 +128,7 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
 
 
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
-    src = _source(filters, rollups)
+    src = _source(filters, rollups, by_type=True)
     where, params = condition(filters, time_column=src.time)
     params["limit"] = limit
     rows = query("top-events", ch,
