@@ -143,14 +143,14 @@ def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) ->
     if src is not EVENTS:
         views = replace(views, event_type=None)  # the rollup holds page views only
     where, params = condition(views, time_column=src.time)
-    params["limit"] = limit
+    params["limit"] = limit + 1
     rows = query("pages", ch,
-                 f"SELECT path, {src.count} AS v, uniqExact(actor_key) FROM {src.table} WHERE {where}"
-                 " GROUP BY path ORDER BY v DESC, path ASC LIMIT {limit:UInt32}", params)
-    totals = query("pages", ch, f"SELECT {src.count}, uniqExact(actor_key) FROM {src.table} WHERE {where}",
-                   params)[0]
-    return {"total_views": int(totals[0]), "unique_users": int(totals[1]),
-            "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u in rows]}
+                 f"SELECT path, {src.count} AS v, uniqExact(actor_key), grouping(path) AS whole FROM {src.table}"
+                 f" WHERE {where} GROUP BY GROUPING SETS ((path), ())"
+                 " ORDER BY whole DESC, v DESC, path ASC LIMIT {limit:UInt32}", params)
+    totals = next((r for r in rows if r[3]), ("", 0, 0, 1))
+    return {"total_views": int(totals[1]), "unique_users": int(totals[2]),
+            "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u, whole in rows if not whole]}
 
 
 def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
