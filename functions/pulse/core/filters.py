@@ -151,8 +151,9 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
 
 
-def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]:
-    """``WHERE`` text over the events table and its bound parameters. Every
+def condition(filters: Filters, prefix: str = "f", time_column: str = "occurred_at") -> tuple[str, dict[str, Any]]:
+    """``WHERE`` text over the events table (or a rollup with the same
+    columns, whose time column is named) and its bound parameters. Every
     value, property keys included, is a parameter; only fixed column names
     from ``SEGMENT_COLUMNS`` appear in the text."""
     params: dict[str, Any] = {
@@ -162,13 +163,22 @@ def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]
     }
     parts = [
         f"project_id = {{{prefix}_project:UUID}}",
-        f"occurred_at >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
-        f"occurred_at < {{{prefix}_end:DateTime64(3, 'UTC')}}",
+        f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
+        f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}",
     ]
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")
-    for index, segment in enumerate(filters.segments):
+    segment_parts, segment_params = segment_condition(filters.segments, prefix)
+    params.update(segment_params)
+    return " AND ".join(parts + segment_parts), params
+
+
+def segment_condition(segments: Sequence[Segment], prefix: str) -> tuple[list[str], dict[str, Any]]:
+    """One SQL term per segment (to be ANDed) and their bound parameters."""
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for index, segment in enumerate(segments):
         value = f"{prefix}_sv{index}"
         params[value] = segment.value
         if segment.field.startswith("properties."):
@@ -179,4 +189,4 @@ def condition(filters: Filters, prefix: str = "f") -> tuple[str, dict[str, Any]]
                 f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
         else:
             parts.append(f"{SEGMENT_COLUMNS[segment.field]} = {{{value}:String}}")
-    return " AND ".join(parts), params
+    return parts, params

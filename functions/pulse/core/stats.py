@@ -3,38 +3,205 @@
 Each function takes ``Filters`` (already validated), builds SQL whose values
 are all bound parameters, and shapes the rows into the documented answer.
 A user is ``user_id``, or ``anonymous_id`` when ``user_id`` is empty: the
-materialized ``actor`` column. Unique counts use ``uniqExact``.
+materialized ``actor`` column; unique users are ``uniqExact(actor_key)``, its
+stored 128-bit SipHash (what ``uniqExact`` over the string hashes to anyway). Day, week
+(Monday) and month boundaries are those of ``filters.tz``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pulse import telemetry
-from pulse.core.filters import Filters, condition
+from pulse.core.filters import PROPERTY_KEY, Filters, condition
+from pulse.core.rollups import EVENTS, Source, actor_source, page_source
+from pulse.errors import InvalidInput, NotFound
 from pulse.storage.clickhouse import ClickHouse
 
 MAX_LIMIT = 1000
+DEFAULT_LIMIT = 10
+TIME_BUCKETS = {
+    "hour": "toStartOfHour({time}, {{tz:String}})",
+    "day": "toDate({time}, {{tz:String}})",
+    "week": "toMonday({time}, {{tz:String}})",
+    "month": "toStartOfMonth({time}, {{tz:String}})",
+}
+INTERVALS = ("day", "week", "month")
+SUMMARY_TOP = 10
+PROPERTY_VALUE = (
+    "if(JSONHas(properties, {key:String}),"
+    " if(JSONType(properties, {key:String}) = 'String', JSONExtractString(properties, {key:String}),"
+    " JSONExtractRaw(properties, {key:String})), NULL)"
+)
 
 
-def _timed(endpoint: str, ch: ClickHouse, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def query(endpoint: str, ch: ClickHouse, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with telemetry.QUERY_LATENCY.labels(endpoint).time(), telemetry.span("clickhouse query", endpoint=endpoint):
         return ch.rows(sql, params)
 
 
-def top_events(ch: ClickHouse, filters: Filters, limit: int) -> list[dict[str, Any]]:
-    where, params = condition(filters)
+def percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 1) if whole else 0.0
+
+
+# Parameters ---------------------------------------------------------------
+
+def parse_limit(values: Sequence[str], default: int = DEFAULT_LIMIT) -> int:
+    if not values:
+        return default
+    if len(values) > 1 or not values[0].isdigit() or len(values[0]) > 6 or not 1 <= int(values[0]) <= MAX_LIMIT:
+        raise InvalidInput.field("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(values[0])
+
+
+def parse_group_by(value: str | None) -> str:
+    group_by = value or "day"
+    if group_by in TIME_BUCKETS or group_by == "event_type":
+        return group_by
+    if group_by.startswith("properties.") and PROPERTY_KEY.match(group_by[len("properties."):]):
+        return group_by
+    raise InvalidInput.field("group_by", "must be hour, day, week, month, event_type or properties.<key>"
+                             " (key: [A-Za-z0-9_.-]{1,64})")
+
+
+def parse_interval(value: str | None) -> str:
+    interval = value or "day"
+    if interval not in INTERVALS:
+        raise InvalidInput.field("interval", "must be day, week or month")
+    return interval
+
+
+# Queries ------------------------------------------------------------------
+
+def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
+    if group_by == "hour":
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(ZoneInfo(tz)).isoformat()
+    if group_by in TIME_BUCKETS:
+        return value.isoformat()
+    return value
+
+
+def _source(filters: Filters, rollups: bool, by_type: bool = False) -> Source:
+    return actor_source(filters, by_type) if rollups else EVENTS
+
+
+def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
+    by_property = group_by.startswith("properties.")
+    src = EVENTS if by_property else _source(filters, rollups, by_type=group_by == "event_type")
+    where, params = condition(filters, time_column=src.time)
+    params["tz"] = filters.tz
+    if group_by in TIME_BUCKETS:
+        bucket = TIME_BUCKETS[group_by].format(time=src.time)
+        if group_by == "hour":
+            bucket = f"toTimeZone({bucket}, 'UTC')"
+        order = "b"
+    elif group_by == "event_type":
+        bucket, order = "event_type", "e DESC, b"
+    else:
+        params["key"] = group_by[len("properties."):]
+        bucket, order = PROPERTY_VALUE, "e DESC, b"
+    rows = query("events", ch, f"SELECT {bucket} AS b, {src.count} AS e, uniqExact(actor_key) FROM {src.table}"
+                 f" WHERE {where} GROUP BY b ORDER BY {order}", params)
+    return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
+            for b, e, u in rows]
+
+
+def dau(ch: ClickHouse, filters: Filters, rollups: bool = True) -> list[dict[str, Any]]:
+    return [{"date": row["bucket"], "unique_users": row["unique_users"]}
+            for row in active_users(ch, filters, "day", rollups, "dau")]
+
+
+def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
+                 endpoint: str = "active-users") -> list[dict[str, Any]]:
+    src = _source(filters, rollups)
+    where, params = condition(filters, time_column=src.time)
+    params["tz"] = filters.tz
+    bucket = TIME_BUCKETS[interval].format(time=src.time)
+    rows = query(endpoint, ch, f"SELECT {bucket} AS b, uniqExact(actor_key) FROM {src.table}"
+                 f" WHERE {where} GROUP BY b ORDER BY b", params)
+    return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
+
+
+def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
+    src = _source(filters, rollups, by_type=True)
+    where, params = condition(filters, time_column=src.time)
     params["limit"] = limit
-    rows = _timed("top-events", ch,
-                  f"SELECT event_type, count() AS c, uniqExact(actor) AS u FROM events WHERE {where}"
-                  " GROUP BY event_type ORDER BY c DESC, event_type ASC LIMIT {limit:UInt32}", params)
+    rows = query("top-events", ch,
+                 f"SELECT event_type, {src.count} AS c, uniqExact(actor_key) AS u FROM {src.table} WHERE {where}"
+                 " GROUP BY event_type ORDER BY c DESC, event_type ASC LIMIT {limit:UInt32}", params)
     return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
 
 
-def dau(ch: ClickHouse, filters: Filters) -> list[dict[str, Any]]:
+def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
+    views = replace(filters, event_type="page_view")
+    src = page_source(views) if rollups else EVENTS
+    if src is not EVENTS:
+        views = replace(views, event_type=None)  # the rollup holds page views only
+    where, params = condition(views, time_column=src.time)
+    params["limit"] = limit + 1
+    rows = query("pages", ch,
+                 f"SELECT path, {src.count} AS v, uniqExact(actor_key), grouping(path) AS whole FROM {src.table}"
+                 f" WHERE {where} GROUP BY GROUPING SETS ((path), ())"
+                 " ORDER BY whole DESC, v DESC, path ASC LIMIT {limit:UInt32}", params)
+    totals = next((r for r in rows if r[3]), ("", 0, 0, 1))
+    return {"total_views": int(totals[1]), "unique_users": int(totals[2]),
+            "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u, whole in rows if not whole]}
+
+
+def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
     where, params = condition(filters)
-    params["tz"] = filters.tz
-    rows = _timed("dau", ch,
-                  f"SELECT toDate(occurred_at, {{tz:String}}) AS d, uniqExact(actor) FROM events WHERE {where}"
-                  " GROUP BY d ORDER BY d", params)
-    return [{"date": d.isoformat(), "unique_users": int(u)} for d, u in rows]
+    e, u, t, s = query("overview", ch,
+                       "SELECT count(), uniqExact(actor_key), uniqExact(event_type),"
+                       f" uniqExactIf(session_id, session_id != '') FROM events WHERE {where}", params)[0]
+    return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s)}
+
+
+def user(ch: ClickHouse, filters: Filters, user_id: str) -> dict[str, Any]:
+    where, params = condition(filters)
+    params["actor"] = user_id
+    rows = query("user", ch,
+                 f"SELECT event_type, count() AS c, min(occurred_at), max(occurred_at) FROM events"
+                 f" WHERE {where} AND actor = {{actor:String}} GROUP BY event_type ORDER BY c DESC, event_type",
+                 params)
+    if not rows:
+        raise NotFound(f"no events from user {user_id[:80]!r} in this range")
+    first = min(r[2] for r in rows)
+    last = max(r[3] for r in rows)
+    return {"user_id": user_id, "first_seen": _rfc3339(first), "last_seen": _rfc3339(last),
+            "events": sum(int(r[1]) for r in rows),
+            "top_events": [{"event_type": t, "count": int(c)} for t, c, _, _ in rows[:DEFAULT_LIMIT]]}
+
+
+def summary(ch: ClickHouse, filters: Filters, now: datetime | None = None) -> dict[str, Any]:
+    """The live view: the last 5 minutes, the last minute, and today (in ``tz``).
+    ``from``/``to`` do not apply; segments and ``event_type`` do."""
+    now = now or datetime.now(UTC)
+    today = datetime.combine(now.astimezone(ZoneInfo(filters.tz)).date(), datetime.min.time(),
+                             ZoneInfo(filters.tz)).astimezone(UTC)
+    recent = now - timedelta(minutes=5)
+    scoped = replace(filters, start=min(today, recent), end=now + timedelta(milliseconds=1))
+    where, params = condition(scoped)
+    params.update(m5=recent.replace(tzinfo=None), m1=(now - timedelta(minutes=1)).replace(tzinfo=None),
+                  today=today.replace(tzinfo=None), top=SUMMARY_TOP)
+    e5, u5, e1, et = query("summary", ch,
+                           "SELECT countIf(occurred_at >= {m5:DateTime64(3, 'UTC')}),"
+                           " uniqExactIf(actor_key, occurred_at >= {m5:DateTime64(3, 'UTC')}),"
+                           " countIf(occurred_at >= {m1:DateTime64(3, 'UTC')}),"
+                           " countIf(occurred_at >= {today:DateTime64(3, 'UTC')})"
+                           f" FROM events WHERE {where}", params)[0]
+    top = query("summary", ch,
+                f"SELECT event_type, count() AS c FROM events WHERE {where}"
+                " AND occurred_at >= {today:DateTime64(3, 'UTC')}"
+                " GROUP BY event_type ORDER BY c DESC, event_type LIMIT {top:UInt32}", params)
+    return {"events_last_5m": int(e5), "users_last_5m": int(u5), "events_per_second_1m": round(int(e1) / 60, 3),
+            "events_today": int(et), "top_events_today": [{"event_type": t, "count": int(c)} for t, c in top]}
+
+
+def _rfc3339(moment: datetime) -> str:
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

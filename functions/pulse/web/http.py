@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +37,10 @@ from pulse.errors import PulseError, RateLimited, Unavailable
 
 log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PROBES = frozenset({"metrics", "healthz", "readyz"})
+PROBES = frozenset({"metrics", "healthz", "readyz", "openapi"})
 PROBLEM = "application/problem+json"
 Handler = Callable[..., Response]
+OPENAPI_DIR = Path(__file__).resolve().parents[3] / "docs" / "openapi"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class HttpFunction:
             Route("GET", "/healthz", self._healthz, "healthz"),
             Route("GET", "/readyz", self._readyz, "readyz"),
             Route("GET", "/metrics", self._metrics, "metrics"),
+            Route("GET", "/openapi.json", self._openapi, "openapi"),
             *self.routes(),
         ]
         self._handlers = {}
@@ -211,3 +214,13 @@ class HttpFunction:
     def _metrics(self, request: Request) -> Response:
         payload, content_type = telemetry.metrics_payload()
         return Response(payload, content_type=content_type)
+
+    def _openapi(self, request: Request) -> Response:
+        path = OPENAPI_DIR / f"{self.name}.json"
+        if not path.is_file():
+            raise NotFound()
+        return Response(path.read_bytes(), content_type="application/json")
+
+    def registered_routes(self) -> list[tuple[str, str]]:
+        """(method, werkzeug rule) of every route this function serves."""
+        return [(route.method, route.path) for route in self._handlers.values()]

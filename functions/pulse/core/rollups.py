@@ -1,0 +1,72 @@
+"""Which table answers a query: the events table, or an hourly rollup.
+
+``actor_hours``, ``actor_type_hours`` and ``page_hours`` (migration 0003)
+hold, per UTC hour, country and user, the event count (also per event type;
+page views per path).
+They give the same answer as the events table when the query only cuts
+whole hours: the range starts and ends on an hour, every day/week/month
+boundary in ``tz`` falls on a UTC hour (a whole-hour offset throughout the
+range), and segments name only columns the rollup keeps. Anything else
+(properties, sessions, minutes, half-hour zones, exact timestamps) reads
+``events``, which stays the reference answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pulse.core.filters import Filters
+
+
+@dataclass(frozen=True)
+class Source:
+    table: str
+    time: str  # the time column
+    count: str  # the expression that counts events
+
+
+EVENTS = Source("events", "occurred_at", "count()")
+ACTOR_HOURS = Source("actor_hours", "hour", "sum(events)")
+ACTOR_TYPE_HOURS = Source("actor_type_hours", "hour", "sum(events)")
+PAGE_HOURS = Source("page_hours", "hour", "sum(views)")
+ACTOR_HOURS_FIELDS = frozenset({"country"})
+ACTOR_TYPE_HOURS_FIELDS = frozenset({"event_type", "country"})
+PAGE_HOURS_FIELDS = frozenset({"path", "country"})
+
+
+def _on_hour(moment: datetime) -> bool:
+    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
+
+
+def whole_hour_offsets(tz: str, start: datetime, end: datetime) -> bool:
+    """Whether ``tz``'s UTC offset is a whole number of hours over the range
+    (checked daily and at both ends: offsets change at most a few times a year)."""
+    zone = ZoneInfo(tz)
+    moment = start
+    while True:
+        offset = moment.astimezone(zone).utcoffset() or timedelta()
+        if offset.total_seconds() % 3600:
+            return False
+        if moment >= end:
+            return True
+        moment = min(moment + timedelta(days=1), end)
+
+
+def covers(filters: Filters, fields: frozenset[str]) -> bool:
+    return (_on_hour(filters.start) and _on_hour(filters.end)
+            and all(s.field in fields for s in filters.segments)
+            and whole_hour_offsets(filters.tz, filters.start, filters.end))
+
+
+def actor_source(filters: Filters, by_type: bool = False) -> Source:
+    """Per-user counts; ``by_type`` when the query groups by event type."""
+    if not by_type and filters.event_type is None and covers(filters, ACTOR_HOURS_FIELDS):
+        return ACTOR_HOURS
+    return ACTOR_TYPE_HOURS if covers(filters, ACTOR_TYPE_HOURS_FIELDS) else EVENTS
+
+
+def page_source(filters: Filters) -> Source:
+    """For page views: ``filters.event_type`` is ``page_view`` by then."""
+    return PAGE_HOURS if covers(filters, PAGE_HOURS_FIELDS) else EVENTS

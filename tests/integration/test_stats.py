@@ -1,0 +1,294 @@
+"""Every stats endpoint against answers computed in plain Python over a seeded
+event set sent through the real ingest path (duplicates included)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+import urllib3
+
+from tests.conftest import Api, wait_persisted
+from tests.integration import stats_oracle as oracle
+
+TZS = ("UTC", "Europe/Kyiv")
+
+
+class Seeded:
+    def __init__(self, api: Api, data: oracle.Dataset, project_id: str) -> None:
+        self.api = api
+        self.data = data
+        self.project_id = project_id
+        self.first = (data.now - timedelta(days=80)).date()
+        self.last = data.now.date()
+
+    def get(self, path: str, **params: Any) -> Any:
+        pairs = []
+        for name, value in params.items():
+            for item in value if isinstance(value, list) else [value]:
+                pairs.append((name, item))
+        answer = self.api.get(path + ("?" + urlencode(pairs) if pairs else ""))
+        assert answer.status == 200, (path, params, answer.status, answer.body[:500])
+        assert answer.headers["Content-Type"].startswith("application/json")
+        return answer.json
+
+    def range(self, tz: str) -> dict[str, str]:
+        return {"from": self.first.isoformat(), "to": self.last.isoformat(), "tz": tz}
+
+    def select(self, tz: str, segments: list[tuple[str, str]] = (), event_type: str | None = None) -> list[Any]:
+        return oracle.select(self.data, self.first, self.last, tz, segments, event_type)
+
+
+@pytest.fixture(scope="module")
+def seeded(pulse: Any) -> Seeded:
+    from pulse.local.demo import create_demo_key
+
+    project_id, key = create_demo_key(pulse.services, f"stats-{uuid.uuid4().hex[:8]}")
+    api = Api(pulse.gateway_url, key)
+    data = oracle.build(datetime.now(UTC))
+    for start in range(0, len(data.sent), 400):
+        answer = api.post("/v1/events", {"events": data.sent[start:start + 400]})
+        assert answer.status == 202, answer.body[:500]
+    wait_persisted(pulse)
+    return Seeded(api, data, project_id)
+
+
+def segs(pairs: list[tuple[str, str]]) -> list[str]:
+    return [f"{k}:{v}" for k, v in pairs]
+
+
+SEGMENT_CASES = [[], [("country", "UA")], [("country", "DE"), ("event_type", "page_view")],
+                 [("properties.plan", "pro")], [("properties.n", "2"), ("path", "/docs")]]
+
+
+def test_dataset_has_what_the_cases_need(seeded: Seeded) -> None:
+    events = seeded.data.events
+    assert any(e.user_id == "" for e in events), "anonymous-only visitors"
+    assert len(seeded.data.sent) > len(events), "duplicates are sent"
+    overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
+    assert overview["events"] == len(seeded.select("UTC")), "duplicates are not counted"
+
+
+@pytest.mark.parametrize("tz", TZS)
+@pytest.mark.parametrize("group_by", ["hour", "day", "week", "month", "event_type", "properties.plan",
+                                      "properties.n"])
+def test_events_grouped(seeded: Seeded, group_by: str, tz: str) -> None:
+    got = seeded.get("/v1/stats/events", group_by=group_by, **seeded.range(tz))
+    assert got == oracle.events_by(seeded.select(tz), group_by, tz)
+
+
+@pytest.mark.parametrize("segments", SEGMENT_CASES)
+def test_events_with_segments_and_event_type(seeded: Seeded, segments: list[tuple[str, str]]) -> None:
+    got = seeded.get("/v1/stats/events", group_by="day", segment=segs(segments), event_type="page_view",
+                     **seeded.range("Europe/Kyiv"))
+    assert got == oracle.events_by(seeded.select("Europe/Kyiv", segments, "page_view"), "day", "Europe/Kyiv")
+
+
+def test_midnight_in_kyiv_is_not_midnight_in_utc(seeded: Seeded) -> None:
+    day = (seeded.data.now - timedelta(days=10)).date()
+    around = {"from": (day - timedelta(days=1)).isoformat(), "to": day.isoformat(), "segment": "event_type:click"}
+    utc = {r["date"]: r["unique_users"] for r in seeded.get("/v1/stats/dau", tz="UTC", **around)}
+    kyiv = {r["date"]: r["unique_users"] for r in seeded.get("/v1/stats/dau", tz="Europe/Kyiv", **around)}
+    assert utc != kyiv
+    for tz, got in (("UTC", utc), ("Europe/Kyiv", kyiv)):
+        events = oracle.select(seeded.data, day - timedelta(days=1), day, tz, [("event_type", "click")])
+        assert got == {r["bucket"]: r["unique_users"] for r in oracle.active(events, "day", tz)}
+
+
+@pytest.mark.parametrize("tz", TZS)
+@pytest.mark.parametrize("segments", SEGMENT_CASES[:3])
+def test_dau(seeded: Seeded, tz: str, segments: list[tuple[str, str]]) -> None:
+    got = seeded.get("/v1/stats/dau", segment=segs(segments), **seeded.range(tz))
+    want = oracle.active(seeded.select(tz, segments), "day", tz)
+    assert got == [{"date": r["bucket"], "unique_users": r["unique_users"]} for r in want]
+
+
+@pytest.mark.parametrize("tz", TZS)
+@pytest.mark.parametrize("interval", ["day", "week", "month"])
+def test_active_users(seeded: Seeded, interval: str, tz: str) -> None:
+    got = seeded.get("/v1/stats/active-users", interval=interval, **seeded.range(tz))
+    assert got == oracle.active(seeded.select(tz), interval, tz)
+
+
+@pytest.mark.parametrize("limit", [None, 1, 3, 1000])
+@pytest.mark.parametrize("segments", SEGMENT_CASES[:2])
+def test_top_events(seeded: Seeded, limit: int | None, segments: list[tuple[str, str]]) -> None:
+    params: dict[str, Any] = {"segment": segs(segments), **seeded.range("UTC")}
+    if limit is not None:
+        params["limit"] = str(limit)
+    got = seeded.get("/v1/stats/top-events", **params)
+    assert got == oracle.top_events(seeded.select("UTC", segments), limit or 10)
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+@pytest.mark.parametrize("segments", SEGMENT_CASES[:2])
+def test_pages(seeded: Seeded, limit: int | None, segments: list[tuple[str, str]]) -> None:
+    params: dict[str, Any] = {"segment": segs(segments), **seeded.range("UTC")}
+    if limit is not None:
+        params["limit"] = str(limit)
+    assert seeded.get("/v1/stats/pages", **params) == oracle.pages(seeded.select("UTC", segments), limit or 10)
+
+
+@pytest.mark.parametrize("segments", SEGMENT_CASES)
+def test_overview(seeded: Seeded, segments: list[tuple[str, str]]) -> None:
+    got = seeded.get("/v1/stats/overview", segment=segs(segments), **seeded.range("Europe/Kyiv"))
+    assert got == oracle.overview(seeded.select("Europe/Kyiv", segments))
+
+
+def test_user_profiles(seeded: Seeded) -> None:
+    for actor in ("u0", "u3", "anon-2", "f4"):
+        assert seeded.get(f"/v1/stats/users/{actor}") == oracle.user(seeded.data, actor)
+    missing = seeded.api.get("/v1/stats/users/nobody-here")
+    assert missing.status == 404
+    assert missing.headers["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("tz", TZS)
+@pytest.mark.parametrize("segments", SEGMENT_CASES[:2])
+def test_retention_with_weeks_not_yet_reached(seeded: Seeded, tz: str, segments: list[tuple[str, str]]) -> None:
+    today = datetime.now(ZoneInfo(tz)).date()
+    start = today - timedelta(weeks=9, days=3)
+    got = seeded.get("/v1/stats/retention", start_date=start.isoformat(), windows="12", tz=tz,
+                     segment=segs(segments))
+    want = oracle.retention(seeded.data, start, 12, tz, today, segments)
+    assert got == want
+    assert len(got) == 10 and "week_1" not in got[-1], "weeks that start after today are omitted"
+    assert sum(r["week_0"] for r in got) > 0
+
+
+FUNNEL_CASES: list[tuple[list[Any], int, list[str]]] = [
+    (["signup", "activate", "purchase"], 3600, []),
+    (["signup", "activate", "purchase"], 3599, []),
+    (["signup", "purchase"], 3600, []),
+    (["activate", "signup"], 86_400, []),
+    (["signup", "activate", {"event_type": "purchase", "segment": ["properties.plan:pro"]}], 7200, []),
+    (["page_view", "click", "signup"], 7 * 86_400, ["country:UA"]),
+]
+
+
+@pytest.mark.parametrize(("steps", "window", "segment"), FUNNEL_CASES)
+def test_funnel(seeded: Seeded, steps: list[Any], window: int, segment: list[str]) -> None:
+    body = {"steps": steps, "window_seconds": window, "segment": segment, **seeded.range("UTC")}
+    answer = seeded.api.post("/v1/stats/funnel", body)
+    assert answer.status == 200, answer.body
+    spec = [(s, []) if isinstance(s, str) else (s["event_type"], [tuple(x.split(":", 1)) for x in s["segment"]])
+            for s in steps]
+    seg_pairs = [tuple(x.split(":", 1)) for x in segment]
+    assert answer.json == oracle.funnel(seeded.select("UTC", seg_pairs), spec, window)
+
+
+def test_funnel_cases_are_discriminating(seeded: Seeded) -> None:
+    events = seeded.select("UTC")
+    spec = [("signup", []), ("activate", []), ("purchase", [])]
+    inclusive = oracle.funnel(events, spec, 3600)["steps"][2]["users"]
+    assert oracle.funnel(events, spec, 3599)["steps"][2]["users"] < inclusive
+
+
+def test_funnel_from_to_excludes_events_outside(seeded: Seeded) -> None:
+    funnel_day = (seeded.data.now - timedelta(days=5)).date()
+    body = {"steps": ["signup", "activate"], "window_seconds": 86_400,
+            "from": (funnel_day + timedelta(days=1)).isoformat(), "to": seeded.last.isoformat()}
+    answer = seeded.api.post("/v1/stats/funnel", body)
+    events = oracle.select(seeded.data, funnel_day + timedelta(days=1), seeded.last, "UTC")
+    assert answer.json == oracle.funnel(events, [("signup", []), ("activate", [])], 86_400)
+
+
+def _stable_summary(seeded: Seeded, fetch: Any, tz: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        before = oracle.summary(seeded.data, datetime.now(UTC), tz)
+        got = fetch()
+        after = oracle.summary(seeded.data, datetime.now(UTC), tz)
+        if before == after or time.monotonic() > deadline:
+            assert got == after or got == before
+            return
+
+
+@pytest.mark.parametrize("tz", TZS)
+def test_summary(seeded: Seeded, tz: str) -> None:
+    _stable_summary(seeded, lambda: seeded.get("/v1/stats/summary", tz=tz), tz)
+
+
+def test_live_sends_summary_events(seeded: Seeded) -> None:
+    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=30))
+
+    def first_event() -> Any:
+        response = http.request("GET", seeded.api.base_url + "/v1/stats/live",
+                                headers={"X-API-Key": seeded.api.api_key or ""}, preload_content=False)
+        try:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            buffer = b""
+            while b"\n\n" not in buffer:
+                chunk = response.read1(4096) if hasattr(response, "read1") else response.read(1)
+                assert chunk, "stream ended before an event"
+                buffer += chunk
+        finally:
+            response.release_conn()
+            response.close()
+        block = buffer.split(b"\n\n", 1)[0].decode()
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        assert lines["event"] == "summary"
+        return orjson.loads(lines["data"])
+
+    _stable_summary(seeded, first_event, "UTC")
+
+
+def test_a_project_sees_only_its_own_data(seeded: Seeded, project: Any) -> None:
+    other = project.api.get("/v1/stats/overview?" + urlencode(seeded.range("UTC")))
+    assert other.json == {"events": 0, "unique_users": 0, "unique_event_types": 0, "unique_sessions": 0}
+    forbidden = project.api.get(f"/v1/stats/overview?project_id={seeded.project_id}")
+    assert forbidden.status == 403
+
+
+def test_dates_are_plain_dates(seeded: Seeded) -> None:
+    for row in seeded.get("/v1/stats/dau", **seeded.range("UTC")):
+        date.fromisoformat(row["date"])
+        assert isinstance(row["unique_users"], int)
+
+
+ROLLUP_CASES = [("UTC", []), ("Europe/Kyiv", [("country", "UA")]), ("America/New_York", [("event_type", "click")])]
+
+
+@pytest.mark.parametrize(("tz", "segments"), ROLLUP_CASES)
+def test_rollups_answer_as_the_events_table(pulse: Any, seeded: Seeded, tz: str,
+                                            segments: list[tuple[str, str]]) -> None:
+    from pulse.core import retention, rollups, stats
+    from pulse.core.filters import parse_filters
+
+    ch = pulse.services.ch
+    filters = parse_filters({**{k: [v] for k, v in seeded.range(tz).items()}, "segment": segs(segments)},
+                            seeded.project_id, 731)
+    assert rollups.actor_source(filters, by_type=True) is rollups.ACTOR_TYPE_HOURS
+    plain = rollups.ACTOR_TYPE_HOURS if segments and segments[0][0] == "event_type" else rollups.ACTOR_HOURS
+    assert rollups.actor_source(filters) is plain
+    for group_by in ("hour", "day", "week", "month", "event_type"):
+        assert stats.events(ch, filters, group_by) == stats.events(ch, filters, group_by, rollups=False)
+    for interval in ("day", "week", "month"):
+        assert stats.active_users(ch, filters, interval) == stats.active_users(ch, filters, interval, rollups=False)
+    assert stats.top_events(ch, filters, 10) == stats.top_events(ch, filters, 10, rollups=False)
+    assert stats.pages(ch, filters, 10) == stats.pages(ch, filters, 10, rollups=False)
+    spec = retention.Retention(retention.monday(seeded.first), 12)
+    assert retention.retention(ch, filters, spec) == retention.retention(ch, filters, spec, rollups=False)
+
+
+def test_half_hour_zones_and_minutes_read_the_events_table(seeded: Seeded) -> None:
+    from pulse.core import rollups
+    from pulse.core.filters import parse_filters
+
+    kolkata = parse_filters({k: [v] for k, v in seeded.range("Asia/Kolkata").items()}, seeded.project_id, 731)
+    assert rollups.actor_source(kolkata) is rollups.EVENTS
+    minutes = parse_filters({"from": ["2026-11-01T10:15:00Z"], "to": ["2026-11-02T00:00:00Z"]},
+                            seeded.project_id, 731)
+    assert rollups.actor_source(minutes) is rollups.EVENTS
+    by_path = parse_filters({"segment": ["path:/docs"]}, seeded.project_id, 731)
+    assert rollups.actor_source(by_path) is rollups.EVENTS
+    assert rollups.page_source(by_path) is rollups.PAGE_HOURS
+    got = seeded.get("/v1/stats/events", group_by="day", **seeded.range("Asia/Kolkata"))
+    assert got == oracle.events_by(seeded.select("Asia/Kolkata"), "day", "Asia/Kolkata")
