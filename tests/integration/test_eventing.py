@@ -56,7 +56,7 @@ def route_events(pulse: Any, values: dict[str, Any] | None, types: list[str]) ->
         for ce_type in types:
             pulse.services.producer.send(topic, "k", CloudEvent.new(ce_type, "/test", b"{}"))
         dispatcher.start()
-        assert dispatcher.drain(30, topics=[topic])
+        assert dispatcher.drain(90, topics=[topic])
     finally:
         dispatcher.stop()
         receiver.server.stop()
@@ -90,7 +90,7 @@ def test_records_that_are_not_cloudevents_are_wrapped_as_kafkasource_does(pulse:
     dispatcher = Dispatcher(bootstrap, [sub])
     try:
         dispatcher.start()
-        assert dispatcher.drain(30, topics=[topic])
+        assert dispatcher.drain(90, topics=[topic])
     finally:
         dispatcher.stop()
         receiver.server.stop()
