@@ -161,7 +161,8 @@ def bench_export(runtime: Runtime, project_id: str, key: str, n: int) -> dict[st
     sql, params = exporting.query(request)
     with PeakRss() as peak:
         started = time.perf_counter()
-        data = runtime.services.ch.client.raw_query(sql, parameters=params, fmt="CSV")
+        with runtime.services.ch.borrow() as client:
+            data = client.raw_query(sql, parameters=params, fmt="CSV")
         elapsed = time.perf_counter() - started
         size = len(data)
         del data

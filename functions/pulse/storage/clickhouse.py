@@ -1,15 +1,19 @@
 """ClickHouse access through clickhouse-connect: a server by ``http(s)://`` URL,
 or the embedded chDB engine by ``chdb:///abs/path``. Same client API, same SQL.
 
-Each thread gets its own client (chDB allows several in one process on one
-path; only one process may hold a path). Every value goes in as a bound
-parameter (``{name:Type}``); callers never format values into SQL.
+Calls borrow a client from a small pool and give it back, so a server that
+starts a thread per request does not grow a client per thread (chDB allows
+several clients in one process on one path; only one process may hold a
+path). Every value goes in as a bound parameter (``{name:Type}``); callers
+never format values into SQL.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,34 +28,48 @@ CHDB_STREAMED = frozenset({"CSV", "TSV", "TabSeparated", "JSONEachRow", "RowBina
 
 
 class ClickHouse:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_idle: int = 16) -> None:
         self.url = url
         self.embedded = urlsplit(url).scheme == "chdb"
-        self._local = threading.local()
-        self._clients: list[Client] = []
+        self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
+        self._max_idle = max_idle
+        self._closed = False
         self._lock = threading.Lock()
 
-    @property
-    def client(self) -> Client:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            try:
-                client = clickhouse_connect.get_client(dsn=self.url)
-            except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
-                raise Unavailable(f"clickhouse is unreachable: {exc}") from exc
-            self._local.client = client
+    def _open(self) -> Client:
+        try:
+            return clickhouse_connect.get_client(dsn=self.url)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
+            raise Unavailable(f"clickhouse is unreachable: {exc}") from exc
+
+    @contextmanager
+    def borrow(self) -> Iterator[Client]:
+        """A client for the work inside; returned to the pool afterwards."""
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            client = self._open()
+        try:
+            yield client
+        finally:
             with self._lock:
-                self._clients.append(client)
-        return client
+                keep = not self._closed and self._idle.qsize() < self._max_idle
+            if keep:
+                self._idle.put(client)
+            else:
+                _close_quietly(client)
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        return self.client.command(sql, parameters=parameters)
+        with self.borrow() as client:
+            return client.command(sql, parameters=parameters)
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return list(self.client.query(sql, parameters=parameters).result_rows)
+        with self.borrow() as client:
+            return list(client.query(sql, parameters=parameters).result_rows)
 
     def dicts(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self.client.query(sql, parameters=parameters)
+        with self.borrow() as client:
+            result = client.query(sql, parameters=parameters)
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
@@ -59,10 +77,9 @@ class ClickHouse:
         """Insert ``JSONEachRow`` bytes; ClickHouse parses them, no Python per row.
 
         Returns only when the rows are written (synchronous insert)."""
-        self.client.raw_insert(
-            table, list(columns), insert_block=body, fmt="JSONEachRow",
-            settings={"async_insert": 0},
-        )
+        with self.borrow() as client:
+            client.raw_insert(table, list(columns), insert_block=body, fmt="JSONEachRow",
+                              settings={"async_insert": 0})
 
     def stream(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> Iterator[bytes]:
         """Bytes of a result formatted by ClickHouse itself (CSV, JSON, Parquet...),
@@ -70,22 +87,23 @@ class ClickHouse:
         whose blocks concatenate (``CHDB_STREAMED``), and Parquet is written
         here from its Arrow stream, a row group per block. Only other formats
         are answered in one piece."""
-        if self.embedded and fmt == "Parquet":
-            yield from _parquet(self.client.query_arrow_stream(sql, parameters=parameters),
-                                lambda: self.client.raw_query(sql, parameters=parameters, fmt=fmt))
-            return
-        if self.embedded and fmt not in CHDB_STREAMED:
-            data = self.client.raw_query(sql, parameters=parameters, fmt=fmt)
-            for start in range(0, len(data), CHUNK):
-                yield data[start:start + CHUNK]
-            return
-        with self.client.raw_stream(sql, parameters=parameters, fmt=fmt) as source:
-            read = getattr(source, "read", None)
-            if read is None:
-                yield from source
+        with self.borrow() as client:
+            if self.embedded and fmt == "Parquet":
+                yield from _parquet(client.query_arrow_stream(sql, parameters=parameters),
+                                    lambda: client.raw_query(sql, parameters=parameters, fmt=fmt))
                 return
-            while chunk := read(CHUNK):
-                yield chunk
+            if self.embedded and fmt not in CHDB_STREAMED:
+                data = client.raw_query(sql, parameters=parameters, fmt=fmt)
+                for start in range(0, len(data), CHUNK):
+                    yield data[start:start + CHUNK]
+                return
+            with client.raw_stream(sql, parameters=parameters, fmt=fmt) as source:
+                read = getattr(source, "read", None)
+                if read is None:
+                    yield from source
+                    return
+                while chunk := read(CHUNK):
+                    yield chunk
 
     def ping(self) -> bool:
         try:
@@ -95,12 +113,19 @@ class ClickHouse:
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
+            self._closed = True
+        while True:
             try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing at shutdown
-                pass
+                _close_quietly(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close_quietly(client: Client) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - the client is being thrown away
+        pass
 
 
 class _Spool:
