@@ -160,17 +160,17 @@ class Persister:
         new = conn.run(
             "INSERT INTO event_ledger (project_id, event_id, batch_id)"
             " SELECT CAST(:p AS uuid), e, CAST(:b AS uuid) FROM unnest(CAST(:ids AS uuid[])) AS e"
-            " ON CONFLICT DO NOTHING RETURNING event_id",
+            " ON CONFLICT DO NOTHING RETURNING event_id::text",
             p=project_id, b=batch_id, ids=ids,
         )
-        owned = {str(r[0]) for r in new}
+        owned = {r[0] for r in new}
         if not fresh:
             earlier = conn.run(
-                "SELECT event_id FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
+                "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
                 " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
                 p=project_id, b=batch_id, ids=ids,
             )
-            owned.update(str(r[0]) for r in earlier)
+            owned.update(r[0] for r in earlier)
         return _Claim(fresh, None, frozenset(owned))
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
@@ -189,7 +189,7 @@ class Persister:
             body = b"\n".join(orjson.dumps({**stamp, **row}) for row in chunk)
             with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
                     telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
-                self.ch.insert_json_rows("events", INSERT_COLUMNS, body)
+                self.ch.insert_grouped("events", INSERT_COLUMNS, body)
 
     def trim_ledger(self, retention_days: int) -> int:
         """Forget ledger entries and batch records older than the retention window."""

@@ -35,6 +35,8 @@ class ClickHouse:
         self._max_idle = max_idle
         self._closed = False
         self._lock = threading.Lock()
+        self._groups: dict[tuple[str, tuple[str, ...]], _InsertGroup] = {}
+        self._group_max_bytes = 32 * 1024 * 1024
 
     def _open(self) -> Client:
         try:
@@ -72,6 +74,17 @@ class ClickHouse:
             result = client.query(sql, parameters=parameters)
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def insert_grouped(self, table: str, columns: Sequence[str], body: bytes) -> None:
+        """``insert_json_rows``, combined with the inserts other threads are making
+        into the same table at the same moment (group commit): one insert of many
+        batches costs far less than many small ones, since every insert writes a
+        new part per table and view. Returns when this caller's rows are written;
+        if the combined insert fails, every caller in it gets the error."""
+        key = (table, tuple(columns))
+        with self._lock:
+            group = self._groups.setdefault(key, _InsertGroup(self._group_max_bytes))
+        group.insert(body, lambda combined: self.insert_json_rows(table, columns, combined))
 
     def insert_json_rows(self, table: str, columns: Sequence[str], body: bytes) -> None:
         """Insert ``JSONEachRow`` bytes; ClickHouse parses them, no Python per row.
@@ -119,6 +132,57 @@ class ClickHouse:
                 _close_quietly(self._idle.get_nowait())
             except queue.Empty:
                 return
+
+
+class _Ticket:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _InsertGroup:
+    """Callers queue their rows; whoever finds no insert running becomes the
+    leader and writes everything queued (up to ``max_bytes`` per insert) until
+    the queue is empty, then wakes each caller with the outcome of its insert."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.lock = threading.Lock()
+        self.queue: list[_Ticket] = []
+        self.busy = False
+
+    def insert(self, body: bytes, write: Any) -> None:
+        ticket = _Ticket(body)
+        with self.lock:
+            self.queue.append(ticket)
+            leader = not self.busy
+            self.busy = True
+        if leader:
+            self._lead(write)
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _lead(self, write: Any) -> None:
+        while True:
+            with self.lock:
+                taken, size = [], 0
+                while self.queue and (not taken or size + len(self.queue[0].body) <= self.max_bytes):
+                    ticket = self.queue.pop(0)
+                    taken.append(ticket)
+                    size += len(ticket.body)
+                if not taken:
+                    self.busy = False
+                    return
+            error: BaseException | None = None
+            try:
+                write(b"\n".join(t.body for t in taken))
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller in the group
+                error = exc
+            for ticket in taken:
+                ticket.error = error
+                ticket.done.set()
 
 
 def _close_quietly(client: Client) -> None:
