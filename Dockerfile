@@ -19,13 +19,17 @@ RUN groupadd --system --gid 10001 pulse \
       --shell /usr/sbin/nologin pulse
 COPY --from=build /opt/venv /opt/venv
 COPY migrations /opt/pulse/migrations
+COPY docs/openapi /opt/pulse/docs/openapi
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080
-# `pulse migrate` looks for migrations/ relative to the installed package.
+# `pulse migrate` looks for migrations/ and every function for docs/openapi/
+# relative to the installed package.
 RUN ln -s /opt/pulse/migrations \
-      "$(python -c 'from pulse.storage.migrations import migrations_root; print(migrations_root())')"
+      "$(python -c 'from pulse.storage.migrations import migrations_root; print(migrations_root())')" \
+ && root="$(python -c 'from pulse.web.http import OPENAPI_DIR; print(OPENAPI_DIR.parent.parent)')" \
+ && mkdir -p "$root/docs" && ln -s /opt/pulse/docs/openapi "$root/docs/openapi"
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8080

@@ -245,6 +245,8 @@ Environment shared by every function and the migrations Job:
   value: {{ join "," $v.config.adminEmails | quote }}
 - name: PULSE_LOG_LEVEL
   value: {{ $v.config.logLevel | quote }}
+- name: PULSE_TRUSTED_PROXIES
+  value: {{ join "," $v.config.trustedProxies | quote }}
 {{- if eq $name "auth" }}
 - name: PULSE_JWT_PRIVATE_KEY_FILE
   value: {{ printf "/var/run/pulse/jwt/%s" $v.jwt.signingKey | quote }}
