@@ -108,7 +108,7 @@ class Worker:
         self.http = http
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"deliver-{subscription.name}")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"deliver-{subscription.name}")
         self.consumer: KafkaConsumer | None = None
         self.assigned = threading.Event()
 

