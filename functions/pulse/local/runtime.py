@@ -38,6 +38,8 @@ from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 from pulse.web.http import HttpFunction
 
 log = logging.getLogger("pulse.runtime")
+
+
 @dataclass
 class Runtime:
     settings: Settings
