@@ -120,6 +120,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         url = runtime.gateway_url
         print(f"Pulse is up: {url}", flush=True)
+        print(f"  dashboard  {url}/dashboard")
         for name, function_url in runtime.describe()["functions"].items():
             print(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
         if args.demo:
