@@ -134,8 +134,10 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'")
             print(f"  curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\")
             print(f"       -d '{{\"email\": \"{demo.email}\", \"password\": \"{demo.password}\"}}'")
-            print(f"  curl -s '{url}/v1/stats/dau?project_id={demo.project_id}' -H 'Authorization: Bearer <access_token>'")
-            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}' -H 'Content-Type: application/json' \\")
+            print(f"  curl -s '{url}/v1/stats/dau?project_id={demo.project_id}'"
+                  " -H 'Authorization: Bearer <access_token>'")
+            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}'"
+                  " -H 'Content-Type: application/json' \\")
             print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
         print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
         stop.wait()

@@ -11,7 +11,13 @@ from werkzeug.wrappers import Request, Response
 from pulse.bus.cloudevents import receive
 from pulse.core import compat
 from pulse.core.events import Batch, parse_batch
-from pulse.core.importing import ImportLedger, Importer, body_stream, declared_sha256, file_format
+from pulse.core.importing import (
+    Importer,
+    ImportLedger,
+    body_stream,
+    declared_sha256,
+    file_format,
+)
 from pulse.core.ingestion import Ingestor, count_rejections
 from pulse.errors import InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
 from pulse.security.keys import ApiKey

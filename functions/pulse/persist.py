@@ -23,7 +23,13 @@ from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
 from pulse.bus import kafka, sink
-from pulse.bus.cloudevents import INGESTED, MAINTENANCE_REQUESTED, PERSISTED, CloudEvent, receive
+from pulse.bus.cloudevents import (
+    INGESTED,
+    MAINTENANCE_REQUESTED,
+    PERSISTED,
+    CloudEvent,
+    receive,
+)
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Persister
 from pulse.errors import InvalidInput

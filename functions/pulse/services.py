@@ -10,12 +10,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
 from pulse.bus import kafka
 from pulse.bus.kafka import Producer
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
-from pulse.security.tokens import FileKeys, Issuer, JwksKeys, KeyFileError, Verifier, load_signing_key
+from pulse.security.tokens import (
+    FileKeys,
+    Issuer,
+    JwksKeys,
+    KeyFileError,
+    Verifier,
+    load_signing_key,
+)
 from pulse.settings import Settings, SettingsError, redact
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database

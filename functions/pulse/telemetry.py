@@ -35,8 +35,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 project_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("project_id", default="")
@@ -226,7 +233,11 @@ def configure_tracing(service_name: str = "pulse") -> None:
         if _tracing.exporters_configured:
             return
         _tracing.exporters_configured = True
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
 
     names = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower().replace(" ", "").split(",")
     for name in names:
@@ -237,7 +248,9 @@ def configure_tracing(service_name: str = "pulse") -> None:
             exporter = ConsoleSpanExporter(formatter=lambda s: s.to_json(indent=None) + "\n")
         elif name == "otlp":
             try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
             except ImportError:
                 log.warning("OTEL_TRACES_EXPORTER=otlp needs `pip install pulse-analytics[otlp]`; not exporting")
                 continue

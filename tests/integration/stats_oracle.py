@@ -88,7 +88,7 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
     actors = [(f"u{n}", f"anon-u{n}" if n % 3 == 0 else "") for n in range(40)]
     actors += [("", f"anon-{n}") for n in range(8)]  # anonymous-only visitors
     # Background traffic over ~11 weeks; each actor starts on their own day (retention cohorts).
-    for index, actor in enumerate(actors):
+    for actor in actors:
         first_day = rng.randint(3, 75)
         for _ in range(rng.randint(3, 30)):
             days_ago = rng.randint(1, first_day) if rng.random() < 0.9 else first_day

@@ -9,7 +9,6 @@ from typing import Any
 
 from pulse.client import AsyncPulse, DeliveryError, Pulse
 from pulse.client.sdk import backoff_delay
-
 from tests.conftest import wait_persisted
 
 

@@ -101,8 +101,8 @@ def test_persisted_event_carries_the_trace(pulse: Any, project: Any, spans: InMe
     """persist hands K_SINK a ``persisted`` event whose traceparent continues the batch's trace."""
     from pulse.core.events import parse_batch
     from pulse.core.ingestion import encode_batch
-    from pulse.settings import Limits
     from pulse.persist import Persist
+    from pulse.settings import Limits
 
     received: list[dict[str, str]] = []
 

@@ -23,7 +23,9 @@ from pg8000.exceptions import DatabaseError
 
 from pulse.core.projects import create_project
 from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX, MIN_CHARS as PASSWORD_MIN, Passwords
+from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX
+from pulse.security.passwords import MIN_CHARS as PASSWORD_MIN
+from pulse.security.passwords import Passwords
 from pulse.security.ratelimit import LoginBackoff
 from pulse.security.tokens import Issuer
 from pulse.storage.postgres import Connection, Database

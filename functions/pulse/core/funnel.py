@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pulse.core.filters import Filters, Segment, condition, parse_filters, parse_segments, segment_condition
+from pulse.core.filters import (
+    Filters,
+    Segment,
+    condition,
+    parse_filters,
+    parse_segments,
+    segment_condition,
+)
 from pulse.core.stats import percent, query
 from pulse.errors import FieldError, InvalidInput
 from pulse.storage.clickhouse import ClickHouse

@@ -50,8 +50,8 @@ import orjson
 
 from pulse import telemetry
 from pulse.core.events import EVENT_COLUMNS
-from pulse.storage.clickhouse import ClickHouse
 from pulse.errors import Unavailable
+from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
@@ -143,7 +143,8 @@ class Persister:
 
     def _claim(self, conn: Connection, batch_id: str, project_id: str, event_ids: list[str]) -> _Claim:
         created = conn.run(
-            "INSERT INTO persist_batches (batch_id, project_id, status) VALUES (CAST(:b AS uuid), CAST(:p AS uuid), 'claimed')"
+            "INSERT INTO persist_batches (batch_id, project_id, status)"
+            " VALUES (CAST(:b AS uuid), CAST(:p AS uuid), 'claimed')"
             " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
             b=batch_id, p=project_id,
         )

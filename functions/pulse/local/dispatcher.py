@@ -41,7 +41,13 @@ from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus import kafka as kafka_bus
-from pulse.bus.cloudevents import CloudEvent, from_http, from_kafka, to_http, to_kafka_headers
+from pulse.bus.cloudevents import (
+    CloudEvent,
+    from_http,
+    from_kafka,
+    to_http,
+    to_kafka_headers,
+)
 
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
@@ -274,7 +280,7 @@ def _last_in_order(records: Sequence[ConsumerRecord], results: Any) -> int | Non
     """The last offset up to which every record was handled (the commit point)."""
     last = None
     broken = False
-    for record in records:
+    for _ in records:
         handled = next(results)
         if handled is None:
             broken = True

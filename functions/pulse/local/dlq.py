@@ -27,7 +27,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from pulse.bus import kafka as kafka_bus
-from pulse.bus.cloudevents import CloudEvent, from_kafka, from_structured, to_kafka_headers
+from pulse.bus.cloudevents import (
+    CloudEvent,
+    from_kafka,
+    from_structured,
+    to_kafka_headers,
+)
 from pulse.errors import PulseError
 
 ERROR_ATTRIBUTES = ("knativeerrorcode", "knativeerrordest", "knativeerrordata",

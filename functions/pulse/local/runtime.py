@@ -22,13 +22,20 @@ from typing import Any
 from pulse.aggregate import Aggregate
 from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
+from pulse.bus import sink
 from pulse.export import Export
 from pulse.ingest import Ingest
-from pulse.bus import sink
 from pulse.local import wiring as wiring_mod
 from pulse.local.dispatcher import Dispatcher, Subscription
 from pulse.local.embedded import EmbeddedStack
-from pulse.local.eventing import BrokerIngress, Cron, PingScheduler, broker_topic, ping_event, subscriptions
+from pulse.local.eventing import (
+    BrokerIngress,
+    Cron,
+    PingScheduler,
+    broker_topic,
+    ping_event,
+    subscriptions,
+)
 from pulse.local.gateway import Gateway, Server
 from pulse.persist import Persist
 from pulse.security.tokens import generate_key_file
