@@ -139,6 +139,12 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}'"
                   " -H 'Content-Type: application/json' \\")
             print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
+        else:
+            print("\nStart with an account (or run `pulse up --demo` for one with sample data):")
+            print(f"  curl -s -X POST {url}/v1/auth/register -H 'Content-Type: application/json' \\")
+            print("       -d '{\"email\": \"you@example.com\", \"password\": \"a-long-password\"}'")
+            print(f"  then POST {url}/v1/auth/login, POST {url}/v1/projects and"
+                  " POST /v1/projects/<project_id>/api-keys (README, docs/security.md)")
         print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
         stop.wait()
     finally:
