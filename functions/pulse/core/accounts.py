@@ -241,10 +241,6 @@ def _lock_family(conn: Connection, digest: bytes) -> tuple[str, str, bool] | Non
     return (str(rows[0][0]), str(rows[0][1]), bool(rows[0][2])) if rows else None
 
 
-def user_exists(db: Database, user_id: str) -> bool:
-    return bool(db.run("SELECT 1 FROM users WHERE user_id = CAST(:u AS uuid)", u=user_id))
-
-
 def email_of(db: Database, user_id: str) -> str | None:
     rows = db.run("SELECT email FROM users WHERE user_id = CAST(:u AS uuid)", u=user_id)
     return str(rows[0][0]) if rows else None

@@ -92,11 +92,6 @@ def declared_sha256(header: str | None) -> str | None:
     return None
 
 
-def content_digest(sha256_hex: str) -> str:
-    """The ``Content-Digest`` header value for a SHA-256 given as hex."""
-    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
-
-
 def file_format(content_type: str | None) -> str:
     media = (content_type or "").split(";")[0].strip().lower()
     if media in CSV_TYPES:
