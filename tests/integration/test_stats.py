@@ -278,6 +278,35 @@ def test_rollups_answer_as_the_events_table(pulse: Any, seeded: Seeded, tz: str,
     assert retention.retention(ch, filters, spec) == retention.retention(ch, filters, spec, rollups=False)
 
 
+SPAN_RANGES = [(0, 0), (0, 30), (30, 0), (40, 15), (79, 0)]  # (days after first, days before last)
+
+
+@pytest.mark.parametrize(("after_first", "before_last"), SPAN_RANGES)
+@pytest.mark.parametrize("segments", [[], [("event_type", "page_view")], [("path", "/docs")]])
+def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_first: int, before_last: int,
+                                              segments: list[tuple[str, str]]) -> None:
+    """type_spans/page_spans answer ranges that take in the project's first event or
+    run past its last; elsewhere the hourly rollups do. Either way: the oracle's answer."""
+    from pulse.core import stats
+    from pulse.core.filters import parse_filters
+
+    first, last = seeded.first + timedelta(days=after_first), seeded.last - timedelta(days=before_last)
+    params = {"from": first.isoformat(), "to": last.isoformat(), "tz": "Europe/Kyiv"}
+    filters = parse_filters({**{k: [v] for k, v in params.items()}, "segment": segs(segments)},
+                            seeded.project_id, 731)
+    times = [e.at for e in seeded.data.events]
+    takes_all_before = filters.start <= min(times)
+    takes_all_after = filters.end > max(times)
+    assert stats.spans_answer(pulse.services.ch, "top-events", filters, frozenset({"event_type", "path"})) \
+        == (takes_all_before or takes_all_after)
+    selected = oracle.select(seeded.data, first, last, "Europe/Kyiv", segments)
+    got = seeded.get("/v1/stats/top-events", segment=segs(segments), limit="1000", **params)
+    assert got == oracle.top_events(selected, 1000)
+    got = seeded.get("/v1/stats/pages", segment=segs(segments), limit="1000", **params)
+    assert got == oracle.pages(selected, 1000)
+    assert got["total_views"] > 0 or after_first == 79
+
+
 def test_half_hour_zones_and_minutes_read_the_events_table(seeded: Seeded) -> None:
     from pulse.core import rollups
     from pulse.core.filters import parse_filters

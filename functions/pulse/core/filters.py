@@ -151,21 +151,22 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
 
 
-def condition(filters: Filters, prefix: str = "f", time_column: str = "occurred_at") -> tuple[str, dict[str, Any]]:
+def condition(filters: Filters, prefix: str = "f",
+              time_column: str | None = "occurred_at") -> tuple[str, dict[str, Any]]:
     """``WHERE`` text over the events table (or a rollup with the same
-    columns, whose time column is named) and its bound parameters. Every
-    value, property keys included, is a parameter; only fixed column names
-    from ``SEGMENT_COLUMNS`` appear in the text."""
+    columns, whose time column is named; ``None`` for one without, where the
+    range is applied otherwise) and its bound parameters. Every value,
+    property keys included, is a parameter; only fixed column names from
+    ``SEGMENT_COLUMNS`` appear in the text."""
     params: dict[str, Any] = {
         f"{prefix}_project": filters.project_id,
         f"{prefix}_start": filters.start.replace(tzinfo=None),
         f"{prefix}_end": filters.end.replace(tzinfo=None),
     }
-    parts = [
-        f"project_id = {{{prefix}_project:UUID}}",
-        f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
-        f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}",
-    ]
+    parts = [f"project_id = {{{prefix}_project:UUID}}"]
+    if time_column is not None:
+        parts += [f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
+                  f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}"]
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")

@@ -9,12 +9,20 @@ boundary in ``tz`` falls on a UTC hour (a whole-hour offset throughout the
 range), and segments name only columns the rollup keeps. Anything else
 (properties, sessions, minutes, half-hour zones, exact timestamps) reads
 ``events``, which stays the reference answer.
+
+``type_spans`` and ``page_spans`` (migration 0004) hold one row per user and
+event type (per path for page views): the first and last time the user sent
+it; ``type_hours`` and ``path_hours`` the counts per hour. When a range
+starts at or before the project's first event, or ends after its last one
+(any range up to today), a user has events of a type in the range exactly
+when the span reaches into it: ``last >= start`` and ``first < end``. Unique
+users per type or path then need one row per user, not one per user and hour.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters
@@ -34,6 +42,10 @@ PAGE_HOURS = Source("page_hours", "hour", "sum(views)")
 ACTOR_HOURS_FIELDS = frozenset({"country"})
 ACTOR_TYPE_HOURS_FIELDS = frozenset({"event_type", "country"})
 PAGE_HOURS_FIELDS = frozenset({"path", "country"})
+TYPE_SPAN_FIELDS = frozenset({"event_type"})
+PAGE_SPAN_FIELDS = frozenset({"path"})
+SPAN_HIT = ("countIf(last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:DateTime64(3, 'UTC')})")
+PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
 
 
 def _on_hour(moment: datetime) -> bool:
@@ -70,3 +82,18 @@ def actor_source(filters: Filters, by_type: bool = False) -> Source:
 def page_source(filters: Filters) -> Source:
     """For page views: ``filters.event_type`` is ``page_view`` by then."""
     return PAGE_HOURS if covers(filters, PAGE_HOURS_FIELDS) else EVENTS
+
+
+def spans_hold(filters: Filters, fields: frozenset[str], hours: int, first_hour: datetime,
+               last_hour: datetime) -> bool:
+    """Whether the span tables answer exactly: the query cuts whole hours (the
+    counts come from hourly tables), its segments name only ``fields``, and
+    the range takes in the project's first event or everything after its last
+    one (``first_hour``/``last_hour``: the project's earliest and latest hour
+    in ``type_hours``, ``hours`` its row count; UTC)."""
+    if not covers(filters, fields):
+        return False
+    if hours == 0:
+        return True
+    first_hour, last_hour = (h if h.tzinfo else h.replace(tzinfo=UTC) for h in (first_hour, last_hour))
+    return filters.start <= first_hour or filters.end >= last_hour + timedelta(hours=1)

@@ -18,7 +18,18 @@ from zoneinfo import ZoneInfo
 
 from pulse import telemetry
 from pulse.core.filters import PROPERTY_KEY, Filters, condition
-from pulse.core.rollups import EVENTS, Source, actor_source, page_source
+from pulse.core.rollups import (
+    EVENTS,
+    PAGE_SPAN_FIELDS,
+    PROJECT_HOURS,
+    SPAN_HIT,
+    TYPE_SPAN_FIELDS,
+    Source,
+    actor_source,
+    covers,
+    page_source,
+    spans_hold,
+)
 from pulse.errors import InvalidInput, NotFound
 from pulse.storage.clickhouse import ClickHouse
 
@@ -127,7 +138,26 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
+def spans_answer(ch: ClickHouse, endpoint: str, filters: Filters, fields: frozenset[str]) -> bool:
+    if not covers(filters, fields):
+        return False
+    _, params = condition(filters, time_column=None)
+    hours, first, last = query(endpoint, ch, PROJECT_HOURS, params)[0]
+    return spans_hold(filters, fields, int(hours), first, last)
+
+
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
+    if rollups and spans_answer(ch, "top-events", filters, TYPE_SPAN_FIELDS):
+        counted, params = condition(filters, time_column="hour")
+        spanned, _ = condition(filters, time_column=None)
+        params["limit"] = limit
+        rows = query("top-events", ch,
+                     "SELECT c.event_type, c.n, u.n FROM (SELECT event_type, sum(events) AS n FROM type_hours"
+                     f" WHERE {counted} GROUP BY event_type ORDER BY n DESC, event_type ASC LIMIT {{limit:UInt32}})"
+                     f" AS c LEFT JOIN (SELECT event_type, {SPAN_HIT} AS n FROM type_spans FINAL"
+                     f" WHERE {spanned} GROUP BY event_type) AS u USING event_type"
+                     " ORDER BY c.n DESC, c.event_type ASC", params)
+        return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
     src = _source(filters, rollups, by_type=True)
     where, params = condition(filters, time_column=src.time)
     params["limit"] = limit
@@ -139,18 +169,40 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
 
 def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
     views = replace(filters, event_type="page_view")
-    src = page_source(views) if rollups else EVENTS
-    if src is not EVENTS:
-        views = replace(views, event_type=None)  # the rollup holds page views only
-    where, params = condition(views, time_column=src.time)
-    params["limit"] = limit + 1
-    rows = query("pages", ch,
-                 f"SELECT path, {src.count} AS v, uniqExact(actor_key), grouping(path) AS whole FROM {src.table}"
-                 f" WHERE {where} GROUP BY GROUPING SETS ((path), ())"
-                 " ORDER BY whole DESC, v DESC, path ASC LIMIT {limit:UInt32}", params)
+    if rollups and spans_answer(ch, "pages", views, PAGE_SPAN_FIELDS):
+        rows = _pages_from_spans(ch, replace(views, event_type=None), limit)
+    else:
+        src = page_source(views) if rollups else EVENTS
+        if src is not EVENTS:
+            views = replace(views, event_type=None)  # the rollup holds page views only
+        where, params = condition(views, time_column=src.time)
+        params["limit"] = limit + 1
+        rows = query("pages", ch,
+                     f"SELECT path, {src.count} AS v, uniqExact(actor_key), grouping(path) AS whole FROM {src.table}"
+                     f" WHERE {where} GROUP BY GROUPING SETS ((path), ())"
+                     " ORDER BY whole DESC, v DESC, path ASC LIMIT {limit:UInt32}", params)
     totals = next((r for r in rows if r[3]), ("", 0, 0, 1))
     return {"total_views": int(totals[1]), "unique_users": int(totals[2]),
             "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u, whole in rows if not whole]}
+
+
+def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int) -> list[tuple[Any, ...]]:
+    """Views per path from ``path_hours``; users per path from ``page_spans``. All
+    page viewers: with no segment, the ``page_view`` row of ``type_spans``; with
+    path segments (ANDed: one path at most) the matching path's own count."""
+    counted, params = condition(views, time_column="hour")
+    spanned, _ = condition(views, time_column=None)
+    params["limit"] = limit + 1
+    whole = f"SELECT {SPAN_HIT} FROM " + (
+        f"page_spans FINAL WHERE {spanned}" if views.segments
+        else "type_spans FINAL WHERE project_id = {f_project:UUID} AND event_type = 'page_view'")
+    return query("pages", ch,
+                 "SELECT v.path, v.n, u.n, v.whole FROM (SELECT path, sum(views) AS n,"
+                 f" toUInt8(grouping(path)) AS whole FROM path_hours WHERE {counted}"
+                 " GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC LIMIT {limit:UInt32})"
+                 f" AS v LEFT JOIN (SELECT path, {SPAN_HIT} AS n, toUInt8(0) AS whole FROM page_spans FINAL"
+                 f" WHERE {spanned} GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
+                 " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
 def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
