@@ -119,3 +119,50 @@ def test_the_daily_ping_reaches_persist_through_the_broker_and_trims_the_ledger(
     while remaining() != {recent} and time.monotonic() < deadline:
         time.sleep(0.1)
     assert remaining() == {recent}
+
+
+def test_unordered_delivery_commits_only_past_records_already_handled(pulse: Any) -> None:
+    """Unordered: records are delivered side by side, but a partition's committed
+    offset never passes a record still in flight (a crash must redeliver it)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    release = threading.Event()
+    received: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        event = from_http(Request(environ).headers, Request(environ).get_data())
+        if event.get("subject") == "slow":
+            release.wait(60)
+        received.append(event.get("subject") or "")
+        return Response(status=200)(environ, start_response)
+
+    server = Server("slow-receiver", app, "127.0.0.1", 0).start()
+    topic = f"test.unordered.{uuid.uuid4().hex[:8]}"
+    bootstrap = pulse.settings.kafka_bootstrap
+    ensure_topics(bootstrap, {topic: 1})
+    source = subscriptions(load_wiring(), lambda d: server.url + d.path)[0]
+    assert not source.ordered  # the chart's KafkaSource is unordered
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    sub = dataclasses.replace(source, topics=(topic,), group=group)
+    for subject in ["fast-0", "slow", "fast-2", "fast-3", "fast-4"]:
+        pulse.services.producer.send(topic, "k", CloudEvent.new("t", "/test", b"{}", subject=subject))
+    dispatcher = Dispatcher(bootstrap, [sub])
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    try:
+        dispatcher.start()
+        deadline = time.monotonic() + 60
+        while sorted(received) != ["fast-0", "fast-2", "fast-3", "fast-4"]:
+            assert time.monotonic() < deadline, received
+            time.sleep(0.05)
+        time.sleep(0.5)  # give the dispatcher the chance to commit what it should not
+        assert (reader.committed(tp) or 0) == 1  # up to, not past, the slow record at offset 1
+        release.set()
+        assert dispatcher.drain(60, topics=[topic])
+        assert reader.committed(tp) == 5
+        assert sorted(received) == ["fast-0", "fast-2", "fast-3", "fast-4", "slow"]
+    finally:
+        release.set()
+        reader.close(autocommit=False)
+        dispatcher.stop()
+        server.stop()

@@ -52,9 +52,7 @@ class Batch:
 
 def format_ts(moment: datetime) -> str:
     """The one wire form of a timestamp between Pulse's parts: UTC, milliseconds."""
-    m = moment.astimezone(UTC)
-    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d} {m.hour:02d}:{m.minute:02d}:{m.second:02d}"
-            f".{m.microsecond // 1000:03d}")
+    return moment.astimezone(UTC).isoformat(" ", "milliseconds")[:23]
 
 
 def parse_ts(value: Any, name: str) -> datetime:
@@ -91,41 +89,47 @@ def normalize_uuid(value: Any) -> str:
 
 
 def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise EventInvalid([FieldError("event", "must be a JSON object")])
     errors: list[FieldError] = []
     row: dict[str, str] = {}
+    get = raw.get
 
-    def fail(name: str, message: str) -> None:
-        errors.append(FieldError(name, message))
-
-    event_id = raw.get("event_id")
+    event_id = get("event_id")
     if event_id is None:
         row["event_id"] = str(uuid.uuid4())
+    elif type(event_id) is str and CANONICAL_UUID.match(event_id):
+        row["event_id"] = event_id
     else:
         try:
             row["event_id"] = normalize_uuid(event_id)
         except ValueError as exc:
-            fail("event_id", str(exc))
+            errors.append(FieldError("event_id", str(exc)))
 
-    event_type = raw.get("event_type", raw.get("event"))
+    event_type = get("event_type", get("event"))
     if event_type is None:
-        fail("event_type", "is required")
+        errors.append(FieldError("event_type", "is required"))
     elif not isinstance(event_type, str) or not event_type.strip():
-        fail("event_type", "must be a non-empty string")
+        errors.append(FieldError("event_type", "must be a non-empty string"))
     elif len(event_type) > limits.max_event_type_chars:
-        fail("event_type", f"must be at most {limits.max_event_type_chars} characters")
+        errors.append(FieldError("event_type", f"must be at most {limits.max_event_type_chars} characters"))
     else:
         row["event_type"] = event_type
 
     for name in ("user_id", "anonymous_id", "session_id"):
-        row[name] = _identifier(raw.get(name), name, limits, fail)
+        value = get(name)
+        if value is None or value == "":
+            row[name] = ""
+        elif type(value) is str and len(value) <= limits.max_id_chars:
+            row[name] = value
+        else:
+            row[name] = _identifier(value, name, limits, errors)
     if not row["user_id"] and not row["anonymous_id"] and not any(
         e.field in ("user_id", "anonymous_id") for e in errors
     ):
-        fail("user_id", "user_id or anonymous_id is required")
+        errors.append(FieldError("user_id", "user_id or anonymous_id is required"))
 
-    when = raw.get("occurred_at", raw.get("timestamp"))
+    when = get("occurred_at", get("timestamp"))
     if when is None:
         row["occurred_at"] = format_ts(now)
     else:
@@ -133,46 +137,46 @@ def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
         try:
             moment = parse_ts(when, name)
             if moment > now + timedelta(seconds=limits.max_future_skew_s):
-                fail(name, f"is more than {limits.max_future_skew_s} seconds in the future")
+                errors.append(FieldError(name, f"is more than {limits.max_future_skew_s} seconds in the future"))
             elif moment < EPOCH_FLOOR:
-                fail(name, "is before 1970-01-01")
+                errors.append(FieldError(name, "is before 1970-01-01"))
             else:
                 row["occurred_at"] = format_ts(moment)
         except ValueError as exc:
-            fail(name, str(exc))
+            errors.append(FieldError(name, str(exc)))
 
     props_name = "properties" if "properties" in raw else "metadata"
-    props = raw.get(props_name)
+    props = get(props_name)
     if props is None:
         row["properties"] = "{}"
     elif not isinstance(props, Mapping):
-        fail(props_name, "must be a JSON object")
+        errors.append(FieldError(props_name, "must be a JSON object"))
     else:
         try:
             text = orjson.dumps(props)
         except TypeError as exc:
-            fail(props_name, f"cannot be serialized: {exc}")
+            errors.append(FieldError(props_name, f"cannot be serialized: {exc}"))
         else:
             if len(text) > limits.max_properties_bytes:
-                fail(props_name, f"must be at most {limits.max_properties_bytes} bytes serialized")
+                errors.append(FieldError(props_name, f"must be at most {limits.max_properties_bytes} bytes serialized"))
             else:
                 row["properties"] = text.decode()
 
-    _context(raw, row, limits, fail)
+    _context(raw, row, limits, errors)
     if errors:
         raise EventInvalid(errors)
     return row
 
 
-def _identifier(value: Any, name: str, limits: Limits, fail: Any) -> str:
+def _identifier(value: Any, name: str, limits: Limits, errors: list[FieldError]) -> str:
     if value is None or value == "":
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        fail(name, "must be a string")
+        errors.append(FieldError(name, "must be a string"))
         return ""
     text = str(value)
     if len(text) > limits.max_id_chars:
-        fail(name, f"must be at most {limits.max_id_chars} characters")
+        errors.append(FieldError(name, f"must be at most {limits.max_id_chars} characters"))
         return ""
     return text
 
@@ -182,33 +186,44 @@ PAGE_SOURCES = (("path", "path", "path"), ("url", "page_url", "url"),
                 ("referrer", "referrer", "referrer"), ("title", None, "title"))
 
 
-def _context(raw: Mapping[str, Any], row: dict[str, str], limits: Limits, fail: Any) -> None:
+def _context(raw: Mapping[str, Any], row: dict[str, str], limits: Limits, errors: list[FieldError]) -> None:
     context = raw.get("context")
     if context is not None and not isinstance(context, Mapping):
-        fail("context", "must be a JSON object")
+        errors.append(FieldError("context", "must be a JSON object"))
         context = None
     page = context.get("page") if context else None
     if page is not None and not isinstance(page, Mapping):
-        fail("context.page", "must be a JSON object")
+        errors.append(FieldError("context.page", "must be a JSON object"))
         page = None
+    max_chars = limits.max_text_chars
     for column, alias, page_key in PAGE_SOURCES:
         value, name = (raw.get(alias), alias) if alias else (None, "")
         if value is None and page:
             value, name = page.get(page_key), f"context.page.{page_key}"
-        row[column] = "" if value is None else _text(value, name, limits, fail)
+        if value is None:
+            row[column] = ""
+        elif type(value) is str and len(value) <= max_chars:
+            row[column] = value
+        else:
+            row[column] = _text(value, name, limits, errors)
     for column in CONTEXT_FIELDS:
         value = context.get(column) if context else None
-        row[column] = "" if value is None else _text(value, f"context.{column}", limits, fail)
+        if value is None:
+            row[column] = ""
+        elif type(value) is str and len(value) <= max_chars:
+            row[column] = value
+        else:
+            row[column] = _text(value, f"context.{column}", limits, errors)
     if not row["path"] and row["url"]:
         row["path"] = urlsplit(row["url"]).path or "/"
 
 
-def _text(value: Any, name: str, limits: Limits, fail: Any) -> str:
+def _text(value: Any, name: str, limits: Limits, errors: list[FieldError]) -> str:
     if not isinstance(value, str):
-        fail(name, "must be a string")
+        errors.append(FieldError(name, "must be a string"))
         return ""
     if len(value) > limits.max_text_chars:
-        fail(name, f"must be at most {limits.max_text_chars} characters")
+        errors.append(FieldError(name, f"must be at most {limits.max_text_chars} characters"))
         return ""
     return value
 

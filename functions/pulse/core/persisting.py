@@ -51,7 +51,7 @@ import orjson
 from pulse import telemetry
 from pulse.core.events import EVENT_COLUMNS
 from pulse.errors import Unavailable
-from pulse.storage.clickhouse import ClickHouse
+from pulse.storage.clickhouse import Announcement, ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
@@ -105,12 +105,14 @@ class Persister:
                 raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
             time.sleep(0.02)
         try:
-            return self._steps(conn, batch_id, project_id, received_at, rows)
+            # Announced to the ClickHouse insert group: concurrent batches share one insert.
+            with self.ch.announce_insert("events", INSERT_COLUMNS) as announcement:
+                return self._steps(conn, batch_id, project_id, received_at, rows, announcement)
         finally:
             conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")
 
     def _steps(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
-               rows: Sequence[dict[str, str]]) -> Outcome:
+               rows: Sequence[dict[str, str]], announcement: Announcement | None) -> Outcome:
         unique: dict[str, dict[str, str]] = {}
         for row in rows:
             unique.setdefault(row["event_id"], row)
@@ -124,7 +126,7 @@ class Persister:
             stored = self._stored_by_batch(project_id, batch_id)
             owned = [row for row in owned if row["event_id"] not in stored]
         if owned:
-            self._insert(project_id, batch_id, received_at, owned)
+            self._insert(project_id, batch_id, received_at, owned, announcement)
         self.fault("after-insert")
         duplicates = len(rows) - len(claim.owned)
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
@@ -158,21 +160,22 @@ class Persister:
             )[0]
             if status == "done":
                 return _Claim(False, Outcome(project_id, inserted, duplicates, first, last, True), frozenset())
-        new = conn.run(
-            "INSERT INTO event_ledger (project_id, event_id, batch_id)"
+        inserted = conn.run(
+            "WITH new AS (INSERT INTO event_ledger (project_id, event_id, batch_id)"
             " SELECT CAST(:p AS uuid), e, CAST(:b AS uuid) FROM unnest(CAST(:ids AS uuid[])) AS e"
-            " ON CONFLICT DO NOTHING RETURNING event_id::text",
+            " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM new",
+            p=project_id, b=batch_id, ids=ids,
+        )[0][0]
+        if fresh and inserted == len(event_ids):  # the usual case: every event is new
+            return _Claim(True, None, frozenset(event_ids))
+        # Some were there already: this batch owns those whose ledger row names it
+        # (inserted just now, or by an earlier delivery of this batch).
+        mine = conn.run(
+            "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
+            " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
             p=project_id, b=batch_id, ids=ids,
         )
-        owned = {r[0] for r in new}
-        if not fresh:
-            earlier = conn.run(
-                "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
-                " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
-                p=project_id, b=batch_id, ids=ids,
-            )
-            owned.update(r[0] for r in earlier)
-        return _Claim(fresh, None, frozenset(owned))
+        return _Claim(fresh, None, frozenset(r[0] for r in mine))
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
         rows = self.ch.rows(
@@ -181,7 +184,8 @@ class Persister:
         )
         return {r[0] for r in rows}
 
-    def _insert(self, project_id: str, batch_id: str, received_at: str, rows: list[dict[str, str]]) -> None:
+    def _insert(self, project_id: str, batch_id: str, received_at: str, rows: list[dict[str, str]],
+                announcement: Announcement | None = None) -> None:
         """Insert in chunks of ``insert_chunk_rows``, so the encoded rows held at once stay
         bounded whatever the batch size (a partial insert is what a redelivery completes)."""
         stamp = {"project_id": project_id, "batch_id": batch_id, "received_at": received_at}
@@ -190,7 +194,7 @@ class Persister:
             body = b"\n".join(orjson.dumps({**stamp, **row}) for row in chunk)
             with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
                     telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
-                self.ch.insert_grouped("events", INSERT_COLUMNS, body)
+                self.ch.insert_grouped("events", INSERT_COLUMNS, body, announcement)
 
     def trim_ledger(self, retention_days: int) -> int:
         """Forget ledger entries and batch records older than the retention window."""

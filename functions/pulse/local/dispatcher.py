@@ -26,11 +26,11 @@ import base64
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 import urllib3
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -52,6 +52,7 @@ from pulse.bus.cloudevents import (
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
 ERROR_DATA_BYTES = 1024
+WINDOW = 16  # records in flight per unordered subscription (and delivery threads per subscription)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Worker:
         self.http = http
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"deliver-{subscription.name}")
+        self._pool = ThreadPoolExecutor(max_workers=WINDOW, thread_name_prefix=f"deliver-{subscription.name}")
         self.consumer: KafkaConsumer | None = None
         self.assigned = threading.Event()
 
@@ -149,6 +150,9 @@ class Worker:
                     self.consumer = None
 
     def _loop(self, consumer: KafkaConsumer) -> None:
+        if not self.sub.ordered:
+            self._loop_unordered(consumer)
+            return
         while not self._stop.is_set():
             polled = consumer.poll(timeout_ms=200)
             if consumer.assignment():
@@ -156,15 +160,9 @@ class Worker:
             if not polled:
                 self._report_lag(consumer)
                 continue
-            batches = list(polled.items())
-            if self.sub.ordered:  # partitions side by side, each in order
-                futures = [self._pool.submit(self._deliver_partition, records) for _, records in batches]
-            else:  # every record side by side
-                futures = [self._pool.submit(self._deliver_partition, [record])
-                           for _, records in batches for record in records]
-            results = iter([f.result() for f in futures])
-            handled = [next(results) if self.sub.ordered else _last_in_order(records, results)
-                       for _, records in batches]
+            batches = list(polled.items())  # partitions side by side, each in order
+            futures = [self._pool.submit(self._deliver_partition, records) for _, records in batches]
+            handled = [f.result() for f in futures]
             offsets = {tp: last + 1 for (tp, _), last in zip(batches, handled, strict=True) if last is not None}
             if offsets:
                 consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
@@ -172,6 +170,39 @@ class Worker:
                 if last != records[-1].offset:  # stopped mid-way: fetch the rest again
                     consumer.seek(tp, records[0].offset if last is None else last + 1)
             self._report_lag(consumer)
+
+    def _loop_unordered(self, consumer: KafkaConsumer) -> None:
+        """Up to ``WINDOW`` records in flight at once, whatever their partition, a
+        new one sent as soon as one is done (no waiting for the slowest of a
+        poll); a partition's commit point is the offset up to which every
+        record was handled, so a crash redelivers only what may be unhandled."""
+        pending: dict[TopicPartition, deque[tuple[int, Future[int | None]]]] = {}
+        lag_reported = 0.0
+        while not self._stop.is_set():
+            in_flight = sum(len(queue) for queue in pending.values())
+            if in_flight < WINDOW:
+                polled = consumer.poll(timeout_ms=20 if in_flight else 200, max_records=WINDOW - in_flight)
+                if consumer.assignment():
+                    self.assigned.set()
+                for tp, records in polled.items():
+                    queue = pending.setdefault(tp, deque())
+                    queue.extend((r.offset, self._pool.submit(self._deliver_partition, [r])) for r in records)
+            else:
+                wait([queue[0][1] for queue in pending.values() if queue], timeout=0.2, return_when=FIRST_COMPLETED)
+            offsets = {}
+            for tp, queue in pending.items():
+                while queue and queue[0][1].done():
+                    offset, future = queue.popleft()
+                    if future.result() is None:  # abandoned at stop: fetch it again next time
+                        consumer.seek(tp, offset)
+                        queue.clear()
+                        break
+                    offsets[tp] = offset + 1
+            if offsets:
+                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+            if time.monotonic() - lag_reported > 1.0:
+                self._report_lag(consumer)
+                lag_reported = time.monotonic()
 
     def _deliver_partition(self, records: Sequence[ConsumerRecord]) -> int | None:
         """Deliver in order; the last offset handled (delivered or dead-lettered)."""
@@ -274,19 +305,6 @@ class Worker:
             position = consumer.position(tp)
             telemetry.CONSUMER_LAG.labels(self.sub.group, tp.topic, str(tp.partition)).set(
                 max(0, ends.get(tp, 0) - position))
-
-
-def _last_in_order(records: Sequence[ConsumerRecord], results: Any) -> int | None:
-    """The last offset up to which every record was handled (the commit point)."""
-    last = None
-    broken = False
-    for _ in records:
-        handled = next(results)
-        if handled is None:
-            broken = True
-        elif not broken:
-            last = handled
-    return last
 
 
 class _Stopping(Exception):

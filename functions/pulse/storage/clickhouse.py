@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +29,7 @@ CHDB_STREAMED = frozenset({"CSV", "TSV", "TabSeparated", "JSONEachRow", "RowBina
 
 
 class ClickHouse:
-    def __init__(self, url: str, max_idle: int = 16) -> None:
+    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2) -> None:
         self.url = url
         self.embedded = urlsplit(url).scheme == "chdb"
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
@@ -37,6 +38,7 @@ class ClickHouse:
         self._lock = threading.Lock()
         self._groups: dict[tuple[str, tuple[str, ...]], _InsertGroup] = {}
         self._group_max_bytes = 32 * 1024 * 1024
+        self.linger_s = linger_s
 
     def _open(self) -> Client:
         try:
@@ -75,16 +77,31 @@ class ClickHouse:
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
-    def insert_grouped(self, table: str, columns: Sequence[str], body: bytes) -> None:
+    def insert_grouped(self, table: str, columns: Sequence[str], body: bytes,
+                       announcement: Announcement | None = None) -> None:
         """``insert_json_rows``, combined with the inserts other threads are making
         into the same table at the same moment (group commit): one insert of many
         batches costs far less than many small ones, since every insert writes a
         new part per table and view. Returns when this caller's rows are written;
-        if the combined insert fails, every caller in it gets the error."""
+        if the combined insert fails, every caller in it gets the error.
+        ``announcement`` (from ``announce_insert``) ends as the rows are queued."""
+        self._group(table, columns).insert(body, lambda combined: self.insert_json_rows(table, columns, combined),
+                                           announcement)
+
+    def announce_insert(self, table: str, columns: Sequence[str]) -> Announcement:
+        """Say that this caller will soon ``insert_grouped`` into the table, so the
+        group being written waits for it (up to ``linger_s``) rather than leaving
+        it to an insert of its own. Use it as a ``with`` block around the work
+        that leads to the insert: leaving the block ends it if the insert did not."""
+        return self._group(table, columns).announce()
+
+    def _group(self, table: str, columns: Sequence[str]) -> _InsertGroup:
         key = (table, tuple(columns))
         with self._lock:
-            group = self._groups.setdefault(key, _InsertGroup(self._group_max_bytes))
-        group.insert(body, lambda combined: self.insert_json_rows(table, columns, combined))
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _InsertGroup(self._group_max_bytes, self.linger_s)
+            return group
 
     def insert_json_rows(self, table: str, columns: Sequence[str], body: bytes) -> None:
         """Insert ``JSONEachRow`` bytes; ClickHouse parses them, no Python per row.
@@ -141,23 +158,62 @@ class _Ticket:
         self.error: BaseException | None = None
 
 
+class Announcement:
+    """An insert a caller means to make; a ``with`` block, or the insert itself,
+    ends it."""
+
+    def __init__(self, group: _InsertGroup) -> None:
+        self.group = group
+        self.live = True
+
+    def __enter__(self) -> Announcement:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.group.withdraw(self)
+
+
 class _InsertGroup:
     """Callers queue their rows; whoever finds no insert running becomes the
     leader and writes everything queued (up to ``max_bytes`` per insert) until
-    the queue is empty, then wakes each caller with the outcome of its insert."""
+    the queue is empty, then wakes each caller with the outcome of its insert.
 
-    def __init__(self, max_bytes: int) -> None:
+    Callers may announce an insert they are about to make: a leader waits for
+    announced rows, up to ``linger_s``, before writing, since every insert
+    costs a new part per table and view whatever its size."""
+
+    def __init__(self, max_bytes: int, linger_s: float) -> None:
         self.max_bytes = max_bytes
+        self.linger_s = linger_s
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         self.queue: list[_Ticket] = []
         self.busy = False
+        self.announced = 0
 
-    def insert(self, body: bytes, write: Any) -> None:
+    def announce(self) -> Announcement:
+        with self.lock:
+            self.announced += 1
+        return Announcement(self)
+
+    def withdraw(self, announcement: Announcement) -> None:
+        with self.lock:
+            self._take_back(announcement)
+
+    def _take_back(self, announcement: Announcement | None) -> None:
+        if announcement is not None and announcement.live:
+            announcement.live = False
+            self.announced -= 1
+            self.changed.notify_all()
+
+    def insert(self, body: bytes, write: Any, announcement: Announcement | None = None) -> None:
         ticket = _Ticket(body)
         with self.lock:
             self.queue.append(ticket)
+            self._take_back(announcement)
             leader = not self.busy
             self.busy = True
+            self.changed.notify_all()
         if leader:
             self._lead(write)
         ticket.done.wait()
@@ -167,6 +223,10 @@ class _InsertGroup:
     def _lead(self, write: Any) -> None:
         while True:
             with self.lock:
+                deadline = time.monotonic() + self.linger_s
+                while (self.announced and sum(len(t.body) for t in self.queue) < self.max_bytes
+                       and (left := deadline - time.monotonic()) > 0):
+                    self.changed.wait(left)
                 taken, size = [], 0
                 while self.queue and (not taken or size + len(self.queue[0].body) <= self.max_bytes):
                     ticket = self.queue.pop(0)

@@ -16,6 +16,7 @@ Flask request) and as a plain WSGI app (``wsgi``) in the embedded runtime.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
@@ -78,6 +79,24 @@ def problem_from(exc: PulseError, request_id: str) -> Response:
                    [e.as_dict() for e in exc.errors], request_id, headers)
 
 
+# Python's cyclic garbage collector, tuned for a server: a 1000-event request
+# allocates tens of thousands of objects, and with the default thresholds
+# (700, 10, 10) that means dozens of collections per request, some of them
+# full ones walking every long-lived object. Measured with `pulse bench`:
+# JSON parsing of a batch took 3.5x longer under the default thresholds.
+GC_THRESHOLDS = (50_000, 20, 20)
+_gc_tuned = threading.Lock()
+
+
+def tune_gc() -> None:
+    """Once per process: move what start-up created out of the collector's
+    sight (``gc.freeze``) and collect young objects less often."""
+    if _gc_tuned.acquire(blocking=False):
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+
 class HttpFunction:
     """Base of the five functions. Subclasses set ``name`` and return their routes."""
 
@@ -86,6 +105,7 @@ class HttpFunction:
     def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
         telemetry.configure_tracing()
         telemetry.ensure_logging()
+        tune_gc()
         self._readiness = readiness or (lambda: {})
         self._in_flight = 0
         self._idle = threading.Condition()
