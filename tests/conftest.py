@@ -84,7 +84,9 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from pulse.settings import Settings
 
     state = tmp_path_factory.mktemp("pulse-state")
-    runtime = Runtime(Settings(state_dir=state, gateway_port=0, kafka_ack_timeout_s=2.0)).start()
+    # ingest in this process, so tests can look inside it (logs, spans, routes); test_cli
+    # runs `pulse up` as users do, with ingest in a process of its own.
+    runtime = Runtime(Settings(state_dir=state, gateway_port=0, kafka_ack_timeout_s=2.0, ingest_processes=0)).start()
     yield runtime
     runtime.stop()
 

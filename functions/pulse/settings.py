@@ -58,6 +58,9 @@ class Settings:
     kafka_ack_timeout_s: float = 5.0
     kafka_max_in_flight: int = 64
     shutdown_timeout_s: float = 20.0
+    # Embedded mode: ingest runs in this many processes of its own (0: inside
+    # the main process); the gateway spreads its requests over them.
+    ingest_processes: int = 1
     retry_after_s: int = 2
     max_range_days: int = 731
     # Where the export function writes async export files (default <state_dir>/exports).
@@ -134,6 +137,8 @@ class Settings:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
         if self.kafka_max_in_flight < 1:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
+        if not 0 <= self.ingest_processes <= 16:
+            raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
         if self.ledger_retention_days < 1:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
         for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",

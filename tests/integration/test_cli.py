@@ -33,6 +33,8 @@ def start_up(state: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str,
             found["url"] = match.group(1)
         if match := re.match(r"API key \(ingest \+ read\): (\S+)", line):
             found["key"] = match.group(1)
+        if match := re.match(r"  (\w+) +(http://\S+)  \(/healthz", line):
+            found[match.group(1)] = match.group(2)
         if line.startswith("Ctrl-C stops Pulse"):
             return process, found
     process.kill()
@@ -71,6 +73,57 @@ def test_up_demo_then_restart_keeps_data_and_stops_cleanly(tmp_path: Path) -> No
         top = Api(restarted["url"], found["key"]).get("/v1/stats/top-events").json
         assert sum(row["count"] for row in top) == 1505
         assert {"event_type": "drained", "count": 5, "users": 1} in top
+    finally:
+        assert stop(process) == 0
+
+
+def test_ingest_runs_in_a_process_of_its_own_behind_the_gateway(tmp_path: Path) -> None:
+    """`pulse up` serves ingest from a child process; the gateway proxies to it:
+    statuses, problem bodies and request ids come back, bodies stream both
+    ways (a CSV import sent chunked), and a stop ends the child too."""
+    import psutil
+    import urllib3
+
+    from tests.integration.test_import import csv_file
+
+    process, found = start_up(tmp_path, "--demo", "--demo-events", "200")
+    child_pids: list[int] = []
+    try:
+        ingest_port = int(found["ingest"].rsplit(":", 1)[1])
+        gateway_port = int(found["url"].rsplit(":", 1)[1])
+        listeners = {c.laddr.port: pid for pid in [process.pid, *(p.pid for p in psutil.Process(process.pid).children())]
+                     for c in psutil.Process(pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert listeners[gateway_port] == process.pid
+        assert listeners[ingest_port] != process.pid
+        assert psutil.Process(listeners[ingest_port]).ppid() == process.pid
+        child_pids.append(listeners[ingest_port])
+
+        api = Api(found["url"], found["key"])
+        refused = Api(found["url"], "pk_wrong").post("/v1/events", make_event())
+        assert refused.status == 401
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert refused.headers.get("X-Request-ID")
+        accepted = api.post("/v1/events", {"events": [make_event(event_type="proxied") for _ in range(7)]})
+        assert accepted.status == 202 and accepted.json["accepted"] == 7
+
+        content, bad, _ = csv_file(3000, "chunked")
+        chunks = iter([content[i:i + 4096] for i in range(0, len(content), 4096)])
+        imported = urllib3.PoolManager().request(
+            "POST", found["url"] + "/v1/import", body=chunks, chunked=True,
+            headers={"X-API-Key": found["key"], "Content-Type": "text/csv"})
+        assert imported.status == 200, imported.data[:300]
+        assert imported.json()["accepted"] == 3000 - len(bad)
+    finally:
+        assert stop(process) == 0  # drains: what ingest acknowledged is persisted
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in child_pids)
+
+    process, restarted = start_up(tmp_path)
+    try:
+        top = {row["event_type"]: row["count"]
+               for row in Api(restarted["url"], found["key"]).get("/v1/stats/top-events?limit=100").json}
+        assert top["proxied"] == 7
+        assert sum(n for name, n in top.items() if name.startswith("chunked-")) == 3000 - len(bad)
     finally:
         assert stop(process) == 0
 

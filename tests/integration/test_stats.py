@@ -158,7 +158,8 @@ def test_retention_with_weeks_not_yet_reached(seeded: Seeded, tz: str, segments:
                      segment=segs(segments))
     want = oracle.retention(seeded.data, start, 12, tz, today, segments)
     assert got == want
-    assert len(got) == 10 and "week_1" not in got[-1], "weeks that start after today are omitted"
+    weeks_so_far = (today - (start - timedelta(days=start.weekday()))).days // 7 + 1  # 10, or 11 on a Monday
+    assert len(got) == weeks_so_far and "week_1" not in got[-1], "weeks that start after today are omitted"
     assert sum(r["week_0"] for r in got) > 0
 
 
@@ -297,7 +298,7 @@ def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_
     times = [e.at for e in seeded.data.events]
     takes_all_before = filters.start <= min(times)
     takes_all_after = filters.end > max(times)
-    assert stats.spans_answer(pulse.services.ch, "top-events", filters, frozenset({"event_type", "path"})) \
+    assert stats.spans_answer(pulse.services.ch, filters, frozenset({"event_type", "path"})) \
         == (takes_all_before or takes_all_after)
     selected = oracle.select(seeded.data, first, last, "Europe/Kyiv", segments)
     got = seeded.get("/v1/stats/top-events", segment=segs(segments), limit="1000", **params)

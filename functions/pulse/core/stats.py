@@ -138,16 +138,17 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
-def spans_answer(ch: ClickHouse, endpoint: str, filters: Filters, fields: frozenset[str]) -> bool:
+def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> bool:
+    """Whether the span tables answer this query exactly (pulse.core.rollups)."""
     if not covers(filters, fields):
         return False
     _, params = condition(filters, time_column=None)
-    hours, first, last = query(endpoint, ch, PROJECT_HOURS, params)[0]
+    hours, first, last = query("span-bounds", ch, PROJECT_HOURS, params)[0]
     return spans_hold(filters, fields, int(hours), first, last)
 
 
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
-    if rollups and spans_answer(ch, "top-events", filters, TYPE_SPAN_FIELDS):
+    if rollups and spans_answer(ch, filters, TYPE_SPAN_FIELDS):
         counted, params = condition(filters, time_column="hour")
         spanned, _ = condition(filters, time_column=None)
         params["limit"] = limit
@@ -169,7 +170,7 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
 
 def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
     views = replace(filters, event_type="page_view")
-    if rollups and spans_answer(ch, "pages", views, PAGE_SPAN_FIELDS):
+    if rollups and spans_answer(ch, views, PAGE_SPAN_FIELDS):
         rows = _pages_from_spans(ch, replace(views, event_type=None), limit)
     else:
         src = page_source(views) if rollups else EVENTS

@@ -52,7 +52,7 @@ from pulse.bus.cloudevents import (
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
 ERROR_DATA_BYTES = 1024
-WINDOW = 16  # records in flight per unordered subscription (and delivery threads per subscription)
+WINDOW = 32  # records in flight per unordered subscription (and delivery threads per subscription)
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the process that
-    started the broker dies, so a killed ``pulse up`` leaves no broker behind."""
+def die_with_parent() -> None:
+    """In a child process (the broker, before exec; a function process): the
+    kernel sends SIGTERM when the process that started it dies, so a killed
+    ``pulse up`` leaves nothing behind."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
@@ -75,7 +76,7 @@ class Broker:
                     [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                      "--storage-engine", "memory://tansu/"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             broker = cls(chosen, process, log_path)
             if broker._wait_listening(timeout_s):

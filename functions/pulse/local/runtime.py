@@ -1,9 +1,10 @@
-"""``pulse up``: the whole of Pulse in one process.
+"""``pulse up``: the whole of Pulse, one main process and its ingest processes.
 
 Embedded dependencies (what the settings leave unset), migrations, the five
 functions each on its own port, and the eventing and routing of the Helm chart
 (``charts/pulse``, rendered by pulse.local.wiring): the gateway routes paths as
-the chart's HTTPRoutes do, the dispatcher plays its KafkaSource and Triggers,
+the chart's HTTPRoutes do (ingest runs in processes of its own, see
+pulse.local.worker), the dispatcher plays its KafkaSource and Triggers,
 a Broker ingress per Broker, SinkBindings become each function's sink, and
 PingSources fire on their schedules. ``stop`` is graceful and bounded: ingest
 refuses new work (503) and finishes what it holds, every acknowledged record
@@ -36,7 +37,8 @@ from pulse.local.eventing import (
     ping_event,
     subscriptions,
 )
-from pulse.local.gateway import Gateway, Server
+from pulse.local.gateway import Gateway, Proxy, Server, WSGIApp
+from pulse.local.worker import FunctionProcess
 from pulse.persist import Persist
 from pulse.security.tokens import generate_key_file
 from pulse.services import Services
@@ -56,6 +58,7 @@ class Runtime:
     services: Services | None = None
     functions: dict[str, HttpFunction] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
+    processes: list[FunctionProcess] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
     gateway: Server | None = None
     brokers: dict[str, Server] = field(default_factory=dict)
@@ -79,8 +82,11 @@ class Runtime:
                 ingress = BrokerIngress(broker.name, broker_topic(broker), services.producer)
                 self.brokers[broker.name] = Server(ingress.name, ingress.wsgi, host, 0).start()
             services.sinks.update({b.function: self._address(b.sink) for b in wiring.sink_bindings})
+            # ingest in processes of its own unless settings say 0 (pulse.local.worker).
+            self.processes = [FunctionProcess("ingest", self.settings).start()
+                              for _ in range(self.settings.ingest_processes)]
             self.functions = {
-                "ingest": Ingest(services),
+                **({} if self.processes else {"ingest": Ingest(services)}),
                 "auth": Auth(services),
                 "persist": Persist(services),
                 "aggregate": Aggregate(services),
@@ -94,7 +100,10 @@ class Runtime:
                 [(p.name, Cron(p.schedule), ping_event(p.name, p.ce_type, p.data), self._address(p.sink))
                  for p in wiring.pings], sink.publish)
             self.pings.start()
-            gateway = Gateway(wiring.route_for, {name: f.wsgi for name, f in self.functions.items()})
+            apps: dict[str, WSGIApp] = {name: f.wsgi for name, f in self.functions.items()}
+            if self.processes:
+                apps["ingest"] = Proxy([p.url for p in self.processes])
+            gateway = Gateway(wiring.route_for, apps)
             self.gateway = Server("gateway", gateway, host, self.settings.gateway_port).start()
         except BaseException:
             self.stop(drain=False)
@@ -127,6 +136,8 @@ class Runtime:
         return subscriptions(self.wiring, self._address)
 
     def url(self, function: str) -> str:
+        if function == "ingest" and self.processes:
+            return self.processes[0].url
         return self.servers[function].url
 
     @property
@@ -149,6 +160,9 @@ class Runtime:
             function.begin_stop()
             if not function.wait_idle(bound_s):
                 log.warning("%s still had requests in hand after %ss", function.name, bound_s)
+        for process in self.processes:  # each refuses new work, finishes its requests, exits
+            if not process.stop(bound_s):
+                log.warning("the %s process did not stop cleanly within %ss", process.name, bound_s)
         if drain and self.dispatcher is not None:
             if not self.dispatcher.drain(timeout_s):
                 log.warning("stopping before every acknowledged record was delivered")
@@ -171,7 +185,10 @@ class Runtime:
             self.stack.stop()
 
     def describe(self) -> dict[str, Any]:
-        return {"gateway": self.gateway_url, "functions": {n: s.url for n, s in self.servers.items()},
+        functions = {n: s.url for n, s in self.servers.items()}
+        if self.processes:
+            functions = {"ingest": self.processes[0].url, **functions}
+        return {"gateway": self.gateway_url, "functions": functions,
                 "embedded": self.stack.started if self.stack else []}
 
 

@@ -49,7 +49,7 @@ def connect_kwargs(url: str) -> dict[str, Any]:
 
 
 class Database:
-    def __init__(self, url: str, max_connections: int = 16) -> None:
+    def __init__(self, url: str, max_connections: int = 32) -> None:
         self._kwargs = connect_kwargs(url)
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max_connections)
