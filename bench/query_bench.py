@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--per-session", type=int, default=10, help="events per session (a session spans ~25 min)")
     parser.add_argument("--state-dir", type=Path, help="scratch chDB path (default: a temp dir)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="merge every rollup table into one part first (OPTIMIZE ... FINAL), the state"
+                             " background merges reach on a quiet system; without it, parts are as loaded")
     args = parser.parse_args(argv)
 
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="pulse-query-bench-"))
@@ -108,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         load_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events (+{args.events // 20:,} in another project) "
               f"in {load_s:.1f} s ({args.events / load_s:,.0f} events/s)")
+    rollup_tables = [r[0] for r in ch.rows(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
+        " AND name NOT IN ('events', 'schema_migrations')")]
+    if args.optimize:
+        started = time.perf_counter()
+        for table in rollup_tables:
+            ch.command(f"OPTIMIZE TABLE {table} FINAL")
+        print(f"merged {len(rollup_tables)} rollup tables in {time.perf_counter() - started:.1f} s")
+    parts = {t: ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
+                        " AND table = {t:String}", {"t": t})[0][0] for t in rollup_tables}
+    print("active parts: " + ", ".join(f"{t} {n}" for t, n in sorted(parts.items())))
     total, users = ch.rows("SELECT count(), uniqExact(actor) FROM events WHERE project_id = {p:UUID}",
                            {"p": PROJECT})[0]
     print(f"project: {total:,} events, {users:,} users, {args.days} days; repeat {args.repeat}")
