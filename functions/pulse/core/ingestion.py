@@ -51,8 +51,8 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
         raise InvalidInput.field("data.project_id", "project_id (a UUID) and received_at are required")
     rows = doc["events"]
     for index, row in enumerate(rows):
-        if not isinstance(row, dict) or not CANONICAL_UUID.match(str(row.get("event_id", ""))) \
-                or set(row) != ROW_KEYS:
+        if type(row) is not dict or row.keys() != ROW_KEYS or type(row["event_id"]) is not str \
+                or not CANONICAL_UUID.match(row["event_id"]):
             raise InvalidInput(f"data.events[{index}] is not a normalized event",
                                [FieldError("data.events", "not a normalized event", index)])
     return project_id, received_at, rows

@@ -188,10 +188,11 @@ class Persister:
                 announcement: Announcement | None = None) -> None:
         """Insert in chunks of ``insert_chunk_rows``, so the encoded rows held at once stay
         bounded whatever the batch size (a partial insert is what a redelivery completes)."""
-        stamp = {"project_id": project_id, "batch_id": batch_id, "received_at": received_at}
+        # Each row's JSON object with the batch's three fields in front (no dict copies).
+        stamp = orjson.dumps({"project_id": project_id, "batch_id": batch_id, "received_at": received_at})[:-1] + b","
         for start in range(0, len(rows), self.insert_chunk_rows):
             chunk = rows[start:start + self.insert_chunk_rows]
-            body = b"\n".join(orjson.dumps({**stamp, **row}) for row in chunk)
+            body = b"\n".join(stamp + orjson.dumps(row)[1:] for row in chunk)
             with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
                     telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
                 self.ch.insert_grouped("events", INSERT_COLUMNS, body, announcement)
