@@ -88,9 +88,12 @@ class Proxy:
             body = stream.read() if int(length) <= WHOLE_BODY_BYTES else stream  # one send for the usual sizes
         elif environ.get("wsgi.input_terminated"):
             body = iter(lambda: environ["wsgi.input"].read(CHUNK), b"")
-        response = self.http.request(environ["REQUEST_METHOD"], url, body=body, headers=headers,
-                                     chunked=body is not None and not length, preload_content=False,
-                                     redirect=False, timeout=urllib3.Timeout(connect=5, read=None))
+        try:
+            response = self.http.request(environ["REQUEST_METHOD"], url, body=body, headers=headers,
+                                         chunked=body is not None and not length, preload_content=False,
+                                         redirect=False, timeout=urllib3.Timeout(connect=5, read=None))
+        except urllib3.exceptions.HTTPError:  # the process is stopping or gone
+            return unavailable(environ, start_response)
         start_response(f"{response.status} {response.reason or ''}".strip(),
                        [(k, v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
                        + ([("Content-Length", response.headers["Content-Length"])]
@@ -103,6 +106,15 @@ def _relay(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         yield from response.stream(CHUNK)
     finally:
         response.release_conn()
+
+
+def unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    body = orjson.dumps({"type": "https://pulse.dev/problems/unavailable", "title": "Service unavailable",
+                         "status": 503, "detail": f"no process serves {environ.get('PATH_INFO', '')} now",
+                         "errors": []})
+    start_response("503 Service Unavailable", [("Content-Type", "application/problem+json"),
+                                               ("Content-Length", str(len(body))), ("Retry-After", "2")])
+    return [body]
 
 
 class Gateway:
