@@ -17,6 +17,11 @@ starts at or before the project's first event, or ends after its last one
 (any range up to today), a user has events of a type in the range exactly
 when the span reaches into it: ``last >= start`` and ``first < end``. Unique
 users per type or path then need one row per user, not one per user and hour.
+A span table merged into one part is read with ``FINAL`` (one row per user:
+count them); in several parts, a user may have a partial span in each, and
+under the same condition a user is in the range exactly when one of them
+reaches into it, so the distinct users among those rows are counted instead
+(no merge at query time; ``FINAL`` over overlapping parts costs far more).
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ ACTOR_TYPE_HOURS_FIELDS = frozenset({"event_type", "country"})
 PAGE_HOURS_FIELDS = frozenset({"path", "country"})
 TYPE_SPAN_FIELDS = frozenset({"event_type"})
 PAGE_SPAN_FIELDS = frozenset({"path"})
-SPAN_HIT = ("countIf(last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:DateTime64(3, 'UTC')})")
-PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
+SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:DateTime64(3, 'UTC')}"
+# The project's hours, and how many parts each span table is in now.
+SPAN_STATE = (
+    "SELECT count(), min(hour), max(hour), (SELECT (countIf(table = 'type_spans'), countIf(table = 'page_spans'))"
+    " FROM system.parts WHERE active AND database = currentDatabase() AND table IN ('type_spans', 'page_spans'))"
+    " FROM type_hours WHERE project_id = {f_project:UUID}")
 
 
 def _on_hour(moment: datetime) -> bool:
@@ -97,3 +106,10 @@ def spans_hold(filters: Filters, fields: frozenset[str], hours: int, first_hour:
         return True
     first_hour, last_hour = (h if h.tzinfo else h.replace(tzinfo=UTC) for h in (first_hour, last_hour))
     return filters.start <= first_hour or filters.end >= last_hour + timedelta(hours=1)
+
+
+def span_read(table: str, parts: int) -> tuple[str, str]:
+    """(what to read FROM, the unique-user expression) for a span table in ``parts`` parts."""
+    if parts <= 1:
+        return f"{table} FINAL", f"countIf({SPAN_REACHES})"
+    return table, f"uniqExactIf(actor_key, {SPAN_REACHES})"

@@ -21,13 +21,13 @@ from pulse.core.filters import PROPERTY_KEY, Filters, condition
 from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
-    PROJECT_HOURS,
-    SPAN_HIT,
+    SPAN_STATE,
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
     covers,
     page_source,
+    span_read,
     spans_hold,
 )
 from pulse.errors import InvalidInput, NotFound
@@ -138,24 +138,29 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
-def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> bool:
-    """Whether the span tables answer this query exactly (pulse.core.rollups)."""
+def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tuple[int, int] | None:
+    """The span tables' parts (per type, per path) when they answer this query
+    exactly (pulse.core.rollups), else None."""
     if not covers(filters, fields):
-        return False
+        return None
     _, params = condition(filters, time_column=None)
-    hours, first, last = query("span-bounds", ch, PROJECT_HOURS, params)[0]
-    return spans_hold(filters, fields, int(hours), first, last)
+    hours, first, last, parts = query("span-bounds", ch, SPAN_STATE, params)[0]
+    if not spans_hold(filters, fields, int(hours), first, last):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
-    if rollups and spans_answer(ch, filters, TYPE_SPAN_FIELDS):
+    spans = spans_answer(ch, filters, TYPE_SPAN_FIELDS) if rollups else None
+    if spans is not None:
         counted, params = condition(filters, time_column="hour")
         spanned, _ = condition(filters, time_column=None)
         params["limit"] = limit
+        source, users = span_read("type_spans", spans[0])
         rows = query("top-events", ch,
                      "SELECT c.event_type, c.n, u.n FROM (SELECT event_type, sum(events) AS n FROM type_hours"
                      f" WHERE {counted} GROUP BY event_type ORDER BY n DESC, event_type ASC LIMIT {{limit:UInt32}})"
-                     f" AS c LEFT JOIN (SELECT event_type, {SPAN_HIT} AS n FROM type_spans FINAL"
+                     f" AS c LEFT JOIN (SELECT event_type, {users} AS n FROM {source}"
                      f" WHERE {spanned} GROUP BY event_type) AS u USING event_type"
                      " ORDER BY c.n DESC, c.event_type ASC", params)
         return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
@@ -170,8 +175,9 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
 
 def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
     views = replace(filters, event_type="page_view")
-    if rollups and spans_answer(ch, views, PAGE_SPAN_FIELDS):
-        rows = _pages_from_spans(ch, replace(views, event_type=None), limit)
+    spans = spans_answer(ch, views, PAGE_SPAN_FIELDS) if rollups else None
+    if spans is not None:
+        rows = _pages_from_spans(ch, replace(views, event_type=None), limit, spans)
     else:
         src = page_source(views) if rollups else EVENTS
         if src is not EVENTS:
@@ -187,21 +193,22 @@ def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) ->
             "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u, whole in rows if not whole]}
 
 
-def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int) -> list[tuple[Any, ...]]:
+def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[int, int]) -> list[tuple[Any, ...]]:
     """Views per path from ``path_hours``; users per path from ``page_spans``. All
-    page viewers: with no segment, the ``page_view`` row of ``type_spans``; with
+    page viewers: with no segment, the ``page_view`` rows of ``type_spans``; with
     path segments (ANDed: one path at most) the matching path's own count."""
     counted, params = condition(views, time_column="hour")
     spanned, _ = condition(views, time_column=None)
     params["limit"] = limit + 1
-    whole = f"SELECT {SPAN_HIT} FROM " + (
-        f"page_spans FINAL WHERE {spanned}" if views.segments
-        else "type_spans FINAL WHERE project_id = {f_project:UUID} AND event_type = 'page_view'")
+    types, type_users = span_read("type_spans", parts[0])
+    paths, path_users = span_read("page_spans", parts[1])
+    whole = (f"SELECT {path_users} FROM {paths} WHERE {spanned}" if views.segments else
+             f"SELECT {type_users} FROM {types} WHERE project_id = {{f_project:UUID}} AND event_type = 'page_view'")
     return query("pages", ch,
                  "SELECT v.path, v.n, u.n, v.whole FROM (SELECT path, sum(views) AS n,"
                  f" toUInt8(grouping(path)) AS whole FROM path_hours WHERE {counted}"
                  " GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC LIMIT {limit:UInt32})"
-                 f" AS v LEFT JOIN (SELECT path, {SPAN_HIT} AS n, toUInt8(0) AS whole FROM page_spans FINAL"
+                 f" AS v LEFT JOIN (SELECT path, {path_users} AS n, toUInt8(0) AS whole FROM {paths}"
                  f" WHERE {spanned} GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
