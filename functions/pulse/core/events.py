@@ -27,6 +27,7 @@ EVENT_COLUMNS = (
     "properties", "path", "url", "referrer", "title", "user_agent", "ip", "locale", "country",
 )
 CONTEXT_FIELDS = ("user_agent", "ip", "locale", "country")
+CONTEXT_NAMES = tuple((column, f"context.{column}") for column in CONTEXT_FIELDS)
 PAGE_FIELDS = ("path", "url", "referrer", "title")
 EPOCH_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
 CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -117,13 +118,7 @@ def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
         row["event_type"] = event_type
 
     for name in ("user_id", "anonymous_id", "session_id"):
-        value = get(name)
-        if value is None or value == "":
-            row[name] = ""
-        elif type(value) is str and len(value) <= limits.max_id_chars:
-            row[name] = value
-        else:
-            row[name] = _identifier(value, name, limits, errors)
+        row[name] = _identifier(get(name), name, limits, errors)
     if not row["user_id"] and not row["anonymous_id"] and not any(
         e.field in ("user_id", "anonymous_id") for e in errors
     ):
@@ -169,6 +164,8 @@ def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
 
 
 def _identifier(value: Any, name: str, limits: Limits, errors: list[FieldError]) -> str:
+    if type(value) is str and len(value) <= limits.max_id_chars:  # the usual case, first
+        return value
     if value is None or value == "":
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -195,30 +192,22 @@ def _context(raw: Mapping[str, Any], row: dict[str, str], limits: Limits, errors
     if page is not None and not isinstance(page, Mapping):
         errors.append(FieldError("context.page", "must be a JSON object"))
         page = None
-    max_chars = limits.max_text_chars
     for column, alias, page_key in PAGE_SOURCES:
         value, name = (raw.get(alias), alias) if alias else (None, "")
         if value is None and page:
             value, name = page.get(page_key), f"context.page.{page_key}"
-        if value is None:
-            row[column] = ""
-        elif type(value) is str and len(value) <= max_chars:
-            row[column] = value
-        else:
-            row[column] = _text(value, name, limits, errors)
-    for column in CONTEXT_FIELDS:
-        value = context.get(column) if context else None
-        if value is None:
-            row[column] = ""
-        elif type(value) is str and len(value) <= max_chars:
-            row[column] = value
-        else:
-            row[column] = _text(value, f"context.{column}", limits, errors)
+        row[column] = _text(value, name, limits, errors)
+    for column, name in CONTEXT_NAMES:
+        row[column] = _text(context.get(column) if context else None, name, limits, errors)
     if not row["path"] and row["url"]:
         row["path"] = urlsplit(row["url"]).path or "/"
 
 
 def _text(value: Any, name: str, limits: Limits, errors: list[FieldError]) -> str:
+    if type(value) is str and len(value) <= limits.max_text_chars:  # the usual case, first
+        return value
+    if value is None:
+        return ""
     if not isinstance(value, str):
         errors.append(FieldError(name, "must be a string"))
         return ""

@@ -93,15 +93,11 @@ def page_source(filters: Filters) -> Source:
     return PAGE_HOURS if covers(filters, PAGE_HOURS_FIELDS) else EVENTS
 
 
-def spans_hold(filters: Filters, fields: frozenset[str], hours: int, first_hour: datetime,
-               last_hour: datetime) -> bool:
-    """Whether the span tables answer exactly: the query cuts whole hours (the
-    counts come from hourly tables), its segments name only ``fields``, and
-    the range takes in the project's first event or everything after its last
-    one (``first_hour``/``last_hour``: the project's earliest and latest hour
-    in ``type_hours``, ``hours`` its row count; UTC)."""
-    if not covers(filters, fields):
-        return False
+def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: datetime) -> bool:
+    """For a query the hourly tables cover (``covers``): whether the span tables
+    answer it exactly, i.e. the range takes in the project's first event or
+    everything after its last one (``first_hour``/``last_hour``: the project's
+    earliest and latest hour in ``type_hours``, ``hours`` its row count; UTC)."""
     if hours == 0:
         return True
     first_hour, last_hour = (h if h.tzinfo else h.replace(tzinfo=UTC) for h in (first_hour, last_hour))

@@ -145,7 +145,7 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
         return None
     _, params = condition(filters, time_column=None)
     hours, first, last, parts = query("span-bounds", ch, SPAN_STATE, params)[0]
-    if not spans_hold(filters, fields, int(hours), first, last):
+    if not spans_hold(filters, int(hours), first, last):
         return None
     return int(parts[0]), int(parts[1])
 

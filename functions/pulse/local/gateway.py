@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import urllib3
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import LimitedStream
+
+from pulse.errors import NotFound, Unavailable
+from pulse.web.http import problem_from
 
 CHUNK = 1 << 16
 WHOLE_BODY_BYTES = 8 << 20
@@ -53,11 +55,8 @@ class Server:
 
 
 def not_found(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    body = orjson.dumps({"type": "https://pulse.dev/problems/not-found", "title": "Not found", "status": 404,
-                         "detail": f"no function serves {environ.get('PATH_INFO', '')}", "errors": []})
-    start_response("404 Not Found", [("Content-Type", "application/problem+json"),
-                                     ("Content-Length", str(len(body)))])
-    return [body]
+    detail = f"no function serves {environ.get('PATH_INFO', '')}"
+    return problem_from(NotFound(detail), "")(environ, start_response)
 
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -109,12 +108,8 @@ def _relay(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 
 
 def unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    body = orjson.dumps({"type": "https://pulse.dev/problems/unavailable", "title": "Service unavailable",
-                         "status": 503, "detail": f"no process serves {environ.get('PATH_INFO', '')} now",
-                         "errors": []})
-    start_response("503 Service Unavailable", [("Content-Type", "application/problem+json"),
-                                               ("Content-Length", str(len(body))), ("Retry-After", "2")])
-    return [body]
+    detail = f"no process serves {environ.get('PATH_INFO', '')} now"
+    return problem_from(Unavailable(detail, 2), "")(environ, start_response)
 
 
 class Gateway:

@@ -80,7 +80,7 @@ def _serve(name: str, settings: Settings, report: Connection) -> None:
 
     try:
         services = Services(settings)
-        function = Ingest(services)
+        function = {"ingest": Ingest}[name](services)  # FUNCTIONS_WITHOUT_CLICKHOUSE
         server = Server(name, function.wsgi, settings.host, 0).start()
     except BaseException as exc:
         report.send(("error", f"{type(exc).__name__}: {exc}"))
