@@ -2,7 +2,8 @@
 
 ``actor_hours``, ``actor_type_hours`` and ``page_hours`` (migration 0003)
 hold, per UTC hour, country and user, the event count (also per event type;
-page views per path).
+page views per path); the last two are ordered by country first (0005), so a
+country segment reads that country's rows only.
 They give the same answer as the events table when the query only cuts
 whole hours: the range starts and ends on an hour, every day/week/month
 boundary in ``tz`` falls on a UTC hour (a whole-hour offset throughout the
@@ -22,6 +23,7 @@ count them); in several parts, a user may have a partial span in each, and
 under the same condition a user is in the range exactly when one of them
 reaches into it, so the distinct users among those rows are counted instead
 (no merge at query time; ``FINAL`` over overlapping parts costs far more).
+Span parts older than a minute are merged into one (0005).
 """
 
 from __future__ import annotations

@@ -6,13 +6,18 @@ that changed after it was applied stops the run (``MigrationError``), since
 the store no longer matches what the file says.
 
 Statements are separated by a line ending in ``;``. ClickHouse files may use
-``{{events_ttl_days}}``, filled from settings when applied.
+``{{events_ttl_days}}``, filled from settings when applied. After a ClickHouse
+``EXCHANGE TABLES``, the run waits until every INSERT that began before it has
+finished: such an insert (and the views it feeds) still writes to the table
+that now has the other name, so what the migration does next with that table
+(copy its rows, drop it) must not start earlier.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,9 @@ from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
 
 NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+EXCHANGE = re.compile(r"^\s*EXCHANGE\s+TABLES\b", re.IGNORECASE)
+INSERTS_BEFORE = ("SELECT count() FROM system.processes WHERE query_kind = 'Insert'"
+                  " AND elapsed >= {since:Float64}")
 
 
 class MigrationError(RuntimeError):
@@ -131,9 +139,19 @@ def migrate_clickhouse(ch: ClickHouse, settings: Settings, root: Path | None = N
     for migration in _check_applied("clickhouse", applied, migrations):
         for statement in migration.statements(values):
             ch.command(statement)
+            if EXCHANGE.match(statement):
+                _wait_for_inserts_begun_before(ch, time.monotonic())
         ch.command(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES ({v:String}, {n:String}, {c:String})",
             parameters={"v": migration.version, "n": migration.name, "c": migration.checksum},
         )
         done.append(migration.name)
     return done
+
+
+def _wait_for_inserts_begun_before(ch: ClickHouse, moment: float, timeout_s: float = 600.0) -> None:
+    """Until no INSERT that started before ``moment`` (a ``time.monotonic()``) is running."""
+    while ch.rows(INSERTS_BEFORE, {"since": max(0.0, time.monotonic() - moment - 0.05)})[0][0]:
+        if time.monotonic() - moment > timeout_s:
+            raise MigrationError(f"inserts begun before a table exchange still run after {timeout_s:.0f} s")
+        time.sleep(0.05)
