@@ -10,6 +10,14 @@ the project's year: the cheapest possible scan).
 
     python bench/query_bench.py --events 1000000 --repeat 15
     python bench/query_bench.py --events 10000000 --users 100000 --repeat 15
+    python bench/query_bench.py --events 10000000 --recent 3   # as under live ingest
+
+Before timing, it waits for the span tables' background merges to leave them
+in one part (they merge every part older than a minute), the state a quiet
+system reaches by itself; ``--as-loaded`` skips the wait. ``--recent N``
+then inserts N batches of 2,000 events from the last day through the events
+table (the materialized views, as persist's inserts do), so the span tables
+hold a merged part plus small fresh ones, as they do under live ingest.
 
 It opens its own chDB path, so run it as its own process (never inside a
 running Pulse).
@@ -69,6 +77,11 @@ FROM (
 """
 
 
+def span_parts(ch: ClickHouse) -> int:
+    return ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
+                   " AND table IN ('type_spans', 'page_spans')")[0][0]
+
+
 def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
     fn()  # warm
     times = []
@@ -92,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimize", action="store_true",
                         help="merge every rollup table into one part first (OPTIMIZE ... FINAL), the state"
                              " background merges reach on a quiet system; without it, parts are as loaded")
+    parser.add_argument("--as-loaded", action="store_true",
+                        help="time the tables as loaded, without waiting for the span tables to merge")
+    parser.add_argument("--recent", type=int, default=0,
+                        help="then insert this many batches of 2,000 recent events (fresh small parts)")
     args = parser.parse_args(argv)
 
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="pulse-query-bench-"))
@@ -119,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         for table in rollup_tables:
             ch.command(f"OPTIMIZE TABLE {table} FINAL")
         print(f"merged {len(rollup_tables)} rollup tables in {time.perf_counter() - started:.1f} s")
+    if not args.as_loaded:
+        started = time.perf_counter()
+        while span_parts(ch) > 2 and time.perf_counter() - started < 300:
+            time.sleep(1)
+        print(f"span tables merged by the background merges: waited {time.perf_counter() - started:.0f} s")
+    for _ in range(args.recent):
+        ch.command(LOAD_SQL, {"project": PROJECT, "start": (now - timedelta(days=1)).replace(tzinfo=None),
+                              "users": args.users, "days": 1, "events": 2000, "per_session": args.per_session})
     parts = {t: ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
                         " AND table = {t:String}", {"t": t})[0][0] for t in rollup_tables}
     print("active parts: " + ", ".join(f"{t} {n}" for t, n in sorted(parts.items())))
