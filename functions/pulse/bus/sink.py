@@ -16,7 +16,9 @@ from pulse import telemetry
 from pulse.bus.cloudevents import CloudEvent, to_http
 from pulse.errors import Unavailable
 
-_http = urllib3.PoolManager(num_pools=8, maxsize=8, retries=False)
+# Sized for the requests a function serves at once (each may publish), so
+# connections are kept rather than opened and dropped per event.
+_http = urllib3.PoolManager(num_pools=8, maxsize=32, retries=False)
 
 
 def post_event(url: str, event: CloudEvent, timeout_s: float = 10.0) -> int:

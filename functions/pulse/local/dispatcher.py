@@ -316,7 +316,8 @@ class Dispatcher:
         self.bootstrap = bootstrap
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                       max_request_size=kafka_bus.MAX_RECORD_BYTES, linger_ms=1)
-        self.http = urllib3.PoolManager(num_pools=16, maxsize=16, retries=False)
+        # A connection per delivery thread, so none is opened and dropped per record.
+        self.http = urllib3.PoolManager(num_pools=16, maxsize=WINDOW, retries=False)
         self.workers = [Worker(sub, bootstrap, self.producer, self.http) for sub in subscriptions]
 
     def start(self, wait_assigned_s: float = 30.0) -> None:
