@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         while span_parts(ch) > 2 and time.perf_counter() - started < 300:
             time.sleep(1)
         print(f"span tables merged by the background merges: waited {time.perf_counter() - started:.0f} s")
-    for _ in range(args.recent):
-        ch.command(LOAD_SQL, {"project": PROJECT, "start": (now - timedelta(days=1)).replace(tzinfo=None),
+    for n in range(args.recent):
+        ch.command(LOAD_SQL, {"project": PROJECT, "start": (now - timedelta(days=1, minutes=n)).replace(tzinfo=None),
                               "users": args.users, "days": 1, "events": 2000, "per_session": args.per_session})
     parts = {t: ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
                         " AND table = {t:String}", {"t": t})[0][0] for t in rollup_tables}

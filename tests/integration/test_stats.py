@@ -313,6 +313,32 @@ def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_
     assert got["total_views"] > 0 or after_first == 79
 
 
+def test_ranges_past_every_event_are_settled_from_part_metadata(pulse: Any, seeded: Seeded,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range past the last event of every project needs only the parts' min/max
+    of ``hour`` to know the spans hold; any other range asks the project's own
+    hours. Both answer as the oracle does."""
+    from pulse.core import stats
+
+    asked: list[str] = []
+    real_query = stats.query
+
+    def recording(endpoint: str, *args: Any) -> Any:
+        asked.append(endpoint)
+        return real_query(endpoint, *args)
+
+    monkeypatch.setattr(stats, "query", recording)
+    beyond = seeded.last + timedelta(days=1)
+    for first, last, expected in ((seeded.first, beyond, ["span-state", "top-events"]),
+                                  (seeded.first + timedelta(days=40), seeded.last - timedelta(days=15),
+                                   ["span-state", "span-bounds", "top-events"])):
+        asked.clear()
+        params = {"from": first.isoformat(), "to": last.isoformat(), "tz": "Europe/Kyiv"}
+        got = seeded.get("/v1/stats/top-events", limit="1000", **params)
+        assert got == oracle.top_events(oracle.select(seeded.data, first, last, "Europe/Kyiv", []), 1000)
+        assert asked == expected, (params, asked)
+
+
 def test_half_hour_zones_and_minutes_read_the_events_table(seeded: Seeded) -> None:
     from pulse.core import rollups
     from pulse.core.filters import parse_filters

@@ -52,11 +52,16 @@ PAGE_HOURS_FIELDS = frozenset({"path", "country"})
 TYPE_SPAN_FIELDS = frozenset({"event_type"})
 PAGE_SPAN_FIELDS = frozenset({"path"})
 SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:DateTime64(3, 'UTC')}"
-# The project's hours, and how many parts each span table is in now.
+# How many parts each span table is in now, and the hours ``type_hours``
+# holds across every project (its parts' min/max of ``hour``, seconds since
+# the epoch; 0 when unknown) and how many parts it has: a cheap first check.
 SPAN_STATE = (
-    "SELECT count(), min(hour), max(hour), (SELECT (countIf(table = 'type_spans'), countIf(table = 'page_spans'))"
-    " FROM system.parts WHERE active AND database = currentDatabase() AND table IN ('type_spans', 'page_spans'))"
-    " FROM type_hours WHERE project_id = {f_project:UUID}")
+    "SELECT countIf(table = 'type_spans'), countIf(table = 'page_spans'),"
+    " toUnixTimestamp(minIf(min_time, table = 'type_hours')), toUnixTimestamp(maxIf(max_time, table = 'type_hours')),"
+    " countIf(table = 'type_hours') FROM system.parts WHERE active AND database = currentDatabase()"
+    " AND table IN ('type_spans', 'page_spans', 'type_hours')")
+# The project's own hours: the exact check.
+PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
 
 
 def _on_hour(moment: datetime) -> bool:
@@ -99,11 +104,21 @@ def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: da
     """For a query the hourly tables cover (``covers``): whether the span tables
     answer it exactly, i.e. the range takes in the project's first event or
     everything after its last one (``first_hour``/``last_hour``: the project's
-    earliest and latest hour in ``type_hours``, ``hours`` its row count; UTC)."""
+    earliest and latest hour in ``type_hours``, ``hours`` its row count; UTC).
+    The whole table's first and last hour (every project's) are a sound stand-in:
+    a range that takes in the table's first hour takes in the project's."""
     if hours == 0:
         return True
     first_hour, last_hour = (h if h.tzinfo else h.replace(tzinfo=UTC) for h in (first_hour, last_hour))
     return filters.start <= first_hour or filters.end >= last_hour + timedelta(hours=1)
+
+
+def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, datetime] | None:
+    """``spans_hold``'s arguments from SPAN_STATE's whole-table bounds, or None when
+    they are unknown (parts without a min/max of ``hour``)."""
+    if parts and (not first_s or not last_s):
+        return None
+    return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 
 
 def span_read(table: str, parts: int) -> tuple[str, str]:

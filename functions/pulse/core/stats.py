@@ -21,6 +21,7 @@ from pulse.core.filters import PROPERTY_KEY, Filters, condition
 from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
+    PROJECT_HOURS,
     SPAN_STATE,
     TYPE_SPAN_FIELDS,
     Source,
@@ -29,6 +30,7 @@ from pulse.core.rollups import (
     page_source,
     span_read,
     spans_hold,
+    table_hours,
 )
 from pulse.errors import InvalidInput, NotFound
 from pulse.storage.clickhouse import ClickHouse
@@ -140,14 +142,19 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
 
 def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tuple[int, int] | None:
     """The span tables' parts (per type, per path) when they answer this query
-    exactly (pulse.core.rollups), else None."""
+    exactly (pulse.core.rollups), else None. The whole table's hours settle most
+    ranges (any range up to today) from part metadata; the project's own hours
+    settle the rest."""
     if not covers(filters, fields):
         return None
-    _, params = condition(filters, time_column=None)
-    hours, first, last, parts = query("span-bounds", ch, SPAN_STATE, params)[0]
-    if not spans_hold(filters, int(hours), first, last):
-        return None
-    return int(parts[0]), int(parts[1])
+    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, SPAN_STATE, {})[0]
+    table = table_hours(int(first_s), int(last_s), int(hour_parts))
+    if table is None or not spans_hold(filters, *table):
+        _, params = condition(filters, time_column=None)
+        hours, first, last = query("span-bounds", ch, PROJECT_HOURS, params)[0]
+        if not spans_hold(filters, int(hours), first, last):
+            return None
+    return int(type_parts), int(page_parts)
 
 
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
