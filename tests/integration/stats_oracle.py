@@ -195,7 +195,9 @@ def events_by(events: list[Event], group_by: str, tz: str) -> list[dict[str, Any
         counts[b] += 1
         users[b].add(event.actor)
     rows = [{"bucket": b, "events": n, "users": len(users[b])} for b, n in counts.items()]
-    if group_by in ("hour", "day", "week", "month"):
+    if group_by == "hour":  # in time order: 03:00+03:00 comes before 03:00+02:00 when clocks go back
+        return sorted(rows, key=lambda r: datetime.fromisoformat(r["bucket"]))
+    if group_by in ("day", "week", "month"):
         return sorted(rows, key=lambda r: r["bucket"])
     return sorted(rows, key=lambda r: (-r["events"], r["bucket"] is None, r["bucket"] or ""))
 
