@@ -12,9 +12,10 @@ the project's year: the cheapest possible scan).
     python bench/query_bench.py --events 10000000 --users 100000 --repeat 15
     python bench/query_bench.py --events 10000000 --recent 3   # as under live ingest
 
-Before timing, it waits for the span tables' background merges to leave them
-in one part (they merge every part older than a minute), the state a quiet
-system reaches by itself; ``--as-loaded`` skips the wait. ``--recent N``
+Before timing, it waits for background merges to leave every rollup table in
+one part per partition (span tables merge parts older than a minute, the
+hourly ones older than two), the state a quiet system reaches by itself;
+``--as-loaded`` skips the wait. ``--recent N``
 then inserts N batches of 2,000 events from the last day through the events
 table (the materialized views, as persist's inserts do), so the span tables
 hold a merged part plus small fresh ones, as they do under live ingest.
@@ -77,9 +78,10 @@ FROM (
 """
 
 
-def span_parts(ch: ClickHouse) -> int:
-    return ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
-                   " AND table IN ('type_spans', 'page_spans')")[0][0]
+def unmerged_parts(ch: ClickHouse, tables: list[str]) -> int:
+    """Parts beyond one per partition, over ``tables``."""
+    return ch.rows("SELECT count() - uniqExact(table, partition) FROM system.parts WHERE active"
+                   " AND database = currentDatabase() AND table IN {t:Array(String)}", {"t": tables})[0][0]
 
 
 def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -138,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"merged {len(rollup_tables)} rollup tables in {time.perf_counter() - started:.1f} s")
     if not args.as_loaded:
         started = time.perf_counter()
-        while span_parts(ch) > 2 and time.perf_counter() - started < 300:
+        while unmerged_parts(ch, rollup_tables) and time.perf_counter() - started < 600:
             time.sleep(1)
-        print(f"span tables merged by the background merges: waited {time.perf_counter() - started:.0f} s")
+        print(f"rollup tables merged by the background merges: waited {time.perf_counter() - started:.0f} s")
     for n in range(args.recent):
         ch.command(LOAD_SQL, {"project": PROJECT, "start": (now - timedelta(days=1, minutes=n)).replace(tzinfo=None),
                               "users": args.users, "days": 1, "events": 2000, "per_session": args.per_session})
