@@ -2,9 +2,11 @@
 (delivered by the KafkaSource, one record at a time) goes into the dedup
 ledger and ClickHouse exactly once; see pulse/core/persisting.py for how.
 
-It answers 2xx only when the batch is durable in both stores and the
-``dev.pulse.events.persisted`` event was handed to ``K_SINK``; otherwise 5xx,
-and the source redelivers. A malformed batch gets 400, which a KafkaSource
+It answers 2xx only when the batch is durable in both stores and a
+``dev.pulse.events.persisted`` event naming it was handed to ``K_SINK``;
+otherwise 5xx, and the source redelivers. Batches finishing at the same
+moment share one such event per project (``batches`` lists their ids), so the
+notification costs one request per group, not per batch. A malformed batch gets 400, which a KafkaSource
 does not retry: it goes to the dead-letter sink.
 
 Served as an HTTP target that parses CloudEvents itself (binary, structured
@@ -31,8 +33,9 @@ from pulse.bus.cloudevents import (
     receive,
 )
 from pulse.core.ingestion import decode_batch
-from pulse.core.persisting import Persister
+from pulse.core.persisting import Outcome, Persister
 from pulse.errors import InvalidInput
+from pulse.group_commit import GroupCommit
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.web.body import read_body
@@ -50,6 +53,7 @@ class Persist(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.persister = Persister(services.db, services.ch)
+        self.notices: GroupCommit[tuple[str, Outcome, str | None], None] = GroupCommit(self._notify)
         super().__init__(lambda: services.checks(("postgres", "clickhouse")))
 
     def routes(self) -> Iterable[Route]:
@@ -72,12 +76,27 @@ class Persist(HttpFunction):
                 "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
-            notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
-                                    partitionkey=project_id, traceparent=telemetry.current_traceparent())
-            sink.publish(self.services.sink(self.name), notice)
+            self.notices.submit((event.id, outcome, telemetry.current_traceparent()))
             telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
                             duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}
+
+    def _notify(self, finished: list[tuple[str, Outcome, str | None]]) -> list[None]:
+        """One ``persisted`` event per project for the batches that finished together."""
+        by_project: dict[str, list[tuple[str, Outcome, str | None]]] = {}
+        for item in finished:
+            by_project.setdefault(item[1].project_id, []).append(item)
+        for project_id, items in by_project.items():
+            firsts = [o.first for _, o, _ in items if o.first]
+            lasts = [o.last for _, o, _ in items if o.last]
+            data = {"project_id": project_id, "batches": [batch_id for batch_id, _, _ in items],
+                    "inserted": sum(o.inserted for _, o, _ in items),
+                    "duplicates": sum(o.duplicates for _, o, _ in items),
+                    "from": min(firsts) if firsts else None, "to": max(lasts) if lasts else None}
+            notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(data), partitionkey=project_id,
+                                    traceparent=items[0][2])
+            sink.publish(self.services.sink(self.name), notice)
+        return [None] * len(finished)
 
     def maintenance(self, request: Request) -> Response:
         for event in receive(request.headers, request.get_data()):

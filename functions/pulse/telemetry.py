@@ -78,6 +78,9 @@ QUERY_LATENCY = Histogram(
     "pulse_query_duration_seconds", "Stats query latency", ["endpoint"], buckets=LATENCY_BUCKETS)
 DISPATCH_DELIVERIES = Counter(
     "pulse_dispatch_deliveries_total", "Deliveries by the eventing dispatcher", ["route", "outcome"])
+DISPATCH_FAILED_ATTEMPTS = Counter(
+    "pulse_dispatch_failed_attempts_total", "Delivery attempts not answered 2xx, retries included",
+    ["route", "status"])
 DEAD_LETTERS = Counter(
     "pulse_dispatch_dead_letters_total", "Records sent to a dead-letter topic", ["route"])
 CONSUMER_LAG = Gauge(

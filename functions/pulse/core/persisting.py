@@ -27,35 +27,64 @@ Crash analysis:
 - after 3: redelivery finds ``done`` and only reports the earlier outcome.
 
 Two deliveries of one record may also overlap (a delivery timed out and was
-retried while persist still worked on it, perhaps on another replica). Each
-runs the steps holding a Postgres advisory lock on the batch id, so they take
-turns and the later one sees the earlier one's outcome; the lock is a session
-lock, freed by a crash as well as at the end.
+retried while persist still worked on it, perhaps on another replica). They
+take turns: within a process by a table of the batches in hand, across
+processes by a Postgres advisory lock on the batch id, held from the claim
+to the ``done`` mark on a session of its own (a crash ends the session and
+frees the lock). The later delivery sees the earlier one's outcome.
 
 An event sent again in a *different* batch (a client retrying after a 503)
 finds the ledger row of the first batch and is a duplicate; the first batch,
 being in the log, is delivered and stored. The ledger keeps rows for
 ``ledger_retention_days`` (maintenance trims older ones), which bounds how
 late a duplicate can still be recognised.
+
+Claims of concurrent batches, and why they cannot deadlock:
+- Each step is paid once for whatever is in flight (pulse.group_commit): the
+  batches being delivered at once are claimed in one transaction, their rows
+  go into ClickHouse in one insert, and they are marked ``done`` in one
+  statement. Within a process, claim transactions run one at a time.
+- Across processes (replicas, a bulk loader, a baseline running beside
+  Pulse) claim transactions do run concurrently, and two of them may hold the
+  same event ids (a client re-sent an event; the re-send landed in another
+  batch). A transaction that inserts a ledger key another uncommitted
+  transaction inserted waits for that transaction. Every claim inserts its
+  ledger keys in one global order, sorted by (project id, event id); an
+  event id appearing in several batches of one claim is inserted once. So a
+  transaction holds only keys smaller than the one it waits for. In a cycle
+  of waits T1 → T2 → … → T1, T2 holds the key k1 that T1 waits for and waits
+  itself for a key k2 > k1, T3 for k3 > k2, and so on back to T1, giving
+  k1 < k2 < … < k1: impossible. No cycle, no deadlock (Postgres 40P01).
+  ``persist_batches`` rows are only written by the holder of the batch's
+  advisory lock, and advisory locks are only tried, never waited for, so
+  neither adds a wait.
+- Which batch owns a re-sent event is decided by whichever claim commits its
+  ledger row first; the other batch counts it as a duplicate. Either way the
+  event is stored once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pg8000.exceptions import DatabaseError, InterfaceError
 
 from pulse import telemetry
-from pulse.core.events import EVENT_COLUMNS
-from pulse.errors import Unavailable
+from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS
+from pulse.errors import InvalidInput, Unavailable
+from pulse.group_commit import GroupCommit
 from pulse.storage.clickhouse import Announcement, ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
+CLAIM_MAX_EVENTS = 100_000  # events claimed in one transaction at most
 
 
 @dataclass(frozen=True)
@@ -73,10 +102,24 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class _Request:
+    batch_id: str
+    project_id: str
+    event_ids: list[str]  # distinct
+
+
+@dataclass(frozen=True)
 class _Claim:
-    fresh: bool
-    done: Outcome | None
-    owned: frozenset[str]
+    locked: bool  # False: another delivery of the batch holds it now
+    fresh: bool = False
+    done: Outcome | None = None
+    owned: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Finish:
+    batch_id: str
+    outcome: Outcome | None  # None: release the batch without marking it
 
 
 class Persister:
@@ -87,39 +130,63 @@ class Persister:
         self.fault = fault or (lambda step: None)
         self.insert_chunk_rows = max(1, insert_chunk_rows)
         self.lock_wait_s = lock_wait_s
+        self.locks = BatchLocks(db)
+        self._in_hand: dict[str, threading.Event] = {}
+        self._in_hand_lock = threading.Lock()
+        self._claims: GroupCommit[_Request, _Claim] = GroupCommit(
+            self._claim_round, max_size=CLAIM_MAX_EVENTS, size=lambda r: len(r.event_ids))
+        self._finishes: GroupCommit[_Finish, None] = GroupCommit(self._finish_round)
 
     def persist(self, batch_id: str, project_id: str, received_at: str,
                 rows: Sequence[dict[str, str]]) -> Outcome:
-        return self.db.call(lambda conn: self._persist_alone(conn, batch_id, project_id, received_at, rows))
-
-    def _persist_alone(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
-                       rows: Sequence[dict[str, str]]) -> Outcome:
-        """The steps below with the batch's advisory lock held by this session: two
-        deliveries of one record at once (a retry while the first is still running,
-        perhaps on another replica) take turns, so the second finds the batch ``done``
-        instead of reading ClickHouse before the first inserted. A crash ends the
-        session and frees the lock."""
-        deadline = time.monotonic() + self.lock_wait_s
-        while not conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")[0][0]:
-            if time.monotonic() > deadline:
-                raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
-            time.sleep(0.02)
-        try:
-            # Announced to the ClickHouse insert group: concurrent batches share one insert.
-            with self.ch.announce_insert("events", INSERT_COLUMNS) as announcement:
-                return self._steps(conn, batch_id, project_id, received_at, rows, announcement)
-        finally:
-            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")
-
-    def _steps(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
-               rows: Sequence[dict[str, str]], announcement: Announcement | None) -> Outcome:
+        if not CANONICAL_UUID.match(batch_id):
+            raise InvalidInput.field("id", "a batch's CloudEvent id must be a UUID")
         unique: dict[str, dict[str, str]] = {}
         for row in rows:
             unique.setdefault(row["event_id"], row)
-        with telemetry.span("postgres ledger claim", **{"db.system": "postgresql", "pulse.events": len(unique)}):
-            claim = in_transaction(conn, lambda: self._claim(conn, batch_id, project_id, list(unique)))
-        if claim.done is not None:
-            return claim.done
+        with self._alone(batch_id), self.ch.announce_insert("events", INSERT_COLUMNS) as announcement:
+            # Announced to the ClickHouse insert group: concurrent batches share one insert.
+            claim = self._claim(_Request(batch_id, project_id, list(unique)))
+            try:
+                outcome = claim.done or self._store(batch_id, project_id, received_at, len(rows), unique,
+                                                    claim, announcement)
+            except BaseException:
+                self.locks.release([batch_id])
+                raise
+            self._finishes.submit(_Finish(batch_id, outcome if claim.done is None else None))
+            return outcome
+
+    @contextmanager
+    def _alone(self, batch_id: str) -> Iterator[None]:
+        """One delivery of a batch at a time in this process (others wait their turn)."""
+        deadline = time.monotonic() + self.lock_wait_s
+        mine = threading.Event()
+        while True:
+            with self._in_hand_lock:
+                other = self._in_hand.setdefault(batch_id, mine)
+            if other is mine:
+                break
+            if not other.wait(max(0.0, deadline - time.monotonic())):
+                raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
+        try:
+            yield
+        finally:
+            with self._in_hand_lock:
+                del self._in_hand[batch_id]
+            mine.set()
+
+    def _claim(self, request: _Request) -> _Claim:
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            claim = self._claims.submit(request)
+            if claim.locked:
+                return claim
+            if time.monotonic() > deadline:  # another replica holds the batch
+                raise Unavailable(f"batch {request.batch_id} is being persisted by another delivery", 1)
+            time.sleep(0.02)
+
+    def _store(self, batch_id: str, project_id: str, received_at: str, total: int,
+               unique: dict[str, dict[str, str]], claim: _Claim, announcement: Announcement) -> Outcome:
         self.fault("after-ledger")
         owned = [row for event_id, row in unique.items() if event_id in claim.owned]
         if not claim.fresh and owned:
@@ -127,55 +194,53 @@ class Persister:
             owned = [row for row in owned if row["event_id"] not in stored]
         if owned:
             self._insert(project_id, batch_id, received_at, owned, announcement)
+        else:
+            announcement.group.withdraw(announcement)
         self.fault("after-insert")
-        duplicates = len(rows) - len(claim.owned)
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
-        outcome = Outcome(project_id, len(claim.owned), duplicates,
+        outcome = Outcome(project_id, len(claim.owned), total - len(claim.owned),
                           min(times) if times else None, max(times) if times else None,
                           redelivered=not claim.fresh)
-        conn.run(
-            "UPDATE persist_batches SET status = 'done', inserted = :i, duplicates = :d,"
-            " first_at = :f, last_at = :l, done_at = now() WHERE batch_id = CAST(:b AS uuid)",
-            i=outcome.inserted, d=outcome.duplicates, f=outcome.first, l=outcome.last, b=batch_id,
-        )
-        telemetry.PERSIST_BATCH_SIZE.observe(len(rows))
+        telemetry.PERSIST_BATCH_SIZE.observe(total)
         telemetry.PERSIST_INSERTED.inc(len(owned))
         telemetry.PERSIST_DUPLICATES.inc(outcome.duplicates)
         return outcome
 
-    def _claim(self, conn: Connection, batch_id: str, project_id: str, event_ids: list[str]) -> _Claim:
-        created = conn.run(
-            "INSERT INTO persist_batches (batch_id, project_id, status)"
-            " VALUES (CAST(:b AS uuid), CAST(:p AS uuid), 'claimed')"
-            " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
-            b=batch_id, p=project_id,
-        )
-        fresh = bool(created)
-        # One array literal instead of a driver-built array: canonical UUIDs need no escaping.
-        ids = "{" + ",".join(event_ids) + "}"
-        if not fresh:
-            status, inserted, duplicates, first, last = conn.run(
-                "SELECT status, inserted, duplicates, first_at, last_at FROM persist_batches"
-                " WHERE batch_id = CAST(:b AS uuid)", b=batch_id,
-            )[0]
-            if status == "done":
-                return _Claim(False, Outcome(project_id, inserted, duplicates, first, last, True), frozenset())
-        inserted = conn.run(
-            "WITH new AS (INSERT INTO event_ledger (project_id, event_id, batch_id)"
-            " SELECT CAST(:p AS uuid), e, CAST(:b AS uuid) FROM unnest(CAST(:ids AS uuid[])) AS e"
-            " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM new",
-            p=project_id, b=batch_id, ids=ids,
-        )[0][0]
-        if fresh and inserted == len(event_ids):  # the usual case: every event is new
-            return _Claim(True, None, frozenset(event_ids))
-        # Some were there already: this batch owns those whose ledger row names it
-        # (inserted just now, or by an earlier delivery of this batch).
-        mine = conn.run(
-            "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
-            " AND event_id = ANY(CAST(:ids AS uuid[])) AND batch_id = CAST(:b AS uuid)",
-            p=project_id, b=batch_id, ids=ids,
-        )
-        return _Claim(fresh, None, frozenset(r[0] for r in mine))
+    # The grouped steps ------------------------------------------------------
+
+    def _claim_round(self, requests: list[_Request]) -> list[_Claim]:
+        """Step 1 for every batch being delivered now: their advisory locks, then one transaction."""
+        locked = self.locks.try_acquire([r.batch_id for r in requests])
+        mine = [r for r in requests if r.batch_id in locked]
+        claims: dict[str, _Claim] = {}
+        if mine:
+            try:
+                with telemetry.span("postgres ledger claim", **{
+                        "db.system": "postgresql", "pulse.batches": len(mine),
+                        "pulse.events": sum(len(r.event_ids) for r in mine)}):
+                    claims = self.db.call(lambda conn: in_transaction(conn, lambda: _claim_all(conn, mine)))
+            except BaseException:
+                self.locks.release([r.batch_id for r in mine])
+                raise
+        return [claims.get(r.batch_id) or _Claim(locked=False) for r in requests]
+
+    def _finish_round(self, finishes: list[_Finish]) -> list[None]:
+        """Step 3 for every batch finishing now, then their advisory locks released."""
+        marked = sorted((f for f in finishes if f.outcome is not None), key=lambda f: f.batch_id)
+        try:
+            if marked:
+                outcomes = [f.outcome for f in marked if f.outcome is not None]
+                self.db.run(
+                    "UPDATE persist_batches AS pb SET status = 'done', inserted = t.i, duplicates = t.d,"
+                    " first_at = t.f, last_at = t.l, done_at = now()"
+                    " FROM unnest(CAST(:b AS uuid[]), CAST(:i AS integer[]), CAST(:d AS integer[]),"
+                    " CAST(:f AS text[]), CAST(:l AS text[])) AS t(b, i, d, f, l) WHERE pb.batch_id = t.b",
+                    b=[f.batch_id for f in marked], i=[o.inserted for o in outcomes],
+                    d=[o.duplicates for o in outcomes], f=[o.first for o in outcomes],
+                    l=[o.last for o in outcomes])
+        finally:
+            self.locks.release([f.batch_id for f in finishes])
+        return [None] * len(finishes)
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
         rows = self.ch.rows(
@@ -206,3 +271,104 @@ class Persister:
             "DELETE FROM persist_batches WHERE status = 'done' AND claimed_at < now() - make_interval(days => :d)",
             d=retention_days)
         return int(removed)
+
+
+def _uuid_array(values: Sequence[str]) -> str:
+    """One array literal instead of a driver-built array: canonical UUIDs need no escaping."""
+    return "{" + ",".join(values) + "}"
+
+
+def _claim_all(conn: Connection, requests: list[_Request]) -> dict[str, _Claim]:
+    """Step 1 for several batches (each locked by us) in the caller's transaction."""
+    requests = sorted(requests, key=lambda r: r.batch_id)
+    fresh = {row[0] for row in conn.run(
+        "INSERT INTO persist_batches (batch_id, project_id, status)"
+        " SELECT b, p, 'claimed' FROM unnest(CAST(:b AS uuid[]), CAST(:p AS uuid[])) AS t(b, p)"
+        " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id::text",
+        b=_uuid_array([r.batch_id for r in requests]), p=_uuid_array([r.project_id for r in requests]))}
+    claims: dict[str, _Claim] = {}
+    again = [r.batch_id for r in requests if r.batch_id not in fresh]
+    if again:  # redeliveries: a batch already done only reports its outcome
+        for batch_id, status, inserted, duplicates, first, last in conn.run(
+                "SELECT batch_id::text, status, inserted, duplicates, first_at, last_at FROM persist_batches"
+                " WHERE batch_id = ANY(CAST(:b AS uuid[]))", b=_uuid_array(again)):
+            if status == "done":
+                project_id = next(r.project_id for r in requests if r.batch_id == batch_id)
+                claims[batch_id] = _Claim(True, False, Outcome(project_id, inserted, duplicates, first, last, True))
+    open_requests = [r for r in requests if r.batch_id not in claims]
+    # Every ledger key once, in one global order: (project id, event id). See the notes above.
+    keys: dict[tuple[str, str], str] = {}
+    for request in open_requests:
+        for event_id in request.event_ids:
+            keys.setdefault((request.project_id, event_id), request.batch_id)
+    order = sorted(keys)
+    taken: dict[str, set[str]] = {}  # batch → its events whose ledger row existed or went to another batch
+    if order:
+        for batch_id, event_id in conn.run(
+                "WITH t AS (SELECT * FROM unnest(CAST(:p AS uuid[]), CAST(:e AS uuid[]), CAST(:b AS uuid[]))"
+                " WITH ORDINALITY AS t(p, e, b, n)),"
+                " new AS (INSERT INTO event_ledger (project_id, event_id, batch_id)"
+                " SELECT p, e, b FROM t ORDER BY n ON CONFLICT DO NOTHING RETURNING project_id, event_id)"
+                " SELECT t.b::text, t.e::text FROM t LEFT JOIN new ON new.project_id = t.p AND new.event_id = t.e"
+                " WHERE new.event_id IS NULL",
+                p=_uuid_array([p for p, _ in order]), e=_uuid_array([e for _, e in order]),
+                b=_uuid_array([keys[k] for k in order])):
+            taken.setdefault(batch_id, set()).add(event_id)
+    for request in open_requests:  # an event listed under another batch of this claim is not ours either
+        for event_id in request.event_ids:
+            if keys[(request.project_id, event_id)] != request.batch_id:
+                taken.setdefault(request.batch_id, set()).add(event_id)
+    for request in open_requests:
+        lost = taken.get(request.batch_id, set())
+        if request.batch_id not in fresh and lost:
+            # An earlier delivery of this batch may have inserted some of these rows itself.
+            lost -= {row[0] for row in conn.run(
+                "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
+                " AND event_id = ANY(CAST(:e AS uuid[])) AND batch_id = CAST(:b AS uuid)",
+                p=request.project_id, e=_uuid_array(sorted(lost)), b=request.batch_id)}
+        owned = frozenset(request.event_ids) if not lost else frozenset(set(request.event_ids) - lost)
+        claims[request.batch_id] = _Claim(True, request.batch_id in fresh, None, owned)
+    return claims
+
+
+class BatchLocks:
+    """Postgres advisory locks on batch ids, held on one session of their own
+    from a batch's claim to its ``done`` mark. Only tried, never waited for.
+    If the session breaks, its locks are gone with it: the batches in hand
+    finish (their steps are idempotent) and the next call opens a new one."""
+
+    KEY = "hashtextextended('persist:' || k, 0)"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def try_acquire(self, batch_ids: Sequence[str]) -> set[str]:
+        rows = self._run(f"SELECT k FROM unnest(CAST(:k AS text[])) AS k WHERE pg_try_advisory_lock({self.KEY})",
+                         batch_ids)
+        return {row[0] for row in rows}
+
+    def release(self, batch_ids: Sequence[str]) -> None:
+        """Never fails: if the session broke, its locks went with it."""
+        if batch_ids:
+            try:
+                self._run(f"SELECT count(*) FROM unnest(CAST(:k AS text[])) AS k"
+                          f" WHERE pg_advisory_unlock({self.KEY})", batch_ids)
+            except Unavailable:
+                pass
+
+    def _run(self, sql: str, batch_ids: Sequence[str]) -> list[list[Any]]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.db.session()
+                return self._conn.run(sql, k=_uuid_array(batch_ids)) or []
+            except (InterfaceError, OSError, DatabaseError) as exc:
+                self.close()
+                raise Unavailable(f"postgres: batch locks unavailable: {type(exc).__name__}", 1) from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.db.end_session(conn)

@@ -257,11 +257,13 @@ class Worker:
                 code, answer = response.status, response.data or b""
             except urllib3.exceptions.HTTPError as exc:
                 code, answer = 0, type(exc).__name__.encode()
+                telemetry.DISPATCH_FAILED_ATTEMPTS.labels(self.sub.name, "0").inc()
                 log.info("delivery of %s to %s failed: %s", event.id, self.sub.target, type(exc).__name__)
                 continue
             if 200 <= code < 300:
                 self._reply(response)
                 return "delivered", code, b""
+            telemetry.DISPATCH_FAILED_ATTEMPTS.labels(self.sub.name, str(code)).inc()
             if code < 500 and code not in RETRYABLE:
                 return "rejected", code, answer
         return ("stopped" if self._stop.is_set() else "exhausted"), code, answer

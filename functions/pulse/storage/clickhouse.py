@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +21,9 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
+from pulse.group_commit import Announcement, GroupCommit
+
+__all__ = ["Announcement", "ClickHouse", "insert_group"]
 
 CHUNK = 1 << 16
 # Formats chDB streams block by block (their blocks concatenate into one valid stream).
@@ -36,7 +38,7 @@ class ClickHouse:
         self._max_idle = max_idle
         self._closed = False
         self._lock = threading.Lock()
-        self._groups: dict[tuple[str, tuple[str, ...]], _InsertGroup] = {}
+        self._groups: dict[tuple[str, tuple[str, ...]], GroupCommit[bytes, None]] = {}
         self._group_max_bytes = 32 * 1024 * 1024
         self.linger_s = linger_s
 
@@ -85,8 +87,7 @@ class ClickHouse:
         new part per table and view. Returns when this caller's rows are written;
         if the combined insert fails, every caller in it gets the error.
         ``announcement`` (from ``announce_insert``) ends as the rows are queued."""
-        self._group(table, columns).insert(body, lambda combined: self.insert_json_rows(table, columns, combined),
-                                           announcement)
+        self._group(table, columns).submit(body, announcement)
 
     def announce_insert(self, table: str, columns: Sequence[str]) -> Announcement:
         """Say that this caller will soon ``insert_grouped`` into the table, so the
@@ -95,12 +96,13 @@ class ClickHouse:
         that leads to the insert: leaving the block ends it if the insert did not."""
         return self._group(table, columns).announce()
 
-    def _group(self, table: str, columns: Sequence[str]) -> _InsertGroup:
+    def _group(self, table: str, columns: Sequence[str]) -> GroupCommit[bytes, None]:
         key = (table, tuple(columns))
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _InsertGroup(self._group_max_bytes, self.linger_s)
+                write = lambda body: self.insert_json_rows(table, list(columns), body)  # noqa: E731
+                group = self._groups[key] = insert_group(write, self._group_max_bytes, self.linger_s)
             return group
 
     def insert_json_rows(self, table: str, columns: Sequence[str], body: bytes) -> None:
@@ -151,98 +153,14 @@ class ClickHouse:
                 return
 
 
-class _Ticket:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+def insert_group(write: Callable[[bytes], None], max_bytes: int, linger_s: float) -> GroupCommit[bytes, None]:
+    """Inserts of ``JSONEachRow`` bodies written as one (``max_bytes`` at most per insert)."""
 
+    def combined(bodies: list[bytes]) -> list[None]:
+        write(b"\n".join(bodies))
+        return [None] * len(bodies)
 
-class Announcement:
-    """An insert a caller means to make; a ``with`` block, or the insert itself,
-    ends it."""
-
-    def __init__(self, group: _InsertGroup) -> None:
-        self.group = group
-        self.live = True
-
-    def __enter__(self) -> Announcement:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.group.withdraw(self)
-
-
-class _InsertGroup:
-    """Callers queue their rows; whoever finds no insert running becomes the
-    leader and writes everything queued (up to ``max_bytes`` per insert) until
-    the queue is empty, then wakes each caller with the outcome of its insert.
-
-    Callers may announce an insert they are about to make: a leader waits for
-    announced rows, up to ``linger_s``, before writing, since every insert
-    costs a new part per table and view whatever its size."""
-
-    def __init__(self, max_bytes: int, linger_s: float) -> None:
-        self.max_bytes = max_bytes
-        self.linger_s = linger_s
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-        self.queue: list[_Ticket] = []
-        self.busy = False
-        self.announced = 0
-
-    def announce(self) -> Announcement:
-        with self.lock:
-            self.announced += 1
-        return Announcement(self)
-
-    def withdraw(self, announcement: Announcement) -> None:
-        with self.lock:
-            self._take_back(announcement)
-
-    def _take_back(self, announcement: Announcement | None) -> None:
-        if announcement is not None and announcement.live:
-            announcement.live = False
-            self.announced -= 1
-            self.changed.notify_all()
-
-    def insert(self, body: bytes, write: Any, announcement: Announcement | None = None) -> None:
-        ticket = _Ticket(body)
-        with self.lock:
-            self.queue.append(ticket)
-            self._take_back(announcement)
-            leader = not self.busy
-            self.busy = True
-            self.changed.notify_all()
-        if leader:
-            self._lead(write)
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _lead(self, write: Any) -> None:
-        while True:
-            with self.lock:
-                deadline = time.monotonic() + self.linger_s
-                while (self.announced and sum(len(t.body) for t in self.queue) < self.max_bytes
-                       and (left := deadline - time.monotonic()) > 0):
-                    self.changed.wait(left)
-                taken, size = [], 0
-                while self.queue and (not taken or size + len(self.queue[0].body) <= self.max_bytes):
-                    ticket = self.queue.pop(0)
-                    taken.append(ticket)
-                    size += len(ticket.body)
-                if not taken:
-                    self.busy = False
-                    return
-            error: BaseException | None = None
-            try:
-                write(b"\n".join(t.body for t in taken))
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller in the group
-                error = exc
-            for ticket in taken:
-                ticket.error = error
-                ticket.done.set()
+    return GroupCommit(combined, max_size=max_bytes, size=len, linger_s=linger_s)
 
 
 def _close_quietly(client: Client) -> None:

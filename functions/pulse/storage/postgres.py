@@ -54,6 +54,8 @@ class Database:
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max_connections)
         self._closed = False
+        self._sessions: list[Connection] = []
+        self._sessions_lock = threading.Lock()
 
     def _open(self) -> Connection:
         try:
@@ -102,6 +104,19 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
+    def session(self) -> Connection:
+        """A connection of the caller's own, outside the pool (for session state
+        such as advisory locks); ended by ``end_session``, or at the latest by ``close``."""
+        conn = self._open()
+        with self._sessions_lock:
+            self._sessions.append(conn)
+        return conn
+
+    def end_session(self, conn: Connection) -> None:
+        with self._sessions_lock:
+            self._sessions = [c for c in self._sessions if c is not conn]
+        _close_quietly(conn)
+
     def run(self, sql: str, **params: Any) -> list[list[Any]]:
         return self.call(lambda conn: conn.run(sql, **params) or [])
 
@@ -124,6 +139,10 @@ class Database:
     def close(self) -> None:
         self._closed = True
         self._drain()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for conn in sessions:
+            _close_quietly(conn)
 
 
 def in_transaction(conn: Connection, work: Callable[[], T]) -> T:
