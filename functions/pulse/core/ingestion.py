@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
 from pulse.bus.kafka import Producer
+from pulse.bus.spool import Spool
 from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
 from pulse.errors import FieldError, InvalidInput
 
@@ -59,17 +60,20 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
 
 
 class Ingestor:
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, spool: Spool | None = None) -> None:
         self.producer = producer
         self.topic = topic
+        self.spool = spool
 
     def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
                received_at: datetime | None = None) -> Submitted:
-        """Send the rows as one record; returns once the broker acknowledged it."""
+        """Send the rows as one record; returns once the broker acknowledged it
+        (and, with a spool, once the spool has it on disk)."""
         with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, **{
                 "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
             event = encode_batch(project_id, rows, received_at, telemetry.current_traceparent())
-            self.producer.send(self.topic, project_id, event)
+            spool = self.spool
+            self.producer.send(self.topic, project_id, event, (lambda: spool.append(event)) if spool else None)
         telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))
         return Submitted(event.id, len(rows))
 

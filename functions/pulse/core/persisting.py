@@ -273,6 +273,16 @@ class Persister:
         return int(removed)
 
 
+def persisted_batches(db: Database, batch_ids: Sequence[str]) -> set[str]:
+    """Those of the batches that are done (stored in both stores)."""
+    wanted = sorted({b for b in batch_ids if CANONICAL_UUID.match(b)})
+    if not wanted:
+        return set()
+    return {row[0] for row in db.run(
+        "SELECT batch_id::text FROM persist_batches WHERE batch_id = ANY(CAST(:b AS uuid[])) AND status = 'done'",
+        b=_uuid_array(wanted))}
+
+
 def _uuid_array(values: Sequence[str]) -> str:
     """One array literal instead of a driver-built array: canonical UUIDs need no escaping."""
     return "{" + ",".join(values) + "}"

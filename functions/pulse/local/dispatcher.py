@@ -104,6 +104,16 @@ def wrap_record(record: ConsumerRecord, source_uri: str) -> CloudEvent:
     return CloudEvent(MappingProxyType(attrs), record.value or b"")
 
 
+def error_headers(code: int, destination: str, answer: bytes, source_topic: str,
+                  source_position: str) -> list[tuple[str, bytes]]:
+    """The attributes a dead letter carries: who refused it, with what, and where it came from."""
+    return [("ce_knativeerrorcode", str(code).encode()),
+            ("ce_knativeerrordest", destination.encode()),
+            ("ce_knativeerrordata", base64.b64encode(answer[:ERROR_DATA_BYTES])),
+            ("ce_pulsesourcetopic", source_topic.encode()),
+            ("ce_pulsesourceoffset", source_position.encode())]
+
+
 class Worker:
     """Consumes one subscription until stopped."""
 
@@ -287,11 +297,7 @@ class Worker:
             return
         headers = list(record.headers or []) if from_kafka(record.headers or [], record.value) else \
             to_kafka_headers(event)
-        headers += [("ce_knativeerrorcode", str(code).encode()),
-                    ("ce_knativeerrordest", self.sub.target.encode()),
-                    ("ce_knativeerrordata", base64.b64encode(answer[:ERROR_DATA_BYTES])),
-                    ("ce_pulsesourcetopic", record.topic.encode()),
-                    ("ce_pulsesourceoffset", f"{record.partition}:{record.offset}".encode())]
+        headers += error_headers(code, self.sub.target, answer, record.topic, f"{record.partition}:{record.offset}")
         self.producer.send(topic, key=record.key, value=record.value, headers=headers).get(30)
         telemetry.DEAD_LETTERS.labels(self.sub.name).inc()
         log.warning("subscription %s dead-lettered %s (status %s)", self.sub.name, event.id, code)

@@ -18,16 +18,21 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pulse.aggregate import Aggregate
 from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
 from pulse.bus import sink
+from pulse.bus.cloudevents import CloudEvent
+from pulse.errors import InvalidInput
 from pulse.export import Export
 from pulse.ingest import Ingest
 from pulse.local import wiring as wiring_mod
-from pulse.local.dispatcher import Dispatcher, Subscription
+from pulse.local.dispatcher import Dispatcher, Subscription, error_headers
 from pulse.local.embedded import EmbeddedStack
 from pulse.local.eventing import (
     BrokerIngress,
@@ -38,6 +43,7 @@ from pulse.local.eventing import (
     subscriptions,
 )
 from pulse.local.gateway import Gateway, Proxy, Server, WSGIApp
+from pulse.local.recovery import replay_spool
 from pulse.local.worker import FunctionProcess
 from pulse.persist import Persist
 from pulse.security.tokens import generate_key_file
@@ -82,13 +88,16 @@ class Runtime:
                 ingress = BrokerIngress(broker.name, broker_topic(broker), services.producer)
                 self.brokers[broker.name] = Server(ingress.name, ingress.wsgi, host, 0).start()
             services.sinks.update({b.function: self._address(b.sink) for b in wiring.sink_bindings})
+            persist = Persist(services)
+            if self.settings.spool_dir:  # what ingest acknowledged before a hard stop (pulse.local.recovery)
+                replay_spool(Path(self.settings.spool_dir), persist, self._dead_letter)
             # ingest in processes of its own unless settings say 0 (pulse.local.worker).
             self.processes = [FunctionProcess("ingest", self.settings).start()
                               for _ in range(self.settings.ingest_processes)]
             self.functions = {
                 **({} if self.processes else {"ingest": Ingest(services)}),
                 "auth": Auth(services),
-                "persist": Persist(services),
+                "persist": persist,
                 "aggregate": Aggregate(services),
                 "export": Export(services),
             }
@@ -111,6 +120,20 @@ class Runtime:
         log.info("pulse is up", extra={"fields": {"gateway": self.gateway_url,
                                                   "seconds": round(time.monotonic() - started, 2)}})
         return self
+
+    def _dead_letter(self, event: CloudEvent, refusal: InvalidInput, position: str) -> None:
+        """A spooled record persist refuses goes where the raw source's refusals go."""
+        assert self.wiring is not None and self.services is not None
+        source = next(s for s in self.wiring.sources if self.settings.raw_topic in s.topics)
+        topic = source.delivery.dead_letter_topic
+        if not topic:
+            log.error("dropped spooled record %s that persist refused (no dead-letter sink)", event.id)
+            return
+        answer = orjson.dumps({"status": refusal.status, "detail": refusal.detail})
+        errors = error_headers(refusal.status, self._address(source.sink), answer, "spool", position)
+        attributes = {**event.attributes, **{name[3:]: value.decode() for name, value in errors}}
+        self.services.producer.send(topic, event.get("partitionkey") or "", CloudEvent(attributes, event.data))
+        log.warning("spooled record %s refused by persist, dead-lettered", event.id)
 
     def _check(self, wiring: wiring_mod.Wiring) -> None:
         topics = {topic for source in wiring.sources for topic in source.topics}
@@ -179,6 +202,8 @@ class Runtime:
                 log.warning("%s still had requests in hand after %ss", function.name, bound_s)
         for server in [*self.servers.values(), *self.brokers.values()]:
             server.stop()
+        for function in self.functions.values():
+            function.close()
         if self.services is not None:
             self.services.close()
         if self.stack is not None:

@@ -91,4 +91,5 @@ def _serve(name: str, settings: Settings, report: Connection) -> None:
     function.begin_stop()
     function.wait_idle(settings.shutdown_timeout_s)
     server.stop()
+    function.close()
     services.close()
