@@ -61,10 +61,13 @@ vendor() {
   local mode type object path pattern count=0
   while IFS=$'\t' read -r mode_type_object path; do
     read -r mode type object <<<"${mode_type_object}"
-    [[ "${type}" == blob && "${mode}" != 120000 ]] || continue  # no symlinks
+    [[ "${type}" == blob ]] || continue
     for pattern in "$@"; do
       # shellcheck disable=SC2053 # the glob is meant to match
       if [[ "${path}" == ${pattern} ]]; then
+        if [[ "${mode}" == 120000 ]]; then  # a symlink: copy the file it points to
+          object="$(resolve "${git_dir}" "${commit}" "${path}")"
+        fi
         mkdir -p "$(dirname "${here}/${name}/${path}")"
         git --git-dir="${git_dir}" cat-file blob "${object}" >"${here}/${name}/${path}"
         echo "      ${path}: $(sha256sum "${here}/${name}/${path}" | cut -d' ' -f1)" >>"${work}/${name}.provenance"
@@ -78,6 +81,21 @@ vendor() {
     exit 1
   fi
   echo "    ${count} file(s)"
+}
+
+# resolve GIT_DIR COMMIT PATH: the blob a symlink inside the repository points to.
+resolve() {
+  local target parts=() part
+  target="$(dirname "$3")/$(git --git-dir="$1" cat-file blob "$2:$3")"
+  IFS=/ read -ra segments <<<"${target}"
+  for part in "${segments[@]}"; do
+    case "${part}" in
+      . | "") ;;
+      ..) unset 'parts[${#parts[@]}-1]' ;;
+      *) parts+=("${part}") ;;
+    esac
+  done
+  git --git-dir="$1" rev-parse "$2:$(IFS=/; echo "${parts[*]}")"
 }
 
 # keep_provenance NAME: a source not refreshed this run keeps its entry.
