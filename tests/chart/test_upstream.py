@@ -286,3 +286,60 @@ def test_the_dead_letter_topic_belongs_to_strimzi_not_to_the_sink() -> None:
             assert "numPartitions" not in sink["spec"] and "replicationFactor" not in sink["spec"]
             topics = {d["spec"]["topicName"] for d in K8S if d["kind"] == "KafkaTopic"}
             assert sink["spec"]["topic"] in topics
+
+
+def _largest_ingest_record() -> tuple[int, int]:
+    """(body bytes, largest record bytes) for the request that grows the most
+    when ingest encodes it: the body limit filled with 1000 events whose
+    properties are all quote characters (each escaped again in the record)."""
+    import orjson
+
+    from pulse.bus.cloudevents import to_kafka_headers
+    from pulse.core.events import parse_batch
+    from pulse.core.ingestion import encode_records
+    from pulse.settings import Limits
+
+    limits = Limits()
+    per_event = (limits.max_body_bytes - 100) // limits.max_batch_events
+    event = {"event_type": "a", "user_id": "u", "properties": {"k": [""] * ((per_event - 80) // 3)}}
+    body = orjson.dumps({"events": [event] * limits.max_batch_events})
+    assert len(body) <= limits.max_body_bytes
+    batch = parse_batch(body, limits)
+    assert len(batch.rows) == limits.max_batch_events and not batch.errors
+    records = encode_records("00000000-0000-4000-8000-000000000000", batch.rows, limits.max_record_bytes)
+    assert sum(len(r.json()["events"]) for r in records) == limits.max_batch_events
+    sizes = [len(r.data) + sum(len(k) + len(v) for k, v in to_kafka_headers(r)) for r in records]
+    return len(body), max(sizes)
+
+
+def test_the_largest_request_ingest_accepts_fits_every_hop() -> None:
+    """ingest accepted 5 MB bodies that encode to 8.9 MB records, over the
+    topics' 8 MB; Knative's KafkaSink and Broker produced with Kafka's 1 MB
+    default, so a large batch that failed delivery could not be dead-lettered."""
+    from pulse.bus import kafka
+    from pulse.services import Services
+    from pulse.settings import Settings
+
+    body, record = _largest_ingest_record()
+    assert body > 5_000_000
+    settings = Settings.load({"PULSE_KAFKA_BOOTSTRAP": "kafka:9092"})
+    bound = settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES
+    assert record <= bound
+    hops: dict[str, int] = {"ingest producer max_request_size": Services(settings).producer.max_request_bytes,
+                            "persist body limit": kafka.MAX_RECORD_BYTES}
+    broker = next(d for d in K8S if d["kind"] == "Kafka")["spec"]["kafka"]["config"]
+    hops["Kafka message.max.bytes"] = int(broker["message.max.bytes"])
+    for topic in (d for d in K8S if d["kind"] == "KafkaTopic"):
+        limit = topic["spec"].get("config", {}).get("max.message.bytes", broker["message.max.bytes"])
+        hops[f"KafkaTopic {topic['spec']['topicName']} max.message.bytes"] = int(limit)
+    for cm_name, key, prop in [
+            ("config-kafka-sink-data-plane", "config-kafka-sink-producer.properties", "max.request.size"),
+            ("config-kafka-broker-data-plane", "config-kafka-broker-producer.properties", "max.request.size"),
+            ("config-kafka-broker-data-plane", "config-kafka-broker-consumer.properties", "max.partition.fetch.bytes"),
+            ("config-kafka-source-data-plane", "config-kafka-source-consumer.properties", "max.partition.fetch.bytes")]:
+        text = effective(cm_name, "knative-eventing", KNATIVE)[key]
+        hops[f"{cm_name} {prop}"] = int(upstream.properties(text)[prop])
+    too_small = {hop: limit for hop, limit in hops.items() if limit < bound}
+    assert not too_small, f"records up to {bound} bytes: {too_small}"
+    # the topic is the ceiling: nothing upstream of it produces more than it takes
+    assert hops["ingest producer max_request_size"] <= min(v for k, v in hops.items() if "max.message.bytes" in k)
