@@ -40,7 +40,7 @@ class Export(HttpFunction):
         self.settings = services.settings
         self.access = services.access
         self.jobs = exporting.Jobs(services.db)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

@@ -50,7 +50,7 @@ class Persist(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.persister = Persister(services.db, services.ch)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

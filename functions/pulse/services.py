@@ -7,8 +7,9 @@ embedded runtime builds one and lets the five functions share it.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pulse.bus import kafka
@@ -27,6 +28,21 @@ from pulse.security.tokens import (
 from pulse.settings import Settings, SettingsError, redact
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
+
+log = logging.getLogger("pulse.services")
+
+# What each function depends on, declared once. `pulse serve` and the embedded
+# runtime check these before serving (``Services.verify`` names the one that
+# does not answer), /readyz probes the reachable ones (``Services.readiness``),
+# and ``shut_down`` closes them when the function stops.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "ingest": ("postgres", "kafka"),
+    "auth": ("postgres", "signing_key"),
+    "persist": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse", "token_keys"),
+    "export": ("postgres", "clickhouse", "token_keys"),
+}
+PROBED = ("postgres", "clickhouse", "kafka")
 
 
 class Services:
@@ -134,6 +150,11 @@ class Services:
                 self._access = ReadAccess(keys, bearer)
             return self._access
 
+    def readiness(self, function: str) -> Callable[[], dict[str, bool]]:
+        """The /readyz checks of ``function``: its reachable dependencies."""
+        probed = [need for need in NEEDS[function] if need in PROBED]
+        return lambda: self.checks(probed)
+
     def checks(self, needs: Iterable[str]) -> dict[str, bool]:
         probes = {
             "postgres": lambda: self.db.ping(),
@@ -193,3 +214,25 @@ def _required(value: str | None, name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set (run `pulse up` for embedded services, or set it)")
     return value
+
+
+def shut_down(timeout_s: float) -> bool:
+    """The end of a function process in the cluster (``pulse serve`` calls it in
+    each worker once SIGTERM stopped the server taking connections): every
+    function the process built refuses new work, finishes the requests it holds
+    (within ``timeout_s``), then its clients close, the Kafka producer flushing
+    what it still holds. False if some request outlived the bound."""
+    from pulse.web.http import HttpFunction
+
+    idle = True
+    for function in HttpFunction.built():
+        function.begin_stop()
+        in_flight = function.in_flight
+        done = function.wait_idle(timeout_s)
+        services = getattr(function, "services", None)
+        if isinstance(services, Services):
+            services.close()
+        log.info("%s stopped", function.name, extra={"fields": {
+            "function": function.name, "in_flight_at_stop": in_flight, "finished": done, "clients_closed": True}})
+        idle = idle and done
+    return idle

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,15 @@ class HttpFunction:
     """Base of the five functions. Subclasses set ``name`` and return their routes."""
 
     name = "function"
+    _built: weakref.WeakSet[HttpFunction] = weakref.WeakSet()
+
+    @classmethod
+    def built(cls) -> list[HttpFunction]:
+        """Every function this process has built (and still holds)."""
+        return list(cls._built)
 
     def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
+        HttpFunction._built.add(self)
         telemetry.configure_tracing()
         telemetry.ensure_logging()
         tune_gc()
