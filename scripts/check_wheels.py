@@ -30,7 +30,8 @@ GLIBC_MINOR = 36
 def platform_tags(arch: str) -> list[str]:
     """Every wheel platform tag the image's glibc accepts on ``arch``, newest first."""
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(GLIBC_MINOR, 16, -1)]
-    return tags + [f"manylinux2014_{arch}"] + ([f"manylinux2010_{arch}", f"manylinux1_{arch}"] if arch == "x86_64" else [])
+    legacy = [f"manylinux2010_{arch}", f"manylinux1_{arch}"] if arch == "x86_64" else []
+    return [*tags, f"manylinux2014_{arch}", *legacy]
 
 
 def dependencies(arch: str) -> list[str]:
