@@ -11,9 +11,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pulse.bus import kafka
-from pulse.bus.kafka import Producer
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
@@ -26,8 +25,11 @@ from pulse.security.tokens import (
     load_signing_key,
 )
 from pulse.settings import Settings, SettingsError, redact
-from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
+
+if TYPE_CHECKING:  # imported where first used: a function loads only the clients it needs (cold start)
+    from pulse.bus.kafka import Producer
+    from pulse.storage.clickhouse import ClickHouse
 
 log = logging.getLogger("pulse.services")
 
@@ -75,6 +77,8 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
+                from pulse.storage.clickhouse import ClickHouse
+
                 self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
             return self._ch
 
@@ -82,7 +86,9 @@ class Services:
     def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
+                from pulse.bus import kafka
+
+                self._producer = kafka.Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
                                           self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
                                           self.settings.kafka_max_in_flight,
                                           self.settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES)
@@ -182,6 +188,8 @@ class Services:
                     raise SettingsError("set PULSE_JWKS_URL or PULSE_JWT_PUBLIC_KEY_FILE to verify access tokens")
                 continue
             if need == "kafka":
+                from pulse.bus import kafka
+
                 ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
             else:
                 ok = self.checks([need])[need]
