@@ -66,7 +66,7 @@ class Ingestor:
     def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
                received_at: datetime | None = None) -> Submitted:
         """Send the rows as one record; returns once the broker acknowledged it."""
-        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, **{
+        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
             event = encode_batch(project_id, rows, received_at, telemetry.current_traceparent())
             self.producer.send(self.topic, project_id, event)
