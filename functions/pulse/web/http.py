@@ -140,7 +140,7 @@ class HttpFunction:
         try:
             with telemetry.bound(request_id=request_id, function=self.name, project_id=""), telemetry.span(
                 f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
-                **{"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
+                attributes={"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
             ) as current:
                 try:
                     adapter = self._map.bind_to_environ(request.environ)
@@ -225,10 +225,10 @@ class HttpFunction:
     def _readyz(self, request: Request) -> Response:
         checks = dict(self._readiness())
         ready = all(checks.values()) and not self.stopping
-        body = {"status": "ready" if ready else "not ready", "function": self.name,
-                "checks": {k: "ok" if v else "failing" for k, v in checks.items()}}
+        states = {k: "ok" if v else "failing" for k, v in checks.items()}
         if self.stopping:
-            body["checks"]["shutdown"] = "in progress"
+            states["shutdown"] = "in progress"
+        body = {"status": "ready" if ready else "not ready", "function": self.name, "checks": states}
         return json_response(body, 200 if ready else 503)
 
     def _metrics(self, request: Request) -> Response:
