@@ -20,14 +20,16 @@ TYPES = ("signup", "page_view", "click", "purchase", "logout")
 
 
 def call(base, host, method, path, body=None, headers=None):
-    req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
+    if not base.startswith("http://"):
+        sys.exit(f"not an http:// URL: {base}")
+    req = urllib.request.Request(base + path,  # noqa: S310 - http:// only, checked above data=None if body is None else json.dumps(body).encode(),
                                  method=method)
     req.add_header("Host", host)
     req.add_header("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         req.add_header(name, value)
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - http:// only
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, err.read()[:500]

@@ -58,11 +58,13 @@ def resolve(arch: str, download: bool) -> list[dict[str, str]]:
                   "--implementation", "cp", "--abi", f"cp{PYTHON.replace('.', '')}",
                   "--disable-pip-version-check", "--quiet"]
         report = Path(tmp) / "report.json"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+        subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run",  # noqa: S603 - pip, fixed arguments
+                        "--ignore-installed",
                         "--target", str(Path(tmp) / "target"), "--report", str(report), *common,
                         *dependencies(arch)], check=True)
         if download:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--dest", str(Path(tmp) / "wheels"), *common,
+            subprocess.run([sys.executable, "-m", "pip", "download",  # noqa: S603 - pip, fixed arguments
+                            "--dest", str(Path(tmp) / "wheels"), *common,
                             *dependencies(arch)], check=True)
         items = json.loads(report.read_text())["install"]
     out = []

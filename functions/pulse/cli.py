@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pulse.settings import Settings, SettingsError
 
-FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +247,8 @@ def _serve(settings: Settings, function: str | None) -> int:
         shut_down(bound_s)
 
     create_server(app, False, graceful_timeout=max(1, int(bound_s)), worker_exit=worker_exit).run(
-        os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
+        os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
+        int(os.environ.get("PORT", "8080")))
     return 0
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("pulse.services")
 # does not answer), /readyz probes the reachable ones (``Services.readiness``),
 # and ``shut_down`` closes them when the function stops.
 NEEDS: dict[str, tuple[str, ...]] = {
+    "host": (),
     "ingest": ("postgres", "kafka"),
     "auth": ("postgres", "signing_key"),
     "persist": ("postgres", "clickhouse"),

@@ -71,6 +71,11 @@ class Settings:
     # Where the export function writes async export files (default <state_dir>/exports).
     export_dir: str | None = None
     log_level: str = "INFO"
+    # The public host (pulse.host): its address as clients use it, for the
+    # ``servers`` of /openapi.json (default: the address the request came to),
+    # and, in the cluster, each function's address for /readyz (name=url,...).
+    public_url: str | None = None
+    host_functions: str = ""
     limits: Limits = field(default_factory=Limits)
     # Accounts and tokens (docs/security.md).
     jwt_private_key_file: str | None = None

@@ -86,7 +86,7 @@ class Ingestor:
                received_at: datetime | None = None) -> Submitted:
         """Send the rows as one record (several if one would be over the record
         limit); returns once the broker acknowledged them."""
-        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, **{
+        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
             events = encode_records(project_id, rows, self.max_record_bytes, received_at,
                                     telemetry.current_traceparent())
