@@ -97,7 +97,7 @@ def test_sigterm_mid_delivery_finishes_it_then_closes_the_clients(pulse: Any, pr
 def test_each_functions_readiness_probes_the_dependencies_declared_for_it(pulse: Any) -> None:
     from pulse.services import NEEDS, PROBED
 
-    assert set(NEEDS) == {"ingest", "auth", "persist", "aggregate", "export"}
+    assert set(NEEDS) == {"ingest", "auth", "persist", "aggregate", "export", "host"}
     for name, function in pulse.functions.items():
         checks = function._readiness()
         assert set(checks) == {need for need in NEEDS[name] if need in PROBED}, name
