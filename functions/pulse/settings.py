@@ -38,6 +38,11 @@ class Limits:
     max_event_type_chars: int = 128
     max_id_chars: int = 256
     max_text_chars: int = 2048
+    # POST /v1/import: a file may inflate to at most this many bytes, hold at
+    # most this many lines (empty ones count) and take at most this long.
+    max_import_bytes: int = 1 << 30
+    max_import_lines: int = 2_000_000
+    max_import_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Settings:
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 86400
     admin_emails: str = ""
-    password_scrypt_n: int = 1 << 15
+    password_scrypt_n: int = 1 << 17
     trusted_proxies: str = ""
     # Rate limits: at most N requests per window, counted in Postgres so they
     # hold across replicas.

@@ -48,4 +48,4 @@ def publish(url: str | None, event: CloudEvent, attempts: int = 3) -> bool:
         if attempt < attempts:
             time.sleep(delay)
             delay *= 2
-    raise Unavailable(f"sink {url} refused {event.type}: {problem}")
+    raise Unavailable(f"the event sink did not take {event.type}") from ConnectionError(f"sink {url}: {problem}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from pulse.core.projects import create_project
+from pulse.core.projects import check_text, create_project
 from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX
 from pulse.security.passwords import MIN_CHARS as PASSWORD_MIN
@@ -35,7 +35,6 @@ ROLES = ("owner", "viewer")
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 REFRESH = re.compile(r"^prt_[A-Za-z0-9_-]{43}$")
-MAX_TEXT = 200
 MAX_PAGE = 1000
 
 
@@ -58,18 +57,6 @@ def check_password(value: object) -> str:
     if len(value) > PASSWORD_MAX:
         raise InvalidInput.field("password", f"must be at most {PASSWORD_MAX} characters")
     return value
-
-
-def check_text(field: str, value: object, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise InvalidInput.field(field, "is required" if required else "must be a string")
-    if len(value) > MAX_TEXT:
-        raise InvalidInput.field(field, f"must be at most {MAX_TEXT} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInput.field(field, "must not contain control characters")
-    return value.strip() or None
 
 
 def check_uuid(field: str, value: object) -> str:
@@ -175,6 +162,9 @@ class Accounts:
             raise Unauthorized("invalid email or password")
         self.backoff.succeeded(email_lower)
         user_id = str(rows[0][0])
+        if stored is not None and self.passwords.needs_rehash(stored):
+            self.db.run("UPDATE users SET password_hash = :h WHERE user_id = CAST(:u AS uuid) AND password_hash = :old",
+                        h=self.passwords.hash(password), u=user_id, old=stored)
 
         def sign_in(conn: Connection) -> TokenPair:
             family_id = str(uuid.uuid4())
@@ -274,7 +264,7 @@ def require_role(db: Database, project_id: str, user_id: str, needed: str) -> st
 
 def create_owned_project(db: Database, user_id: str, name: object) -> dict[str, object]:
     def create(conn: Connection) -> dict[str, object]:
-        project = create_project(conn, name)  # type: ignore[arg-type]
+        project = create_project(conn, name)
         conn.run("INSERT INTO project_members (project_id, user_id, role)"
                  " VALUES (CAST(:p AS uuid), CAST(:u AS uuid), 'owner')", p=project["project_id"], u=user_id)
         return project

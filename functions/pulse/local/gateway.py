@@ -23,6 +23,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def version_string(self) -> str:
+        return "Pulse"  # not werkzeug's and Python's versions
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 

@@ -40,6 +40,14 @@ log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBES = frozenset({"metrics", "healthz", "readyz", "openapi"})
 PROBLEM = "application/problem+json"
+# On every answer: no MIME sniffing, no framing, and (unless a page states its
+# own policy, as the dashboard does) nothing a browser may load or run.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 Handler = Callable[..., Response]
 OPENAPI_DIR = Path(__file__).resolve().parents[3] / "docs" / "openapi"
 
@@ -58,8 +66,10 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 def problem(status: int, title: str, detail: str, slug: str, errors: list[dict[str, Any]] | None = None,
-            request_id: str = "", headers: Mapping[str, str] | None = None) -> Response:
+            request_id: str = "", headers: Mapping[str, str] | None = None,
+            extensions: Mapping[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": f"https://pulse.dev/problems/{slug}",
         "title": title,
         "status": status,
@@ -76,7 +86,7 @@ def problem_from(exc: PulseError, request_id: str) -> Response:
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after_s)))
     return problem(exc.status, exc.title, exc.detail, exc.slug,
-                   [e.as_dict() for e in exc.errors], request_id, headers)
+                   [e.as_dict() for e in exc.errors], request_id, headers, exc.extensions)
 
 
 # Python's cyclic garbage collector, tuned for a server: a 1000-event request
@@ -154,8 +164,9 @@ class HttpFunction:
                     response = route.handler(request, **params)
                 except PulseError as exc:
                     response = problem_from(exc, request_id)
-                    if exc.status >= 500:
-                        log.warning("%s %s: %s", request.method, request.path, exc.detail)
+                    if exc.status >= 500:  # the cause (addresses, a store's own words) is logged, never answered
+                        log.warning("%s %s: %s%s", request.method, request.path, exc.detail,
+                                    f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else "")
                 except MethodNotAllowed as exc:
                     response = problem(405, "Method not allowed", f"{request.method} is not allowed here",
                                        "method-not-allowed", request_id=request_id,
@@ -173,6 +184,8 @@ class HttpFunction:
                                        f"something failed on our side; request id {request_id}",
                                        "internal", request_id=request_id)
                 response.headers["X-Request-ID"] = request_id
+                for header, value in SECURITY_HEADERS.items():
+                    response.headers.setdefault(header, value)
                 current.set_attribute("http.status_code", response.status_code)
                 elapsed = time.perf_counter() - started
                 if route_name not in PROBES:
