@@ -120,7 +120,7 @@ class Services:
             return self._limiter
 
     def limit(self, name: str) -> Limit:
-        """The configured limit ``ingest``, ``login`` or ``register``."""
+        """The configured limit ``ingest``, ``login``, ``register``, ``invite`` or ``project_invite``."""
         settings = self.settings
         return Limit(name, getattr(settings, f"{name}_rate_limit"), getattr(settings, f"{name}_rate_window_s"))
 

@@ -81,7 +81,13 @@ class Settings:
     jwt_audience: str = "pulse"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 86400
-    admin_emails: str = ""
+    # Invitations (docs/security.md): open for this long; at most N per window
+    # by one owner, and into one project.
+    invitation_ttl_s: int = 7 * 86400
+    invite_rate_limit: int = 20
+    invite_rate_window_s: int = 3600
+    project_invite_rate_limit: int = 50
+    project_invite_rate_window_s: int = 86400
     password_scrypt_n: int = 1 << 17
     trusted_proxies: str = ""
     # Rate limits: at most N requests per window, counted in Postgres so they
@@ -118,6 +124,9 @@ class Settings:
         limit_kwargs: dict[str, Any] = {}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
+        if "admin_emails" in values:
+            raise SettingsError("PULSE_ADMIN_EMAILS is no longer read: an email address proves nothing."
+                                " Grant admin to a user id with `pulse admin grant USER_ID` (docs/security.md)")
         for key, raw in values.items():
             if key in fields and key != "limits":
                 kwargs[key] = _coerce(key, fields[key].type, raw)
@@ -148,7 +157,9 @@ class Settings:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
         for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",
                          "login_rate_limit", "login_rate_window_s", "register_rate_limit",
-                         "register_rate_window_s", "login_lock_after", "login_lock_max_s"):
+                         "register_rate_window_s", "login_lock_after", "login_lock_max_s", "invitation_ttl_s",
+                         "invite_rate_limit", "invite_rate_window_s", "project_invite_rate_limit",
+                         "project_invite_rate_window_s"):
             if getattr(self, positive) < 1:
                 raise SettingsError(f"PULSE_{positive.upper()}: must be at least 1")
         if self.password_scrypt_n < 1024 or self.password_scrypt_n & (self.password_scrypt_n - 1):
@@ -165,11 +176,6 @@ class Settings:
         """Proxies whose X-Forwarded-For is believed (``PULSE_TRUSTED_PROXIES``: addresses or CIDR blocks)."""
         parts = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
         return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
-
-    @property
-    def admins(self) -> frozenset[str]:
-        """Instance admins, by lower-cased email (``PULSE_ADMIN_EMAILS``, comma-separated)."""
-        return frozenset(e.strip().lower() for e in self.admin_emails.split(",") if e.strip())
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -241,8 +241,6 @@ Environment shared by every function and the migrations Job:
   value: {{ $v.config.eventsTtlDays | quote }}
 - name: PULSE_LEDGER_RETENTION_DAYS
   value: {{ $v.config.ledgerRetentionDays | quote }}
-- name: PULSE_ADMIN_EMAILS
-  value: {{ join "," $v.config.adminEmails | quote }}
 - name: PULSE_LOG_LEVEL
   value: {{ $v.config.logLevel | quote }}
 - name: PULSE_TRUSTED_PROXIES
