@@ -22,8 +22,9 @@ from pathlib import Path
 from pulse.settings import Settings, SettingsError
 from pulse.telemetry import configure_logging, configure_tracing
 
-FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
 NEEDS = {
+    "host": (),
     "ingest": ("postgres", "kafka"),
     "auth": ("postgres", "signing_key"),
     "persist": ("postgres", "clickhouse"),
