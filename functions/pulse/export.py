@@ -40,7 +40,7 @@ class Export(HttpFunction):
         self.settings = services.settings
         self.access = services.access
         self.jobs = exporting.Jobs(services.db)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(lambda: services.checks(("postgres", "clickhouse")), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -82,7 +82,7 @@ class Export(HttpFunction):
         """Send the request to the Broker (K_SINK); its Trigger brings it back to
         /_ce/export-requested. The one fallback, for an export function run
         without a sink (no SinkBinding, no K_SINK): run the job in a thread here."""
-        if sink.publish(self.services.sink(self.name), notice):
+        if sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name)):
             return
         log.warning("no K_SINK for export: running export %s in this process", notice.id)
         threading.Thread(target=self.run_jobs, args=([notice],), name="export-job", daemon=True).start()

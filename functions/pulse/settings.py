@@ -91,6 +91,18 @@ class Settings:
     jwt_audience: str = "pulse"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 86400
+    # Internal events (/_ce/*, docs/security.md): the audience of this function
+    # (the chart's sink/subscriber audience), the senders allowed (shell
+    # patterns of token subjects), and where the cluster's issuer is found.
+    ce_audience: str | None = None
+    ce_subjects: str = ""
+    ce_oidc_discovery_url: str = "https://kubernetes.default.svc"
+    ce_oidc_token_file: str | None = None
+    ce_oidc_ca_file: str | None = None
+    # The token a SinkBinding mounts for publishing to the Broker.
+    ce_sink_token_file: str = "/oidc/token"  # noqa: S105 - a path, not a secret
+    # Embedded mode: the key that signs and verifies event tokens.
+    ce_token_key_file: str | None = None
     # Invitations (docs/security.md): open for this long; at most N per window
     # by one owner, and into one project.
     invitation_ttl_s: int = 7 * 86400

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from opentelemetry.trace import SpanKind
@@ -33,8 +33,8 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.errors import PulseError, RateLimited, Unavailable
-from pulse.web.openapi import OPENAPI_DIR
+from pulse.errors import PulseError, RateLimited, Unauthorized, Unavailable
+from pulse.web.openapi import INTERNAL_PREFIX, OPENAPI_DIR
 
 log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -49,6 +49,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 Handler = Callable[..., Response]
+
+
+class EventCheck(Protocol):
+    """Verifies a CloudEvent delivery's ``Authorization`` (pulse.security.eventauth)."""
+
+    def verify(self, authorization: str | None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -112,11 +118,14 @@ class HttpFunction:
     name = "function"
     serves_metrics = True
 
-    def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
+    def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None,
+                 event_check: EventCheck | None = None) -> None:
         telemetry.configure_tracing()
         telemetry.ensure_logging()
         tune_gc()
         self._readiness = readiness or (lambda: {})
+        # Every /_ce/* route verifies its sender first; without a check, none is served.
+        self.event_check = event_check
         self._in_flight = 0
         self._idle = threading.Condition()
         self.retry_after_s = 2
@@ -161,6 +170,11 @@ class HttpFunction:
                     current.set_attribute("http.route", route.path)
                     if self.stopping and route_name not in PROBES:
                         raise Unavailable(f"{self.name} is shutting down", self.retry_after_s)
+                    if route.path.startswith(INTERNAL_PREFIX):
+                        if self.event_check is None:
+                            raise Unauthorized("this function takes no internal events")
+                        current.set_attribute("pulse.sender",
+                                              self.event_check.verify(request.headers.get("Authorization")))
                     response = route.handler(request, **params)
                 except PulseError as exc:
                     response = problem_from(exc, request_id)
