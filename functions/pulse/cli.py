@@ -78,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     admin = sub.add_parser("admin", help="instance admins: granted to a user id, never to an email")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    for name, text in (("grant", "make this user an instance admin"), ("revoke", "take admin rights away")):
+    for name, text in (("grant", "make this user an instance admin"), ("revoke", "take admin rights away"),
+                       ("list", "the instance admins")):
         one = admin_sub.add_parser(name, help=text)
-        one.add_argument("user_id", help="the user's id (POST /v1/auth/register answers it)")
-    admin_sub.add_parser("list", help="the instance admins")
-    admin.add_argument("--state-dir", type=Path,
-                       help="the embedded run's state directory, when PULSE_POSTGRES_URL is not set (default .pulse)")
+        if name != "list":
+            one.add_argument("user_id", help="the user's id (POST /v1/auth/register answers it)")
+        one.add_argument("--state-dir", type=Path, help="the embedded run's state directory, when "
+                         "PULSE_POSTGRES_URL is not set (default .pulse)")
 
     args = parser.parse_args(argv)
     if args.command == "import":
