@@ -6,6 +6,7 @@
   pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
   pulse import FILE --url URL --key KEY                  bulk import of a CSV or NDJSON file (docs/clients.md)
   pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
+  pulse admin grant|revoke USER_ID | list               instance admins (docs/security.md)
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             one.add_argument("--to", help="the topic to replay to (default PULSE_RAW_TOPIC)")
 
+    admin = sub.add_parser("admin", help="instance admins: granted to a user id, never to an email")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    for name, text in (("grant", "make this user an instance admin"), ("revoke", "take admin rights away"),
+                       ("list", "the instance admins")):
+        one = admin_sub.add_parser(name, help=text)
+        if name != "list":
+            one.add_argument("user_id", help="the user's id (POST /v1/auth/register answers it)")
+        one.add_argument("--state-dir", type=Path, help="the embedded run's state directory, when "
+                         "PULSE_POSTGRES_URL is not set (default .pulse)")
+
     args = parser.parse_args(argv)
     if args.command == "import":
         return _import(args)
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(settings, args.function)
         if args.command == "dlq":
             return _dlq(settings, args)
+        if args.command == "admin":
+            return _admin(settings, args)
         if args.command == "bench":
             from pulse.bench import run_bench
 
@@ -201,6 +214,37 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     print(f"replayed {len(replayed)} record(s) from {topic} to {target}"
           " (persist stores each batch once, however often it is replayed)")
     return 0 if not skipped else 1
+
+
+def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    from pulse.core import accounts
+    from pulse.errors import PulseError
+    from pulse.local.embedded import embedded_postgres
+    from pulse.storage.migrations import migrate_postgres
+    from pulse.storage.postgres import Database
+
+    with embedded_postgres(settings.postgres_url, args.state_dir or settings.state_dir) as url:
+        db = Database(url, max_connections=2)
+        try:
+            migrate_postgres(db)
+            if args.admin_command == "list":
+                for admin in accounts.list_admins(db):
+                    print(f"{admin['user_id']}  {admin['email']}  since {admin['granted_at']}")
+                return 0
+            if args.admin_command == "grant":
+                granted = accounts.grant_admin(db, args.user_id)
+                print(f"{granted['user_id']} ({granted['email']}) is an instance admin")
+                return 0
+            if not accounts.revoke_admin(db, args.user_id):
+                print(f"pulse admin: {args.user_id} was not an admin", file=sys.stderr)
+                return 1
+            print(f"{args.user_id} is no longer an instance admin")
+            return 0
+        except PulseError as exc:
+            print(f"pulse admin: {exc.detail}", file=sys.stderr)
+            return 1
+        finally:
+            db.close()
 
 
 def _migrate(settings: Settings) -> int:

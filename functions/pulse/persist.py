@@ -50,7 +50,7 @@ class Persist(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.persister = Persister(services.db, services.ch)
-        super().__init__(services.readiness(self.name))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -74,7 +74,7 @@ class Persist(HttpFunction):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
                                     partitionkey=project_id, traceparent=telemetry.current_traceparent())
-            sink.publish(self.services.sink(self.name), notice)
+            sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name))
             telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
                             duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}

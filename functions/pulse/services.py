@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
+from pulse.security.eventauth import ClusterIssuer, EventAuth, LocalIssuer, TokenFile, TokenSource, subjects_of
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
 from pulse.security.tokens import (
@@ -60,12 +61,48 @@ class Services:
         self._issuer: Issuer | None = None
         self._limiter: RateLimiter | None = None
         self._access: ReadAccess | None = None
+        self._event_keys: ClusterIssuer | LocalIssuer | None = None
         self.sinks: dict[str, str] = {}
+        # Embedded mode: each function's audience and each publisher's token
+        # (set by the runtime from the chart's wiring, as ``sinks`` is).
+        self.ce_audiences: dict[str, str] = {}
+        self.ce_senders: dict[str, tuple[str, ...]] = {}
+        self.sink_tokens: dict[str, TokenSource] = {}
 
     def sink(self, function: str) -> str | None:
         """Where ``function`` publishes CloudEvents: its SinkBinding's address
         (set by the embedded runtime), else ``K_SINK``."""
         return self.sinks.get(function) or self.settings.k_sink
+
+    def sink_token(self, function: str) -> TokenSource | None:
+        """The token ``function`` presents when it publishes: minted by the
+        embedded runtime, else the one its SinkBinding mounts (when there)."""
+        if function in self.sink_tokens:
+            return self.sink_tokens[function]
+        path = Path(self.settings.ce_sink_token_file)
+        return TokenFile(str(path)) if path.is_file() else None
+
+    @property
+    def event_keys(self) -> ClusterIssuer | LocalIssuer:
+        """Who issues event tokens: the embedded run's key, else the cluster's issuer."""
+        settings = self.settings
+        with self._lock:
+            if self._event_keys is None:
+                if settings.ce_token_key_file:
+                    try:
+                        self._event_keys = LocalIssuer(Path(settings.ce_token_key_file))
+                    except KeyFileError as exc:
+                        raise SettingsError(f"PULSE_CE_TOKEN_KEY_FILE: {exc}") from exc
+                else:
+                    self._event_keys = ClusterIssuer(settings.ce_oidc_discovery_url, settings.ce_oidc_token_file,
+                                                     settings.ce_oidc_ca_file)
+            return self._event_keys
+
+    def event_auth(self, function: str) -> EventAuth:
+        """What ``function``'s ``/_ce/*`` routes accept (pulse.security.eventauth)."""
+        keys = self.event_keys
+        return EventAuth(keys, keys.issuer, self.ce_audiences.get(function) or self.settings.ce_audience,
+                         self.ce_senders.get(function) or subjects_of(self.settings.ce_subjects))
 
     @property
     def db(self) -> Database:
@@ -144,7 +181,7 @@ class Services:
             return self._limiter
 
     def limit(self, name: str) -> Limit:
-        """The configured limit ``ingest``, ``login`` or ``register``."""
+        """The configured limit ``ingest``, ``login``, ``register``, ``invite`` or ``project_invite``."""
         settings = self.settings
         return Limit(name, getattr(settings, f"{name}_rate_limit"), getattr(settings, f"{name}_rate_window_s"))
 

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,26 @@ class Postgres:
             with contextlib.suppress(Exception):
                 pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user,
                        timeout=30)
+
+
+@contextlib.contextmanager
+def embedded_postgres(url: str | None, state_dir: Path) -> Iterator[str]:
+    """``url``, or else the embedded Postgres of ``state_dir`` for the duration:
+    shared with a running ``pulse up`` (pgserver counts the processes using it,
+    and stops it only when the last one is done), started if none runs."""
+    if url:
+        yield url
+        return
+    import pgserver
+
+    data = (state_dir / "postgres").resolve()
+    if not data.is_dir():
+        raise SettingsError(f"no embedded Postgres under {state_dir} (set PULSE_POSTGRES_URL or --state-dir)")
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        yield f"postgresql://postgres@/postgres?host={server.get_postmaster_info().socket_dir}"
+    finally:
+        server.cleanup()
 
 
 @dataclass
