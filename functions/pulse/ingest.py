@@ -43,9 +43,10 @@ class Ingest(HttpFunction):
         self.services = services
         self.settings = services.settings
         self.spool = open_spool(services)
-        self.ingestor = Ingestor(services.producer, services.settings.raw_topic, self.spool)
+        self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
+                                 services.settings.limits.max_record_bytes, self.spool)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
-        super().__init__(lambda: services.checks(("postgres", "kafka")))
+        super().__init__(services.readiness(self.name))
 
     def close(self) -> None:
         if self.spool is not None:

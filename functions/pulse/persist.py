@@ -6,8 +6,8 @@ It answers 2xx only when the batch is durable in both stores and a
 ``dev.pulse.events.persisted`` event naming it was handed to ``K_SINK``;
 otherwise 5xx, and the source redelivers. Batches finishing at the same
 moment share one such event per project (``batches`` lists their ids), so the
-notification costs one request per group, not per batch. A malformed batch gets 400, which a KafkaSource
-does not retry: it goes to the dead-letter sink.
+notification costs one request per group, not per batch. A malformed batch
+gets 400, which a KafkaSource does not retry: it goes to the dead-letter sink.
 
 Served as an HTTP target that parses CloudEvents itself (binary, structured
 and batch modes), so it also answers /healthz, /readyz and /metrics.
@@ -54,7 +54,7 @@ class Persist(HttpFunction):
         self.services = services
         self.persister = Persister(services.db, services.ch)
         self.notices: GroupCommit[tuple[str, Outcome, str | None], None] = GroupCommit(self._notify)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -72,7 +72,7 @@ class Persist(HttpFunction):
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
         project_id, received_at, rows = decode_batch(event)
-        with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, **{
+        with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
@@ -95,7 +95,7 @@ class Persist(HttpFunction):
                     "from": min(firsts) if firsts else None, "to": max(lasts) if lasts else None}
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(data), partitionkey=project_id,
                                     traceparent=items[0][2])
-            sink.publish(self.services.sink(self.name), notice)
+            sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name))
         return [None] * len(finished)
 
     def maintenance(self, request: Request) -> Response:

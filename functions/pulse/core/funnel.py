@@ -16,6 +16,7 @@ from typing import Any
 from pulse.core.filters import (
     Filters,
     Segment,
+    check_text,
     condition,
     parse_filters,
     parse_segments,
@@ -68,7 +69,8 @@ def parse_funnel(body: Any, project_id: str, max_range_days: int) -> Funnel:
     raw_steps = body.get("steps")
     if not isinstance(raw_steps, list) or not MIN_STEPS <= len(raw_steps) <= MAX_STEPS:
         raise InvalidInput.field("steps", f"must be a list of {MIN_STEPS} to {MAX_STEPS} steps")
-    steps, errors = [], []
+    steps: list[Step] = []
+    errors: list[FieldError] = []
     for index, raw in enumerate(raw_steps):
         try:
             steps.append(_step(raw, index))
@@ -96,7 +98,7 @@ def _step(raw: Any, index: int) -> Step:
     if not isinstance(raw, Mapping) or set(raw) - {"event_type", "segment"}:
         raise InvalidInput.field(name, "must be an event type or {event_type, segment}")
     event_type = raw.get("event_type")
-    if not isinstance(event_type, str) or not 1 <= len(event_type) <= 128:
+    if not isinstance(event_type, str) or not 1 <= len(check_text(f"{name}.event_type", event_type)) <= 128:
         raise InvalidInput.field(f"{name}.event_type", "must be 1 to 128 characters")
     try:
         segments = parse_segments(_strings(raw.get("segment"), f"{name}.segment"))

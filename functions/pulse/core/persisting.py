@@ -68,7 +68,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +215,7 @@ class Persister:
         claims: dict[str, _Claim] = {}
         if mine:
             try:
-                with telemetry.span("postgres ledger claim", **{
+                with telemetry.span("postgres ledger claim", attributes={
                         "db.system": "postgresql", "pulse.batches": len(mine),
                         "pulse.events": sum(len(r.event_ids) for r in mine)}):
                     claims = self.db.call(lambda conn: in_transaction(conn, lambda: _claim_all(conn, mine)))
@@ -259,7 +259,8 @@ class Persister:
             chunk = rows[start:start + self.insert_chunk_rows]
             body = b"\n".join(stamp + orjson.dumps(row)[1:] for row in chunk)
             with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
-                    telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
+                    telemetry.span("clickhouse insert",
+                                   attributes={"db.system": "clickhouse", "pulse.rows": len(chunk)}):
                 self.ch.insert_grouped("events", INSERT_COLUMNS, body, announcement)
 
     def trim_ledger(self, retention_days: int) -> int:
@@ -347,7 +348,10 @@ class BatchLocks:
     If the session breaks, its locks are gone with it: the batches in hand
     finish (their steps are idempotent) and the next call opens a new one."""
 
-    KEY = "hashtextextended('persist:' || k, 0)"
+    LOCK = ("SELECT k FROM unnest(CAST(:k AS text[])) AS k"
+            " WHERE pg_try_advisory_lock(hashtextextended('persist:' || k, 0))")
+    UNLOCK = ("SELECT count(*) FROM unnest(CAST(:k AS text[])) AS k"
+              " WHERE pg_advisory_unlock(hashtextextended('persist:' || k, 0))")
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -355,18 +359,14 @@ class BatchLocks:
         self._lock = threading.Lock()
 
     def try_acquire(self, batch_ids: Sequence[str]) -> set[str]:
-        rows = self._run(f"SELECT k FROM unnest(CAST(:k AS text[])) AS k WHERE pg_try_advisory_lock({self.KEY})",
-                         batch_ids)
+        rows = self._run(self.LOCK, batch_ids)
         return {row[0] for row in rows}
 
     def release(self, batch_ids: Sequence[str]) -> None:
         """Never fails: if the session broke, its locks went with it."""
         if batch_ids:
-            try:
-                self._run(f"SELECT count(*) FROM unnest(CAST(:k AS text[])) AS k"
-                          f" WHERE pg_advisory_unlock({self.KEY})", batch_ids)
-            except Unavailable:
-                pass
+            with suppress(Unavailable):
+                self._run(self.UNLOCK, batch_ids)
 
     def _run(self, sql: str, batch_ids: Sequence[str]) -> list[list[Any]]:
         with self._lock:

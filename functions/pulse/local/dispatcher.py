@@ -27,8 +27,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -81,6 +82,8 @@ class Subscription:
     filter: tuple[tuple[str, str], ...] = ()
     reply_to: str | None = None  # a Trigger's Broker topic; None for a source
     source_uri: str = ""
+    # The sender's OIDC token for the target's audience (pulse.security.eventauth).
+    token: Callable[[], str] | None = None
 
     def matches(self, event: CloudEvent) -> bool:
         return all(event.get(name) == value for name, value in self.filter)
@@ -153,10 +156,8 @@ class Worker:
                 time.sleep(1.0)
             finally:
                 if self.consumer is not None:
-                    try:
+                    with suppress(Exception):
                         self.consumer.close(autocommit=False)
-                    except Exception:  # noqa: BLE001
-                        pass
                     self.consumer = None
 
     def _loop(self, consumer: KafkaConsumer) -> None:
@@ -240,7 +241,7 @@ class Worker:
             self._dead_letter(record, event, code, answer)
 
     def _deliver(self, event: CloudEvent) -> tuple[str, int, bytes]:
-        with telemetry.span(f"{self.sub.name} deliver", event.get("traceparent"), SpanKind.CONSUMER, **{
+        with telemetry.span(f"{self.sub.name} deliver", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.system": "kafka", "messaging.message.id": event.id,
                 "server.address": self.sub.target}) as current:
             outcome, code, answer = self._attempts(event)
@@ -255,11 +256,12 @@ class Worker:
         traceparent = telemetry.current_traceparent() or event.get("traceparent")
         if traceparent:
             headers["traceparent"] = traceparent
+        if self.sub.token is not None:
+            headers["Authorization"] = f"Bearer {self.sub.token()}"
         code, answer = 0, b""
         for attempt in range(spec.retry + 1):
-            if attempt:
-                if self._stop.wait(spec.delay(attempt)):
-                    break
+            if attempt and self._stop.wait(spec.delay(attempt)):
+                break
             try:
                 response = self.http.request(
                     "POST", self.sub.target, body=event.data, headers=headers, preload_content=True,
@@ -365,8 +367,6 @@ class Dispatcher:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
-        try:
+        with suppress(Exception):
             self.producer.close(timeout=5)
-        except Exception:  # noqa: BLE001
-            pass
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,7 +46,7 @@ class ClickHouse:
         try:
             return clickhouse_connect.get_client(dsn=self.url)
         except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
-            raise Unavailable(f"clickhouse is unreachable: {exc}") from exc
+            raise Unavailable("clickhouse is unreachable") from exc
 
     @contextmanager
     def borrow(self) -> Iterator[Client]:
@@ -71,7 +71,7 @@ class ClickHouse:
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.borrow() as client:
-            return list(client.query(sql, parameters=parameters).result_rows)
+            return [tuple(row) for row in client.query(sql, parameters=parameters).result_rows]
 
     def dicts(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.borrow() as client:
@@ -164,10 +164,8 @@ def insert_group(write: Callable[[bytes], None], max_bytes: int, linger_s: float
 
 
 def _close_quietly(client: Client) -> None:
-    try:
+    with suppress(Exception):  # the client is being thrown away
         client.close()
-    except Exception:  # noqa: BLE001 - the client is being thrown away
-        pass
 
 
 class _Spool:
