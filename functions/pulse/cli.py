@@ -16,10 +16,12 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 from pulse.settings import Settings, SettingsError
-from pulse.telemetry import configure_logging, configure_tracing
+from pulse.telemetry import ConsoleHandler, configure_logging, configure_tracing
 
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
 NEEDS = {
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, help="gateway port (default 8080, PULSE_GATEWAY_PORT)")
     up.add_argument("--state-dir", type=Path, help="where embedded data lives (default .pulse)")
     up.add_argument("--demo-events", type=int, default=5000, help="sample events to load with --demo")
+    up.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
+                    help="console: a short line per request (default on a terminal); "
+                         "json: JSON lines on stderr (default otherwise, or PULSE_LOG_FORMAT)")
+    up.add_argument("--quiet", action="store_true", help="print only the banner, warnings and errors")
 
     sub.add_parser("migrate", help="apply pending migrations to Postgres and ClickHouse")
 
@@ -83,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pulse: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    if args.command == "up":
+        fmt = args.log_format if args.log_format != "auto" else (
+            "console" if sys.stdout.isatty() else settings.log_format)
+        settings = settings.with_(log_format=fmt)
+    console = configure_logging(settings.log_level, settings.log_format, getattr(args, "quiet", False))
     configure_tracing(f"pulse-{args.command}")
     try:
         if args.command == "up":
-            return _up(settings, args)
+            return _up(settings, args, console)
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "serve":
@@ -104,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from pulse.local.demo import create_demo_account, sample_events, send_events
+def _up(settings: Settings, args: argparse.Namespace, console: ConsoleHandler | None) -> int:
     from pulse.local.runtime import Runtime
 
+    def plain(text: str) -> None:
+        print(text, flush=True)
+
+    say = (lambda _text: None) if args.quiet else (console.note if console else plain)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, on a server
     changes = {}
     if args.port is not None:
         changes["gateway_port"] = args.port
@@ -117,42 +131,54 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    say("Starting Pulse: Postgres, ClickHouse, Kafka, the five functions" + (" and demo data" if args.demo else ""))
     runtime.start()
     try:
-        url = runtime.gateway_url
-        print(f"Pulse is up: {url}", flush=True)
-        print(f"  dashboard  {url}/dashboard")
-        for name, function_url in runtime.describe()["functions"].items():
-            print(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
-        if args.demo:
-            demo = create_demo_account(url)
-            sent = send_events(url, demo.api_key, sample_events(args.demo_events))
-            runtime.drain(60)
-            print(f"\nDemo user {demo.email} / password {demo.password}")
-            print(f"Demo project {demo.project_id}: {sent} sample events loaded.")
-            print(f"API key (ingest + read): {demo.api_key}\n")
-            print("Try:")
-            print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'")
-            print(f"  curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\")
-            print(f"       -d '{{\"email\": \"{demo.email}\", \"password\": \"{demo.password}\"}}'")
-            print(f"  curl -s '{url}/v1/stats/dau?project_id={demo.project_id}'"
-                  " -H 'Authorization: Bearer <access_token>'")
-            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}'"
-                  " -H 'Content-Type: application/json' \\")
-            print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
-        else:
-            print("\nStart with an account (or run `pulse up --demo` for one with sample data):")
-            print(f"  curl -s -X POST {url}/v1/auth/register -H 'Content-Type: application/json' \\")
-            print("       -d '{\"email\": \"you@example.com\", \"password\": \"a-long-password\"}'")
-            print(f"  then POST {url}/v1/auth/login, POST {url}/v1/projects and"
-                  " POST /v1/projects/<project_id>/api-keys (README, docs/security.md)")
-        print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
+        (console.banner if console else plain)(_banner(runtime, args))
         stop.wait()
     finally:
-        print("Stopping: draining accepted events...", flush=True)
+        say("Stopping: draining accepted events...")
         runtime.stop()
-        print("Stopped.", flush=True)
+        say("Stopped.")
     return 0
+
+
+def _banner(runtime: Any, args: argparse.Namespace) -> str:
+    """Where to look and what to try, printed once everything is up (demo data included)."""
+    from pulse.local.demo import create_demo_account, sample_events, send_events
+
+    url = runtime.gateway_url
+    lines = [f"Pulse is up: {url}",
+             f"  dashboard  {url}/dashboard",
+             f"  API docs   {url}/docs  (OpenAPI: {url}/openapi.json)"]
+    for name, function_url in runtime.describe()["functions"].items():
+        lines.append(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
+    if args.demo:
+        demo = create_demo_account(url)
+        sent = send_events(url, demo.api_key, sample_events(args.demo_events))
+        runtime.drain(60)
+        lines += [
+            "",
+            f"Demo user {demo.email} / password {demo.password}  (sign in at {url}/dashboard)",
+            f"Demo project {demo.project_id}: {sent} sample events loaded.",
+            f"API key (ingest + read): {demo.api_key}",
+            "",
+            "Try:",
+            f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'",
+            f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}' -H 'Content-Type: application/json' \\",
+            "       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'",
+            f"  pulse export --url {url} --key {demo.api_key} --format csv -o events.csv",
+        ]
+    else:
+        lines += [
+            "",
+            f"Start with an account: register at {url}/dashboard (or run `pulse up --demo` for one with",
+            "sample data), or through the API:",
+            f"  curl -s -X POST {url}/v1/auth/register -H 'Content-Type: application/json' \\",
+            "       -d '{\"email\": \"you@example.com\", \"password\": \"a-long-password\"}'",
+        ]
+    lines += ["", "Ctrl-C stops Pulse (it first delivers every accepted event)."]
+    return "\n".join(lines)
 
 
 def _import(args: argparse.Namespace) -> int:
