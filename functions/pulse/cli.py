@@ -4,7 +4,8 @@
   pulse migrate                                          apply pending migrations to both stores
   pulse serve [FUNCTION]                                 one function under functions-framework (containers)
   pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
-  pulse import FILE --url URL --key KEY                  bulk import of a CSV or NDJSON file (docs/clients.md)
+  pulse import FILE [--url URL] [--key KEY]              import a CSV or NDJSON file, resumable (docs/clients.md)
+  pulse export [--format csv] [--from D] [--to D] [-o F]  download events into a file
   pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
 """
 
@@ -60,13 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--baseline-events", type=int, default=5_000,
                        help="events posted one per request for the baseline")
 
-    imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import")
+    imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import, resumably")
     imp.add_argument("file", type=Path)
-    imp.add_argument("--url", default=os.environ.get("PULSE_URL", "http://127.0.0.1:8080"),
-                     help="Pulse's address (default $PULSE_URL or http://127.0.0.1:8080)")
-    imp.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help="an ingest API key ($PULSE_API_KEY)")
+    _remote(imp, "an ingest API key")
     imp.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
-    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--part-bytes", type=int, default=None,
+                     help="size of each request (default 8 MiB); resume with the same value")
+
+    exp = sub.add_parser("export", help="download events through GET /v1/export into a file")
+    _remote(exp, "a read API key")
+    exp.add_argument("--format", choices=("csv", "json", "ndjson", "parquet"), default="csv")
+    exp.add_argument("--from", dest="start", help="first day (YYYY-MM-DD) or RFC 3339 time")
+    exp.add_argument("--to", dest="end", help="last day (inclusive) or RFC 3339 time")
+    exp.add_argument("--tz", help="IANA time zone of the days (default UTC)")
+    exp.add_argument("--event-type", help="only this event type")
+    exp.add_argument("--segment", action="append", default=[], help="field:value (repeatable, ANDed)")
+    exp.add_argument("-o", "--output", help="the file to write (default: the name Pulse gives; - for stdout)")
+
     dlq = sub.add_parser("dlq", help="dead-lettered records: list them, replay them after a fix")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, text in (("list", "show the records on the dead-letter topic"),
@@ -84,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "import":
         return _import(args)
+    if args.command == "export":
+        return _export(args)
     try:
         settings = Settings.load()
     except SettingsError as exc:
@@ -181,10 +194,21 @@ def _banner(runtime: Any, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _remote(parser: argparse.ArgumentParser, key: str) -> None:
+    parser.add_argument("--url", default=os.environ.get("PULSE_URL", "http://127.0.0.1:8080"),
+                        help="Pulse's address (default $PULSE_URL or http://127.0.0.1:8080)")
+    parser.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help=f"{key} (default $PULSE_API_KEY)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from pulse.client.upload import import_file, progress_bar
+    import urllib3
+
+    from pulse.client.progress import TransferBar
+    from pulse.client.upload import PART_BYTES, Checkpoint, checkpoint_path, guess_format, import_parts, plan
 
     if not args.key:
         print("pulse import: an ingest API key is required (--key or PULSE_API_KEY)", file=sys.stderr)
@@ -193,13 +217,94 @@ def _import(args: argparse.Namespace) -> int:
         print(f"pulse import: {args.file}: no such file", file=sys.stderr)
         return 2
     try:
-        progress = None if args.quiet else progress_bar(args.file.stat().st_size)
-        status, answer = import_file(args.file, args.url, args.key, args.format, progress)
+        the_plan = plan(args.file, args.format or guess_format(args.file), args.part_bytes or PART_BYTES)
     except (ValueError, OSError) as exc:
         print(f"pulse import: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(answer, indent=2))
-    return 0 if status == 200 else 1
+    checkpoint = Checkpoint(checkpoint_path(the_plan, args.url, args.key), the_plan)
+    if checkpoint.done and not args.quiet:
+        print(f"Resuming: {len(checkpoint.done)} of {len(the_plan.parts)} parts were imported before.",
+              file=sys.stderr)
+    bar = TransferBar(f"import {args.file.name}", the_plan.size, the_plan.rows, enabled=not args.quiet)
+    done_rows = 0
+    try:
+        with bar:
+            def part_done(part: Any) -> None:
+                nonlocal done_rows
+                done_rows += part.lines - (1 if the_plan.fmt == "csv" and part.index == 0 else 0)
+                bar.progress.update(bar.task, completed=part.end, rows=done_rows)
+
+            def sent(data: bytes) -> None:
+                bar.advance(len(data), data.count(b"\n"))
+
+            outcome = import_parts(the_plan, args.url, args.key, checkpoint, sent, part_done)
+    except KeyboardInterrupt:
+        print(f"\npulse import: interrupted; run the same command again to resume ({checkpoint.path})",
+              file=sys.stderr)
+        return 130
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        print(f"\npulse import: {exc}; run the same command again to resume", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(outcome.as_dict(), indent=2))
+    else:
+        print(_import_summary(args.file, outcome, bar.seconds))
+    return 0 if outcome.status != "failed" else 1
+
+
+def _import_summary(path: Path, outcome: Any, seconds: float) -> str:
+    if outcome.status == "failed":
+        return f"{path}: import stopped at {outcome.failure}; run the same command again to resume"
+    if outcome.status == "duplicate":
+        head = f"{path}: already imported ({outcome.accepted:,} rows accepted then); nothing was sent again"
+    else:
+        head = (f"{path}: {outcome.rows:,} rows, {outcome.accepted:,} accepted, {outcome.rejected:,} rejected"
+                f" in {seconds:.1f} s")
+        if outcome.resumed_parts:
+            head += f" (resumed: {outcome.resumed_parts} part(s) were done before)"
+    lines = [head]
+    for error in outcome.errors[:10]:
+        lines.append(f"  line {error['line']}: {error.get('field', '')}: {error.get('error', '')}")
+    if len(outcome.errors) > 10:
+        lines.append(f"  ... and {len(outcome.errors) - 10} more (--json lists them)")
+    return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    import urllib3
+
+    from pulse.client.download import ExportFailed, export_file
+    from pulse.client.progress import TransferBar
+
+    if not args.key:
+        print("pulse export: a read API key is required (--key or PULSE_API_KEY)", file=sys.stderr)
+        return 2
+    params = [("format", args.format)]
+    for name, value in (("from", args.start), ("to", args.end), ("tz", args.tz), ("event_type", args.event_type)):
+        if value:
+            params.append((name, value))
+    params += [("segment", s) for s in args.segment]
+    bar = TransferBar(f"export {args.format}", None, None, enabled=not args.quiet)
+    try:
+        with bar:
+            done = export_file(args.url, args.key, params, args.output, lambda n, rows: bar.advance(n, rows))
+    except KeyboardInterrupt:
+        print("\npulse export: interrupted; nothing was kept", file=sys.stderr)
+        return 130
+    except (ExportFailed, OSError, urllib3.exceptions.HTTPError) as exc:
+        print(f"pulse export: {exc}", file=sys.stderr)
+        return 1
+    summary = {"file": done.path, "rows": done.rows, "bytes": done.bytes, "seconds": round(bar.seconds, 2)}
+    if args.json:
+        print(json.dumps(summary, indent=2), file=sys.stderr if done.path == "-" else sys.stdout)
+    else:
+        print(f"{done.path}: {done.rows:,} rows, {done.bytes / 1e6:,.1f} MB in {bar.seconds:.1f} s",
+              file=sys.stderr if done.path == "-" else sys.stdout)
+    return 0
+
+
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
