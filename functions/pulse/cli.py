@@ -264,7 +264,7 @@ def _import_summary(path: Path, outcome: Any, seconds: float) -> str:
             head += f" (resumed: {outcome.resumed_parts} part(s) were done before)"
     lines = [head]
     for error in outcome.errors[:10]:
-        lines.append(f"  line {error['line']}: {error.get('field', '')}: {error.get('error', '')}")
+        lines.append(f"  line {error['line']}: {error.get('error', '')}")
     if len(outcome.errors) > 10:
         lines.append(f"  ... and {len(outcome.errors) - 10} more (--json lists them)")
     return "\n".join(lines)
