@@ -33,6 +33,11 @@ class Limits:
 
     max_batch_events: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
+    # The largest Kafka record value ingest writes: a batch whose encoding is
+    # larger (escaping can nearly double a body) goes out as several records.
+    # Every hop after ingest allows this plus RECORD_HEADROOM_BYTES
+    # (pulse.bus.kafka); tests/chart checks the topics and Knative's data planes.
+    max_record_bytes: int = 6 * 1024 * 1024
     max_properties_bytes: int = 32 * 1024
     max_future_skew_s: int = 300
     max_event_type_chars: int = 128
@@ -145,6 +150,8 @@ class Settings:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
         if self.log_format not in ("json", "console"):
             raise SettingsError("PULSE_LOG_FORMAT: must be json or console")
+        if self.limits.max_record_bytes < 256 * 1024:
+            raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if not 0 <= self.ingest_processes <= 16:

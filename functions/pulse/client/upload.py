@@ -77,6 +77,10 @@ class _Reading:
             self.report(data)
         return data
 
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK):
+            yield chunk
+
 
 def _post(host: str, api_key: str, fmt: str, digest: str, size: int, pieces: Iterator[bytes],
           report: Callable[[bytes], None], timeout_s: float) -> tuple[int, Any]:

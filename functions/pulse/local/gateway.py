@@ -40,13 +40,11 @@ class Server:
     def __init__(self, name: str, app: WSGIApp, host: str, port: int) -> None:
         self.name = name
         self.httpd: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-        self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"http-{name}", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.httpd.host}:{self.httpd.port}"
 
     def start(self) -> Server:
         self._thread.start()

@@ -135,7 +135,8 @@ class Runtime:
         return self.url(destination.function or "") + destination.path
 
     def subscriptions(self) -> list[Subscription]:
-        assert self.wiring is not None
+        if self.wiring is None:
+            raise RuntimeError("the runtime is not started")
         return subscriptions(self.wiring, self._address)
 
     def function_readiness(self) -> dict[str, bool]:
@@ -175,9 +176,8 @@ class Runtime:
         for process in self.processes:  # each refuses new work, finishes its requests, exits
             if not process.stop(bound_s):
                 log.warning("the %s process did not stop cleanly within %ss", process.name, bound_s)
-        if drain and self.dispatcher is not None:
-            if not self.dispatcher.drain(timeout_s):
-                log.warning("stopping before every acknowledged record was delivered")
+        if drain and self.dispatcher is not None and not self.dispatcher.drain(timeout_s):
+            log.warning("stopping before every acknowledged record was delivered")
         if self.gateway is not None:
             self.gateway.stop()
         if self.pings is not None:

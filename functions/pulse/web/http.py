@@ -140,7 +140,7 @@ class HttpFunction:
         try:
             with telemetry.bound(request_id=request_id, function=self.name, project_id=""), telemetry.span(
                 f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
-                **{"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
+                attributes={"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
             ) as current:
                 try:
                     adapter = self._map.bind_to_environ(request.environ)
@@ -226,11 +226,10 @@ class HttpFunction:
         """What ``/readyz`` answers: ``status`` (``ready`` or ``not ready``), ``function`` and ``checks``."""
         checks = dict(self._readiness())
         ready = all(checks.values()) and not self.stopping
-        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "function": self.name,
-                                "checks": {k: "ok" if v else "failing" for k, v in checks.items()}}
+        states = {k: "ok" if v else "failing" for k, v in checks.items()}
         if self.stopping:
-            body["checks"]["shutdown"] = "in progress"
-        return body
+            states["shutdown"] = "in progress"
+        return {"status": "ready" if ready else "not ready", "function": self.name, "checks": states}
 
     def _readyz(self, request: Request) -> Response:
         body = self.readiness()
