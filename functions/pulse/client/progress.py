@@ -49,6 +49,12 @@ class _Bytes(ProgressColumn):
         return Text(filesize.decimal(int(task.completed)), style="progress.download")
 
 
+def _console() -> Console:
+    """stderr; not a terminal (a log, a pipe): one wide line, never wrapped at 80 columns."""
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=max(console.width, 160))
+
+
 class TransferBar:
     """One transfer: ``advance(bytes, rows)`` as data moves; a context manager."""
 
@@ -58,7 +64,7 @@ class TransferBar:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _Rows(), _Bytes(),
             TransferSpeedColumn(), TimeElapsedColumn(),
-            console=console or Console(stderr=True), transient=False, refresh_per_second=5)
+            console=console or _console(), transient=False, refresh_per_second=5)
         self.task = self.progress.add_task(label, total=total_bytes, rows=0, total_rows=total_rows)
         self.rows = 0
         self.bytes = 0
