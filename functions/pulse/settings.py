@@ -76,6 +76,9 @@ class Settings:
     # Where the export function writes async export files (default <state_dir>/exports).
     export_dir: str | None = None
     log_level: str = "INFO"
+    # json (one JSON object a line, on stderr) or console (short lines for a
+    # person at a terminal; `pulse up` picks it when stdout is a terminal).
+    log_format: str = "json"
     # The public host (pulse.host): its address as clients use it, for the
     # ``servers`` of /openapi.json (default: the address the request came to),
     # and, in the cluster, each function's address for /readyz (name=url,...).
@@ -171,6 +174,8 @@ class Settings:
             raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.log_format not in ("json", "console"):
+            raise SettingsError("PULSE_LOG_FORMAT: must be json or console")
         if self.limits.max_record_bytes < 256 * 1024:
             raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:
