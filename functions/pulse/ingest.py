@@ -98,6 +98,9 @@ class Ingest(HttpFunction):
         doc = compat.load_json(body)
         credential = extract(request)
         key = self.api_key(request) if credential else self.key_named(compat.segment_write_key(doc))
+        if kind == "identify" and compat.is_native_identify(doc):
+            self.accept(key, compat.native_identify(doc, self.settings.limits), "identify")
+            return json_response({"accepted": 1}, 202)
         self.accept(key, compat.segment_batch(doc, kind, key.project_id, self.settings.limits), "segment")
         return json_response({"success": True})
 

@@ -52,11 +52,25 @@ def seeded(pulse: Any) -> Seeded:
     project_id, key = create_demo_key(pulse.services, f"stats-{uuid.uuid4().hex[:8]}")
     api = Api(pulse.gateway_url, key)
     data = oracle.build(datetime.now(UTC))
+    send_dataset(pulse, api, data)
+    return Seeded(api, data, project_id)
+
+
+def send_dataset(pulse: Any, api: Api, data: oracle.Dataset) -> None:
+    """The events, then the identity calls phase by phase (each persisted before
+    the next: the order of conflicting links matters), then the late events."""
     for start in range(0, len(data.sent), 400):
         answer = api.post("/v1/events", {"events": data.sent[start:start + 400]})
         assert answer.status == 202, answer.body[:500]
     wait_persisted(pulse)
-    return Seeded(api, data, project_id)
+    for phase in sorted({c.phase for c in data.calls}):
+        for call in (c for c in data.calls if c.phase == phase):
+            answer = api.post(call.path, call.body)
+            assert answer.status in (200, 202), (call.path, answer.body[:500])
+        wait_persisted(pulse)
+    answer = api.post("/v1/events", {"events": data.late})
+    assert answer.status == 202, answer.body[:500]
+    wait_persisted(pulse)
 
 
 def segs(pairs: list[tuple[str, str]]) -> list[str]:
@@ -73,6 +87,19 @@ def test_dataset_has_what_the_cases_need(seeded: Seeded) -> None:
     assert len(seeded.data.sent) > len(events), "duplicates are sent"
     overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
     assert overview["events"] == len(seeded.select("UTC")), "duplicates are not counted"
+
+
+def test_identity_links_make_persons_of_identifiers(seeded: Seeded) -> None:
+    """The dataset's links matter: persons are fewer than identifiers, the
+    chain joined three identifiers, the unforced merge of two identified
+    members was refused and the forced one applied; the API counts persons."""
+    events = seeded.select("UTC")
+    assert len({e.person for e in events}) < len({e.actor for e in events})
+    assert oracle.person_of(seeded.data, "chain-a") == {"chain-a", "chain-b", "chain-c"}
+    assert oracle.person_of(seeded.data, "member-1") == {"member-1", "visitor-1"}
+    assert oracle.person_of(seeded.data, "member-4") == {"member-3", "visitor-3", "member-4", "visitor-4"}
+    overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
+    assert overview["unique_users"] == len({e.person for e in events})
 
 
 @pytest.mark.parametrize("tz", TZS)
@@ -142,7 +169,7 @@ def test_overview(seeded: Seeded, segments: list[tuple[str, str]]) -> None:
 
 
 def test_user_profiles(seeded: Seeded) -> None:
-    for actor in ("u0", "u3", "anon-2", "f4"):
+    for actor in ("u0", "u3", "anon-2", "f4", "visitor-1", "member-1", "chain-a", "chain-c", "member-4"):
         assert seeded.get(f"/v1/stats/users/{actor}") == oracle.user(seeded.data, actor)
     missing = seeded.api.get("/v1/stats/users/nobody-here")
     assert missing.status == 404
@@ -294,7 +321,7 @@ def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_
     from pulse.core import rollups, stats
     from pulse.core.filters import parse_filters
 
-    monkeypatch.setattr(stats, "span_read", lambda table, _parts: rollups.span_read(table, parts))
+    monkeypatch.setattr(stats, "span_read", lambda table, _parts, who: rollups.span_read(table, parts, who))
 
     first, last = seeded.first + timedelta(days=after_first), seeded.last - timedelta(days=before_last)
     params = {"from": first.isoformat(), "to": last.isoformat(), "tz": "Europe/Kyiv"}

@@ -1,6 +1,7 @@
 """Funnels with ClickHouse ``windowFunnel`` semantics.
 
-A user reaches step k when they did steps 1..k in that order, step k within
+A user (a person, pulse.core.persons: their events under every linked
+identifier, in time order) reaches step k when they did steps 1..k in that order, step k within
 ``window_seconds`` (inclusive) of their step-1 event. Only events inside the
 range (``from``..``to``) and matching the funnel's segments count; a step may
 add its own segments. Conversions are percentages rounded to 1 decimal; step
@@ -21,6 +22,7 @@ from pulse.core.filters import (
     parse_segments,
     segment_condition,
 )
+from pulse.core.persons import resolver
 from pulse.core.stats import percent, query
 from pulse.errors import FieldError, InvalidInput
 from pulse.storage.clickhouse import ClickHouse
@@ -115,12 +117,13 @@ def funnel(ch: ClickHouse, spec: Funnel) -> dict[str, Any]:
         terms.append(" AND ".join([f"event_type = {{t{index}:String}}", *parts]))
     params["window"] = spec.window_seconds * 1000
     conditions = ", ".join(f"({t})" for t in terms)
+    who = resolver(ch, spec.filters.project_id)
     rows = query("funnel", ch, f"""
         SELECT level, count() FROM (
             SELECT windowFunnel({{window:UInt64}})(toUInt64(toUnixTimestamp64Milli(occurred_at)), {conditions})
                    AS level
             FROM events WHERE {where} AND ({" OR ".join(f"({t})" for t in terms)})
-            GROUP BY actor_key
+            GROUP BY {who.key}
         ) WHERE level > 0 GROUP BY level""", params)
     reached = {int(level): int(n) for level, n in rows}
     users = [sum(n for level, n in reached.items() if level >= k) for k in range(1, len(spec.steps) + 1)]

@@ -14,7 +14,9 @@ a record carries the same id. Steps:
    batch owns are those whose ledger row names this batch. Events whose row
    names another batch are duplicates (an earlier batch has them).
 2. Insert the owned events into ClickHouse, stamped with the batch id.
-3. Mark the batch ``done``.
+3. Apply the identity operations the owned events carry (links, person
+   properties: pulse.core.persons, whose header has their own crash notes).
+4. Mark the batch ``done``.
 
 Crash analysis:
 - before step 1 commits: nothing is recorded; redelivery starts afresh.
@@ -22,9 +24,10 @@ Crash analysis:
   the events the ledger gives this batch, asks ClickHouse which of them are
   already stored under this batch id (a partial insert across partitions is
   covered too) and inserts only the rest.
-- after 2, before 3: as above; ClickHouse already has them all, nothing is
-  inserted twice.
-- after 3: redelivery finds ``done`` and only reports the earlier outcome.
+- after 2, before 4: as above; ClickHouse already has them all, nothing is
+  inserted twice; step 3 is applied once (its own record) and its ClickHouse
+  side rewritten.
+- after 4: redelivery finds ``done`` and only reports the earlier outcome.
 
 Two deliveries of one record may also overlap (a delivery timed out and was
 retried while persist still worked on it, perhaps on another replica). Each
@@ -56,6 +59,8 @@ from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
+# Step 3: (project_id, batch_id, the owned rows) -> None.
+IdentityHook = Callable[[str, str, Sequence[dict[str, str]]], None]
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,11 @@ class _Claim:
 
 class Persister:
     def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None,
-                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0) -> None:
+                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0,
+                 identity: IdentityHook | None = None) -> None:
         self.db = db
         self.ch = ch
+        self.identity = identity
         self.fault = fault or (lambda step: None)
         self.insert_chunk_rows = max(1, insert_chunk_rows)
         self.lock_wait_s = lock_wait_s
@@ -122,12 +129,16 @@ class Persister:
             return claim.done
         self.fault("after-ledger")
         owned = [row for event_id, row in unique.items() if event_id in claim.owned]
+        mine = owned
         if not claim.fresh and owned:
             stored = self._stored_by_batch(project_id, batch_id)
             owned = [row for row in owned if row["event_id"] not in stored]
         if owned:
             self._insert(project_id, batch_id, received_at, owned, announcement)
         self.fault("after-insert")
+        if self.identity is not None and mine:
+            self.identity(project_id, batch_id, mine)
+        self.fault("after-identity")
         duplicates = len(rows) - len(claim.owned)
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
         outcome = Outcome(project_id, len(claim.owned), duplicates,
