@@ -17,6 +17,7 @@ nothing about time; it does fail if an acknowledged event is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -101,10 +102,8 @@ def percentile(values: list[float], q: float) -> float:
 def rss_mb(processes: list[psutil.Process]) -> float:
     total = 0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20
 
 
@@ -112,7 +111,7 @@ def start_pulse(state: Path, port: int) -> tuple[subprocess.Popen[str], str, str
     process = subprocess.Popen(
         [sys.executable, "-m", "pulse.cli", "up", "--demo", "--demo-events", "100", "--port", str(port),
          "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=open(state.parent / "pulse.log", "w"), text=True,
+        stdout=subprocess.PIPE, stderr=open(state.parent / "pulse.log", "w"), text=True,  # noqa: SIM115 - held for the life of the process
         env={**os.environ, "PULSE_LOG_LEVEL": "WARNING"})
     url = key = persist = ""
     assert process.stdout is not None

@@ -34,6 +34,9 @@ step "110 Knative Serving ${KNATIVE_SERVING_VERSION}"
 apply "${serving}/serving-crds.yaml"
 kubectl wait crd --all --for=condition=Established --timeout=120s
 apply "${serving}/serving-core.yaml"
+# The HPA autoscaler (class hpa.autoscaling.knative.dev: cpu or memory
+# metrics), which the chart offers per function next to the default KPA.
+apply "${serving}/serving-hpa.yaml"
 
 step "120 net-gateway-api ${KNATIVE_NET_GATEWAY_API_VERSION}"
 apply "${netgw}/net-gateway-api.yaml"

@@ -42,13 +42,15 @@ def _post_all(args: tuple[str, str, list[bytes]]) -> list[float]:
 
 
 def _count(runtime: Runtime, project_id: str) -> int:
-    assert runtime.services is not None
+    if runtime.services is None:
+        raise RuntimeError("the runtime is not started")
     rows = runtime.services.ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID}", {"p": project_id})
     return int(rows[0][0])
 
 
 def _run(runtime: Runtime, events: list[dict[str, Any]], batch: int, clients: int) -> dict[str, float]:
-    assert runtime.services is not None
+    if runtime.services is None:
+        raise RuntimeError("the runtime is not started")
     project_id, key = create_demo_key(runtime.services, "bench")
     bodies = [orjson.dumps({"events": events[i:i + batch]}) if batch > 1 else orjson.dumps(events[i])
               for i in range(0, len(events), batch)]

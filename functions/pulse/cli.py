@@ -21,8 +21,9 @@ from pathlib import Path
 from pulse.settings import Settings, SettingsError
 from pulse.telemetry import configure_logging, configure_tracing
 
-FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
 NEEDS = {
+    "host": (),
     "ingest": ("postgres", "kafka"),
     "auth": ("postgres", "signing_key"),
     "persist": ("postgres", "clickhouse"),
@@ -239,10 +240,11 @@ def _serve(settings: Settings, function: str | None) -> int:
     if int(env.get("WORKERS", "1")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
         # several gunicorn workers: each writes its metrics here, /metrics sums them
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{function}-metrics-")
-    os.execve(sys.executable, [
+    os.execve(sys.executable, [  # noqa: S606 - this process becomes the server
         sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source),
         "--signature-type", "http",
-        "--host", env.get("HOST", "0.0.0.0"), "--port", env.get("PORT", "8080"),
+        "--host", env.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
+        "--port", env.get("PORT", "8080"),
     ], env)
     return 0
 

@@ -34,7 +34,8 @@ class Ingest(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        self.ingestor = Ingestor(services.producer, services.settings.raw_topic)
+        self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
+                                 services.settings.limits.max_record_bytes)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
         super().__init__(lambda: services.checks(("postgres", "kafka")))
 

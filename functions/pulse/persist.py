@@ -74,7 +74,7 @@ class Persist(HttpFunction):
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
         project_id, received_at, rows = decode_batch(event)
-        with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, **{
+        with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)

@@ -68,7 +68,8 @@ class Services:
             if self._producer is None:
                 self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
                                           self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
-                                          self.settings.kafka_max_in_flight)
+                                          self.settings.kafka_max_in_flight,
+                                          self.settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES)
             return self._producer
 
     @property

@@ -33,6 +33,11 @@ class Limits:
 
     max_batch_events: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
+    # The largest Kafka record value ingest writes: a batch whose encoding is
+    # larger (escaping can nearly double a body) goes out as several records.
+    # Every hop after ingest allows this plus RECORD_HEADROOM_BYTES
+    # (pulse.bus.kafka); tests/chart checks the topics and Knative's data planes.
+    max_record_bytes: int = 6 * 1024 * 1024
     max_properties_bytes: int = 32 * 1024
     max_future_skew_s: int = 300
     max_event_type_chars: int = 128
@@ -66,6 +71,11 @@ class Settings:
     # Where the export function writes async export files (default <state_dir>/exports).
     export_dir: str | None = None
     log_level: str = "INFO"
+    # The public host (pulse.host): its address as clients use it, for the
+    # ``servers`` of /openapi.json (default: the address the request came to),
+    # and, in the cluster, each function's address for /readyz (name=url,...).
+    public_url: str | None = None
+    host_functions: str = ""
     limits: Limits = field(default_factory=Limits)
     # Accounts and tokens (docs/security.md).
     jwt_private_key_file: str | None = None
@@ -135,6 +145,8 @@ class Settings:
             raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.limits.max_record_bytes < 256 * 1024:
+            raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if not 0 <= self.ingest_processes <= 16:

@@ -283,7 +283,7 @@ def current_traceparent() -> str | None:
 
 @contextmanager
 def span(name: str, traceparent: str | None = None, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-         **attributes: Any) -> Iterator[trace.Span]:
+         attributes: Mapping[str, Any] | None = None) -> Iterator[trace.Span]:
     """A span under the current one; when ``traceparent`` names another trace (work that
     arrived from elsewhere, e.g. a CloudEvent's ``traceparent`` extension), under that."""
     context = None

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
                         services and services.close, persist and persist.stop, broker.stop,
                         postgres and postgres.stop):
             if closing:
-                try:
+                with suppress(Exception):  # tear down the rest regardless
                     closing()
-                except Exception:  # noqa: BLE001 - tear down the rest regardless
-                    pass
 
 
 @dataclass

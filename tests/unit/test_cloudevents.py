@@ -90,3 +90,21 @@ def test_ingested_batch_round_trip_record_to_event_to_rows() -> None:
     assert record is not None and record.id == event.id
     project_id, received_at, back = decode_batch(record)
     assert project_id == "0b3c0e55-1d2a-4a49-9ad6-5d1a3b0f0d11" and back == rows and received_at
+
+
+def test_a_batch_over_the_record_limit_goes_out_as_several_records() -> None:
+    from pulse.core.ingestion import encode_records
+    from pulse.errors import PayloadTooLarge
+
+    project = "00000000-0000-4000-8000-000000000000"
+    rows = validate_events([make_event(properties={"q": ['"' * 50] * 40}) for _ in range(100)], Limits()).rows
+    whole = encode_batch(project, rows)
+    limit = len(whole.data) // 3
+    records = encode_records(project, rows, limit)
+    assert len(records) >= 3 and all(len(r.data) <= limit for r in records)
+    decoded = [decode_batch(r) for r in records]
+    assert [row for _, _, part in decoded for row in part] == rows  # every row once, in order
+    assert len({r.id for r in records}) == len(records) and len({received for _, received, _ in decoded}) == 1
+    assert len(encode_records(project, rows, len(whole.data))) == 1  # at the limit: one record
+    with pytest.raises(PayloadTooLarge):
+        encode_records(project, rows[:1], 100)

@@ -179,7 +179,7 @@ A reference to the dead-letter KafkaSink, as a Destination.
 {{- define "pulse.deadLetterSink" -}}
 deadLetterSink:
   ref:
-    apiVersion: eventing.kafka.knative.dev/v1alpha1
+    apiVersion: eventing.knative.dev/v1alpha1
     kind: KafkaSink
     name: {{ include "pulse.deadLetterSinkName" . }}
 {{- end }}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,6 +29,12 @@ INGESTED = "dev.pulse.events.ingested"
 PERSISTED = "dev.pulse.events.persisted"
 EXPORT_REQUESTED = "dev.pulse.export.requested"
 MAINTENANCE_REQUESTED = "dev.pulse.maintenance.requested"
+
+
+class HeaderItems(Protocol):
+    """HTTP headers as any server gives them (a dict, werkzeug's ``Headers``)."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def to_http(event: CloudEvent) -> dict[str, str]:
     return headers
 
 
-def from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+def from_http(headers: HeaderItems, body: bytes) -> CloudEvent:
     """Binary or structured mode; raises InvalidInput when it is neither."""
     lowered = {k.lower(): v for k, v in headers.items()}
     content_type = lowered.get("content-type", "")
@@ -183,7 +189,7 @@ def from_kafka(headers: Iterable[tuple[str, bytes | None]], value: bytes | None,
     return CloudEvent(MappingProxyType(attrs), value or b"")
 
 
-def receive(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
+def receive(headers: HeaderItems, body: bytes) -> list[CloudEvent]:
     """Every CloudEvent in an HTTP request: binary, structured or batch mode."""
     content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
     if content_type.split(";")[0].strip() == BATCH:

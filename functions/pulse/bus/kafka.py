@@ -14,6 +14,7 @@ holds its request body).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -27,13 +28,17 @@ from pulse.bus.cloudevents import CloudEvent, to_kafka_headers
 from pulse.errors import Unavailable
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+# What a record carries besides its value: CloudEvent attributes as headers
+# (and a dead letter's knativeerror* extensions), Kafka's framing.
+RECORD_HEADROOM_BYTES = 64 * 1024
 FAST_GROUP_JOIN = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 class Producer:
     def __init__(self, bootstrap: str, ack_timeout_s: float = 5.0, retry_after_s: int = 2,
-                 max_in_flight: int = 64) -> None:
+                 max_in_flight: int = 64, max_request_bytes: int = MAX_RECORD_BYTES) -> None:
         self.bootstrap = bootstrap
+        self.max_request_bytes = max_request_bytes
         self.ack_timeout_s = ack_timeout_s
         self.retry_after_s = retry_after_s
         self.max_in_flight = max_in_flight
@@ -51,7 +56,7 @@ class Producer:
                         client_id="pulse-ingest",
                         acks="all",
                         linger_ms=1,
-                        max_request_size=MAX_RECORD_BYTES,
+                        max_request_size=self.max_request_bytes,
                         max_block_ms=int(self.ack_timeout_s * 1000),
                         request_timeout_ms=30000,
                     )
@@ -114,10 +119,8 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
         existing = set(admin.list_topics())
         missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,6 +52,10 @@ class _Reading:
         self.done += len(data)
         self.report(self.done)
         return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK):
+            yield chunk
 
 
 def progress_bar(total: int, out: IO[str] = sys.stderr) -> Callable[[int], None]:

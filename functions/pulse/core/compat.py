@@ -108,10 +108,7 @@ def segment_event(message: Any, project_id: str, sent_at: Any, received_at: date
     if kind not in SEGMENT_TYPES:
         return {"event_type": None, "_error": ("type", f"must be one of {', '.join(SEGMENT_TYPES)}")}
     properties = _object(message.get("properties"))
-    if kind == "track":
-        event_type = message.get("event")
-    else:
-        event_type = SEGMENT_EVENT_TYPES[kind]
+    event_type = message.get("event") if kind == "track" else SEGMENT_EVENT_TYPES[kind]
     if kind in ("page", "screen") and message.get("name") is not None:
         properties.setdefault("name", message.get("name"))
     if kind == "page" and message.get("category") is not None:
@@ -164,11 +161,12 @@ def segment_batch(doc: Any, kind: str | None, project_id: str, limits: Limits,
 def posthog_messages(doc: Any) -> tuple[list[Any], Any, str | None]:
     """(events, sent_at, api key in the body) of a PostHog capture body:
     ``{"batch": [...]}``, a JSON array, or one event."""
+    envelope: Mapping[str, Any] = {}
     if isinstance(doc, list):
-        items, envelope = doc, {}
+        items = doc
     elif isinstance(doc, Mapping):
         envelope = doc
-        items = doc["batch"] if "batch" in doc else [doc]
+        items = doc.get("batch", [doc])
         if not isinstance(items, list):
             raise InvalidInput.field("batch", "must be an array of events")
     else:

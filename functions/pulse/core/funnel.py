@@ -70,7 +70,8 @@ def parse_funnel(body: Any, project_id: str, max_range_days: int) -> Funnel:
     raw_steps = body.get("steps")
     if not isinstance(raw_steps, list) or not MIN_STEPS <= len(raw_steps) <= MAX_STEPS:
         raise InvalidInput.field("steps", f"must be a list of {MIN_STEPS} to {MAX_STEPS} steps")
-    steps, errors = [], []
+    steps: list[Step] = []
+    errors: list[FieldError] = []
     for index, raw in enumerate(raw_steps):
         try:
             steps.append(_step(raw, index))

@@ -19,7 +19,8 @@ from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
 from pulse.bus.kafka import Producer
 from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
-from pulse.errors import FieldError, InvalidInput
+from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
+from pulse.settings import Limits
 
 SOURCE = "/pulse/ingest"
 ROW_KEYS = frozenset(EVENT_COLUMNS)
@@ -41,6 +42,23 @@ def encode_batch(project_id: str, rows: Sequence[dict[str, str]], received_at: d
     return CloudEvent.new(INGESTED, SOURCE, data, partitionkey=project_id, traceparent=traceparent)
 
 
+def encode_records(project_id: str, rows: Sequence[dict[str, str]], max_record_bytes: int,
+                   received_at: datetime | None = None, traceparent: str | None = None) -> list[CloudEvent]:
+    """The rows as ingested-batch records of at most ``max_record_bytes`` each:
+    one record, or, when the encoding is larger, the rows halved until each
+    part fits (each part its own batch id)."""
+    received_at = received_at or datetime.now(UTC)
+    event = encode_batch(project_id, rows, received_at, traceparent)
+    if len(event.data) <= max_record_bytes:
+        return [event]
+    if len(rows) == 1:
+        raise PayloadTooLarge(f"one event encodes to {len(event.data)} bytes, over the record limit "
+                              f"of {max_record_bytes}")
+    half = len(rows) // 2
+    return (encode_records(project_id, rows[:half], max_record_bytes, received_at, traceparent)
+            + encode_records(project_id, rows[half:], max_record_bytes, received_at, traceparent))
+
+
 def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
     """(project_id, received_at, rows) of an ingested batch; InvalidInput if malformed."""
     doc: Any = event.json()
@@ -59,19 +77,23 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
 
 
 class Ingestor:
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, max_record_bytes: int = Limits.max_record_bytes) -> None:
         self.producer = producer
         self.topic = topic
+        self.max_record_bytes = max_record_bytes
 
     def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
                received_at: datetime | None = None) -> Submitted:
-        """Send the rows as one record; returns once the broker acknowledged it."""
-        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, **{
+        """Send the rows as one record (several if one would be over the record
+        limit); returns once the broker acknowledged them."""
+        with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
-            event = encode_batch(project_id, rows, received_at, telemetry.current_traceparent())
-            self.producer.send(self.topic, project_id, event)
+            events = encode_records(project_id, rows, self.max_record_bytes, received_at,
+                                    telemetry.current_traceparent())
+            for event in events:
+                self.producer.send(self.topic, project_id, event)
         telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))
-        return Submitted(event.id, len(rows))
+        return Submitted(events[0].id, len(rows))
 
 
 def count_rejections(errors: Sequence[FieldError]) -> None:

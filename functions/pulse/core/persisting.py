@@ -123,7 +123,8 @@ class Persister:
         unique: dict[str, dict[str, str]] = {}
         for row in rows:
             unique.setdefault(row["event_id"], row)
-        with telemetry.span("postgres ledger claim", **{"db.system": "postgresql", "pulse.events": len(unique)}):
+        with telemetry.span("postgres ledger claim",
+                            attributes={"db.system": "postgresql", "pulse.events": len(unique)}):
             claim = in_transaction(conn, lambda: self._claim(conn, batch_id, project_id, list(unique)))
         if claim.done is not None:
             return claim.done
@@ -205,7 +206,8 @@ class Persister:
             chunk = rows[start:start + self.insert_chunk_rows]
             body = b"\n".join(stamp + orjson.dumps(row)[1:] for row in chunk)
             with telemetry.CLICKHOUSE_INSERT_LATENCY.time(), \
-                    telemetry.span("clickhouse insert", **{"db.system": "clickhouse", "pulse.rows": len(chunk)}):
+                    telemetry.span("clickhouse insert",
+                                   attributes={"db.system": "clickhouse", "pulse.rows": len(chunk)}):
                 self.ch.insert_grouped("events", INSERT_COLUMNS, body, announcement)
 
     def trim_ledger(self, retention_days: int) -> int:

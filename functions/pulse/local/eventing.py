@@ -124,10 +124,7 @@ class Cron:
         weekday = (moment.weekday() + 1) % 7  # cron: 0 = Sunday
         day_ok = moment.day in self.days
         weekday_ok = weekday in self.weekdays
-        if self.any_day or self.any_weekday:
-            calendar_ok = day_ok and weekday_ok
-        else:
-            calendar_ok = day_ok or weekday_ok
+        calendar_ok = day_ok and weekday_ok if self.any_day or self.any_weekday else day_ok or weekday_ok
         return (moment.minute in self.minutes and moment.hour in self.hours
                 and moment.month in self.months and calendar_ok)
 

@@ -1,11 +1,13 @@
-"""Serving WSGI apps on local ports, and the gateway that routes one host's
-paths to the functions as the cluster's ingress does."""
+"""Serving WSGI apps on local ports, and the gateway: the one public host of
+the embedded run, routing paths to the functions as the cluster's HTTPRoutes do."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -14,12 +16,14 @@ import urllib3
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import LimitedStream
 
-from pulse.errors import NotFound, Unavailable
-from pulse.web.http import problem_from
+from pulse.errors import Unavailable
+from pulse.host import serves as host_serves
+from pulse.web.http import REQUEST_ID, HttpFunction, problem_from
 
 CHUNK = 1 << 16
 WHOLE_BODY_BYTES = 8 << 20
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+access = logging.getLogger("pulse.access")
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -36,13 +40,11 @@ class Server:
     def __init__(self, name: str, app: WSGIApp, host: str, port: int) -> None:
         self.name = name
         self.httpd: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-        self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"http-{name}", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.httpd.host}:{self.httpd.port}"
 
     def start(self) -> Server:
         self._thread.start()
@@ -52,11 +54,6 @@ class Server:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(5)
-
-
-def not_found(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    detail = f"no function serves {environ.get('PATH_INFO', '')}"
-    return problem_from(NotFound(detail), "")(environ, start_response)
 
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -109,20 +106,69 @@ def _relay(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 
 def unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     detail = f"no process serves {environ.get('PATH_INFO', '')} now"
-    return problem_from(Unavailable(detail, 2), "")(environ, start_response)
+    request_id = environ.get("HTTP_X_REQUEST_ID", "")
+    return problem_from(Unavailable(detail, 2), request_id)(environ, start_response)
 
 
 class Gateway:
-    """Routes by path to the function apps: in process (no second HTTP hop), or
-    a ``Proxy`` for a function that runs in processes of its own."""
+    """The public host of the embedded run. Its own paths (pulse.host: probes,
+    the merged OpenAPI document, /docs) are answered by ``host``, consulted
+    first; every other path goes to the function the route table names, in
+    process (no second HTTP hop) or through a ``Proxy`` to processes of its
+    own, and a path no function serves gets the host's 404.
 
-    def __init__(self, route: Callable[[str], str | None], apps: dict[str, WSGIApp]) -> None:
+    Every answer carries ``X-Request-ID``: the client's (when well formed) or
+    one made here, handed to the function as if the client had sent it, so
+    the function's logs and the answer agree, and set here on answers that
+    lack it (a proxied failure). One ``pulse.access`` log line per answer
+    (method, path, status, milliseconds, function) once its body is sent.
+    """
+
+    def __init__(self, route: Callable[[str], str | None], apps: dict[str, WSGIApp], host: HttpFunction) -> None:
         self.route = route
         self.apps = apps
+        self.host = host
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        function = self.route(environ.get("PATH_INFO", "/"))
-        app = self.apps.get(function or "")
+        started = time.perf_counter()
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        environ["HTTP_X_REQUEST_ID"] = request_id
+        path = environ.get("PATH_INFO", "/")
+        function = "host" if host_serves(path) else (self.route(path) or "host")
+        app = self.apps.get(function) if function != "host" else None
         if app is None:
-            return not_found(environ, start_response)
-        return app(environ, start_response)
+            function, app = "host", self.host.wsgi
+        status = ["-"]
+
+        def answer(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = line.split(" ", 1)[0]
+            if not any(k.lower() == "x-request-id" for k, _ in headers):
+                headers = [*headers, ("X-Request-ID", request_id)]
+            return start_response(line, headers, exc_info) if exc_info else start_response(line, headers)
+
+        body = app(environ, answer)
+        return _Logged(body, lambda: access.info(
+            "%s %s %s", environ.get("REQUEST_METHOD", ""), path, status[0],
+            extra={"fields": {"method": environ.get("REQUEST_METHOD", ""), "path": path, "status": status[0],
+                              "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                              "function": function, "request_id": request_id}}))
+
+
+class _Logged:
+    """A WSGI body that calls ``done`` once it is sent (or abandoned)."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self.body = body
+        self.done = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.done()

@@ -25,6 +25,7 @@ from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
 from pulse.bus import sink
 from pulse.export import Export
+from pulse.host import Host, probe_functions
 from pulse.ingest import Ingest
 from pulse.local import wiring as wiring_mod
 from pulse.local.dispatcher import Dispatcher, Subscription
@@ -61,6 +62,7 @@ class Runtime:
     processes: list[FunctionProcess] = field(default_factory=list)
     dispatcher: Dispatcher | None = None
     gateway: Server | None = None
+    host: Host | None = None
     brokers: dict[str, Server] = field(default_factory=dict)
     pings: PingScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -103,7 +105,8 @@ class Runtime:
             apps: dict[str, WSGIApp] = {name: f.wsgi for name, f in self.functions.items()}
             if self.processes:
                 apps["ingest"] = Proxy([p.url for p in self.processes])
-            gateway = Gateway(wiring.route_for, apps)
+            self.host = Host(self.function_readiness, self.settings.public_url)
+            gateway = Gateway(wiring.route_for, apps, self.host)
             self.gateway = Server("gateway", gateway, host, self.settings.gateway_port).start()
         except BaseException:
             self.stop(drain=False)
@@ -132,8 +135,18 @@ class Runtime:
         return self.url(destination.function or "") + destination.path
 
     def subscriptions(self) -> list[Subscription]:
-        assert self.wiring is not None
+        if self.wiring is None:
+            raise RuntimeError("the runtime is not started")
         return subscriptions(self.wiring, self._address)
+
+    def function_readiness(self) -> dict[str, bool]:
+        """Each function's readiness, for the host's /readyz: in process, asked
+        directly; ingest in processes of its own, ready when every one is."""
+        states = {name: f.readiness()["status"] == "ready" for name, f in self.functions.items()}
+        if self.processes:
+            probed = probe_functions({str(i): p.url for i, p in enumerate(self.processes)})
+            states["ingest"] = all(probed.values())
+        return dict(sorted(states.items()))
 
     def url(self, function: str) -> str:
         if function == "ingest" and self.processes:
@@ -163,9 +176,8 @@ class Runtime:
         for process in self.processes:  # each refuses new work, finishes its requests, exits
             if not process.stop(bound_s):
                 log.warning("the %s process did not stop cleanly within %ss", process.name, bound_s)
-        if drain and self.dispatcher is not None:
-            if not self.dispatcher.drain(timeout_s):
-                log.warning("stopping before every acknowledged record was delivered")
+        if drain and self.dispatcher is not None and not self.dispatcher.drain(timeout_s):
+            log.warning("stopping before every acknowledged record was delivered")
         if self.gateway is not None:
             self.gateway.stop()
         if self.pings is not None:

@@ -17,6 +17,7 @@ other algorithm swap is refused before a signature is even looked at.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -122,7 +123,7 @@ def _read_pem(path: Path) -> PrivateKey | PublicKey:
 
 
 def _public(key: PrivateKey | PublicKey) -> PublicKey:
-    return key.public_key() if hasattr(key, "public_key") else key  # type: ignore[return-value]
+    return key.public_key() if hasattr(key, "public_key") else key
 
 
 def load_ring(path: Path) -> dict[str, VerifyingKey]:
@@ -202,10 +203,8 @@ class FileKeys:
     def ring(self) -> dict[str, VerifyingKey]:
         with self._lock:
             if time.monotonic() - self._loaded >= self.reload_s:
-                try:
+                with contextlib.suppress(KeyFileError):
                     self._ring = load_ring(self.path)
-                except KeyFileError:
-                    pass
                 self._loaded = time.monotonic()
             return self._ring
 

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,7 +69,7 @@ class ClickHouse:
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.borrow() as client:
-            return list(client.query(sql, parameters=parameters).result_rows)
+            return [tuple(row) for row in client.query(sql, parameters=parameters).result_rows]
 
     def dicts(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.borrow() as client:
@@ -227,7 +227,8 @@ class _InsertGroup:
                 while (self.announced and sum(len(t.body) for t in self.queue) < self.max_bytes
                        and (left := deadline - time.monotonic()) > 0):
                     self.changed.wait(left)
-                taken, size = [], 0
+                taken: list[_Ticket] = []
+                size = 0
                 while self.queue and (not taken or size + len(self.queue[0].body) <= self.max_bytes):
                     ticket = self.queue.pop(0)
                     taken.append(ticket)
@@ -246,10 +247,8 @@ class _InsertGroup:
 
 
 def _close_quietly(client: Client) -> None:
-    try:
+    with suppress(Exception):  # the client is being thrown away
         client.close()
-    except Exception:  # noqa: BLE001 - the client is being thrown away
-        pass
 
 
 class _Spool:

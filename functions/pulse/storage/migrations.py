@@ -57,7 +57,8 @@ def migrations_root() -> Path:
 
 
 def split_statements(text: str) -> list[str]:
-    statements, current = [], []
+    statements: list[str] = []
+    current: list[str] = []
     for line in text.splitlines():
         if line.strip().startswith("--") and not current:
             continue

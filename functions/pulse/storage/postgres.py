@@ -15,17 +15,18 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
+from pg8000.native import Connection
 
 from pulse.errors import Unavailable
 
 T = TypeVar("T")
-Connection = pg8000.native.Connection
+
 
 
 def connect_kwargs(url: str) -> dict[str, Any]:
@@ -132,10 +133,8 @@ def in_transaction(conn: Connection, work: Callable[[], T]) -> T:
     try:
         result = work()
     except BaseException:
-        try:
+        with suppress(InterfaceError, OSError, DatabaseError):
             conn.run("ROLLBACK")
-        except (InterfaceError, OSError, DatabaseError):
-            pass
         raise
     conn.run("COMMIT")
     return result
@@ -148,7 +147,5 @@ def _is_shutdown(exc: DatabaseError) -> bool:
 
 
 def _close_quietly(conn: Connection) -> None:
-    try:
+    with suppress(Exception):  # the connection is being thrown away
         conn.close()
-    except Exception:  # noqa: BLE001 - the connection is being thrown away
-        pass

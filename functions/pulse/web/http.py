@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,13 +34,13 @@ from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
 from pulse.errors import PulseError, RateLimited, Unavailable
+from pulse.web.openapi import OPENAPI_DIR
 
 log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBES = frozenset({"metrics", "healthz", "readyz", "openapi"})
 PROBLEM = "application/problem+json"
 Handler = Callable[..., Response]
-OPENAPI_DIR = Path(__file__).resolve().parents[3] / "docs" / "openapi"
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,7 @@ class HttpFunction:
     """Base of the five functions. Subclasses set ``name`` and return their routes."""
 
     name = "function"
+    serves_metrics = True
 
     def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
         telemetry.configure_tracing()
@@ -113,7 +113,7 @@ class HttpFunction:
         routes = [
             Route("GET", "/healthz", self._healthz, "healthz"),
             Route("GET", "/readyz", self._readyz, "readyz"),
-            Route("GET", "/metrics", self._metrics, "metrics"),
+            *([Route("GET", "/metrics", self._metrics, "metrics")] if self.serves_metrics else []),
             Route("GET", "/openapi.json", self._openapi, "openapi"),
             *self.routes(),
         ]
@@ -140,7 +140,7 @@ class HttpFunction:
         try:
             with telemetry.bound(request_id=request_id, function=self.name, project_id=""), telemetry.span(
                 f"{self.name} {request.method}", request.headers.get("traceparent"), SpanKind.SERVER,
-                **{"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
+                attributes={"http.method": request.method, "http.target": request.path, "pulse.function": self.name},
             ) as current:
                 try:
                     adapter = self._map.bind_to_environ(request.environ)
@@ -222,14 +222,18 @@ class HttpFunction:
     def _healthz(self, request: Request) -> Response:
         return json_response({"status": "ok", "function": self.name})
 
-    def _readyz(self, request: Request) -> Response:
+    def readiness(self) -> dict[str, Any]:
+        """What ``/readyz`` answers: ``status`` (``ready`` or ``not ready``), ``function`` and ``checks``."""
         checks = dict(self._readiness())
         ready = all(checks.values()) and not self.stopping
-        body = {"status": "ready" if ready else "not ready", "function": self.name,
-                "checks": {k: "ok" if v else "failing" for k, v in checks.items()}}
+        states = {k: "ok" if v else "failing" for k, v in checks.items()}
         if self.stopping:
-            body["checks"]["shutdown"] = "in progress"
-        return json_response(body, 200 if ready else 503)
+            states["shutdown"] = "in progress"
+        return {"status": "ready" if ready else "not ready", "function": self.name, "checks": states}
+
+    def _readyz(self, request: Request) -> Response:
+        body = self.readiness()
+        return json_response(body, 200 if body["status"] == "ready" else 503)
 
     def _metrics(self, request: Request) -> Response:
         payload, content_type = telemetry.metrics_payload()
