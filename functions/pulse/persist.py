@@ -30,7 +30,7 @@ from pulse.bus.cloudevents import (
     CloudEvent,
     receive,
 )
-from pulse.core import persons
+from pulse.core import erasure, persons
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Persister
 from pulse.errors import InvalidInput
@@ -92,7 +92,19 @@ class Persist(HttpFunction):
         removed = self.persister.trim_ledger(self.services.settings.ledger_retention_days)
         self.persons.trim(self.services.settings.ledger_retention_days)
         telemetry.event("ledger trimmed", removed=removed)
-        return json_response({"ledger_rows_removed": removed})
+        expired = self.expire()
+        return json_response({"ledger_rows_removed": removed, "events_expired": expired})
+
+    def expire(self) -> int:
+        """Each project's retention (pulse.core.erasure): events older than its
+        ``retention_days`` are removed with their rollup rows."""
+        total = 0
+        for project_id, days in self.services.db.run("SELECT project_id::text, retention_days FROM projects"):
+            gone = erasure.expire(self.services.db, self.services.ch, project_id, int(days))
+            if gone:
+                telemetry.event("events expired", project_id=project_id, retention_days=days, removed=gone)
+            total += gone
+        return total
 
 
 @functools.cache

@@ -29,6 +29,8 @@ def test_triggers_with_their_filters() -> None:
     assert triggers == {
         (("type", "dev.pulse.events.persisted"),): (Destination("aggregate", "/_ce/persisted", None), 30.0),
         (("type", "dev.pulse.export.requested"),): (Destination("export", "/_ce/export-requested", None), 600.0),
+        (("type", "dev.pulse.person.deletion.requested"),): (Destination("export", "/_ce/deletion-requested", None),
+                                                             600.0),
         (("type", "dev.knative.sources.ping"),): (Destination("persist", "/_ce/maintenance", None), 600.0),
     }
     assert w.triggers_for("elsewhere") == ()

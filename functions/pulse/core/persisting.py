@@ -63,6 +63,11 @@ FaultHook = Callable[[str], None]
 IdentityHook = Callable[[str, str, Sequence[dict[str, str]]], None]
 
 
+def project_lock(project_id: str) -> str:
+    """The advisory lock persist holds shared while writing a project's batch."""
+    return f"persist-project:{project_id}"
+
+
 @dataclass(frozen=True)
 class Outcome:
     project_id: str
@@ -105,18 +110,29 @@ class Persister:
         deliveries of one record at once (a retry while the first is still running,
         perhaps on another replica) take turns, so the second finds the batch ``done``
         instead of reading ClickHouse before the first inserted. A crash ends the
-        session and frees the lock."""
+        session and frees the lock. The project's lock is held shared meanwhile:
+        a person deletion or a retention run (pulse.core.erasure) holds it
+        exclusively, so no batch of the project is written while they work."""
         deadline = time.monotonic() + self.lock_wait_s
-        while not conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")[0][0]:
+        keys = {"k": f"persist:{batch_id}", "pk": project_lock(project_id)}
+        while True:
+            mine, project = conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0)),"
+                                     " pg_try_advisory_lock_shared(hashtextextended(:pk, 0))", **keys)[0]
+            if mine and project:
+                break
+            conn.run(f"SELECT {'pg_advisory_unlock(hashtextextended(:k, 0))' if mine else '1'},"
+                     f" {'pg_advisory_unlock_shared(hashtextextended(:pk, 0))' if project else '1'}", **keys)
             if time.monotonic() > deadline:
-                raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
+                raise Unavailable(f"batch {batch_id} is being persisted by another delivery, or its project's"
+                                  " data is being deleted or expired", 1)
             time.sleep(0.02)
         try:
             # Announced to the ClickHouse insert group: concurrent batches share one insert.
             with self.ch.announce_insert("events", INSERT_COLUMNS) as announcement:
                 return self._steps(conn, batch_id, project_id, received_at, rows, announcement)
         finally:
-            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")
+            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0)),"
+                     " pg_advisory_unlock_shared(hashtextextended(:pk, 0))", **keys)
 
     def _steps(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
                rows: Sequence[dict[str, str]], announcement: Announcement | None) -> Outcome:

@@ -5,7 +5,8 @@ touched, all under the project's identity lock."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ import orjson
 from pulse import telemetry
 from pulse.core import persons
 from pulse.core.persons import Identities, Operation, Outcome, Person
+from pulse.errors import NotFound
 from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
@@ -126,10 +128,75 @@ class PersonStore:
                     d=retention_days)
 
 
-def person_rows(conn: Connection, project_id: str, distinct_id: str) -> Person | None:
-    found = load(conn, project_id, [distinct_id])
-    return found[0] if found else None
+# Reads (the persons API) --------------------------------------------------------
+
+KEYS = "arrayMap(x -> reinterpretAsUInt128(sipHash128(x)), {ids:Array(String)})"
+EVENT_FIELDS = ("toString(event_id) AS event_id, occurred_at, received_at, event_type, user_id, anonymous_id,"
+                " session_id, properties, path, url, referrer, title, user_agent, ip, locale, country")
 
 
-def as_dict(person: Person) -> dict[str, Any]:
-    return {"person_id": person.person_id, "distinct_ids": sorted(person.members), "properties": person.properties}
+def person_of(db: Database, project_id: str, distinct_id: str) -> Person:
+    """The person an identifier belongs to (a person of its own when no link names it)."""
+    found = db.call(lambda conn: load(conn, project_id, [distinct_id]))
+    if found:
+        return found[0]
+    return Person(persons.person_id(project_id, distinct_id), distinct_id, False, {}, {distinct_id}, stored=False)
+
+
+def _ts(moment: Any) -> str | None:
+    """RFC 3339 in UTC (ClickHouse gives naive UTC datetimes)."""
+    if not moment:
+        return None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def profile(db: Database, ch: ClickHouse, project_id: str, distinct_id: str) -> dict[str, Any] | None:
+    """``{person_id, distinct_ids, properties, first_seen, last_seen}``, or None
+    when nothing is known of the identifier."""
+    person = person_of(db, project_id, distinct_id)
+    n, first, last = ch.rows(f"SELECT count(), min(occurred_at), max(occurred_at) FROM events"
+                             f" WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)",
+                             {"p": project_id, "ids": sorted(person.members)})[0]
+    if not n and not person.stored:
+        return None
+    return {"person_id": person.person_id, "distinct_ids": sorted(person.members), "properties": person.properties,
+            "first_seen": _ts(first) if n else None, "last_seen": _ts(last) if n else None}
+
+
+def listing(db: Database, ch: ClickHouse, project_id: str, search: str | None, limit: int) -> list[dict[str, Any]]:
+    """Persons by last seen (newest first), or those with an identifier or a
+    property value containing ``search`` (case-insensitive)."""
+    params: dict[str, Any] = {"p": project_id, "limit": limit}
+    matching = ""
+    if search:
+        params["s"] = search
+        matching = (f" AND {persons.PERSON} IN (SELECT {persons.PERSON} FROM events WHERE project_id = {{p:UUID}}"
+                    " AND positionCaseInsensitive(actor, {s:String}) > 0 UNION ALL SELECT person_key"
+                    " FROM person_properties FINAL WHERE project_id = {p:UUID}"
+                    " AND positionCaseInsensitive(properties, {s:String}) > 0)")
+    rows = ch.rows(f"SELECT {persons.PERSON} AS pk, groupUniqArray(actor), max(occurred_at) AS last FROM events"
+                   f" WHERE project_id = {{p:UUID}}{matching} GROUP BY pk ORDER BY last DESC, pk"
+                   " LIMIT {limit:UInt32}", params)
+    seen = sorted({i for _, ids, _ in rows for i in ids})
+    stored = db.call(lambda conn: load(conn, project_id, seen)) if seen else []
+    by_id = {m: p for p in stored for m in p.members}
+    out = []
+    for _, ids, last in rows:
+        person = next((by_id[i] for i in sorted(ids) if i in by_id), None)
+        if person is None:
+            person = Person(persons.person_id(project_id, ids[0]), ids[0], False, {}, set(ids), stored=False)
+        out.append({"person_id": person.person_id, "distinct_ids": sorted(person.members | set(ids)),
+                    "last_seen": _ts(last)})
+    return out
+
+
+def export_lines(db: Database, ch: ClickHouse, project_id: str, distinct_id: str) -> Iterator[bytes]:
+    """Everything held about the person (GDPR article 15), as NDJSON: a first
+    line ``{"person": profile}``, then every event, oldest first."""
+    found = profile(db, ch, project_id, distinct_id)
+    if found is None:
+        raise NotFound(f"nothing is known of {distinct_id[:80]!r} in this project")
+    yield orjson.dumps({"person": found}) + b"\n"
+    yield from ch.stream(f"SELECT {EVENT_FIELDS} FROM events WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
+                         " ORDER BY occurred_at", {"p": project_id, "ids": found["distinct_ids"]}, "JSONEachRow")
