@@ -23,6 +23,12 @@ TYPES = ["page_view", "page_view", "page_view", "click", "signup", "activate", "
 PATHS = ["/", "/pricing", "/docs", "/blog", "/signup"]
 COUNTRIES = ["UA", "DE", "US", "FR"]
 PLANS = ["free", "pro"]
+# User agents the oracle knows: two of known bots (a crawler, a headless browser), one of a person.
+BOT_AGENTS = frozenset({
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+})
+HUMAN_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 
 
 @dataclass
@@ -37,12 +43,17 @@ class Event:
     path: str
     country: str
 
+    user_agent: str = ""
     person: str = ""  # set by resolve(): a representative of the actor's person
     person_properties: dict[str, Any] = field(default_factory=dict)  # set by resolve()
 
     @property
     def actor(self) -> str:
         return self.user_id or self.anonymous_id
+
+    @property
+    def bot(self) -> bool:
+        return self.user_agent in BOT_AGENTS
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event_id": self.event_id, "event_type": self.event_type,
@@ -60,6 +71,8 @@ class Event:
             context["country"] = self.country
         if self.path:
             context["page"] = {"path": self.path}
+        if self.user_agent:
+            context["user_agent"] = self.user_agent
         if context:
             out["context"] = context
         return out
@@ -106,7 +119,7 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
             session_id=extra.pop("session_id", rng.choice(["", f"s-{rng.randint(1, 60)}"])),
             at=_ms(at), properties=props,
             path=extra.pop("path", rng.choice(PATHS) if event_type == "page_view" else ""),
-            country=extra.pop("country", rng.choice(COUNTRIES)))
+            country=extra.pop("country", rng.choice(COUNTRIES)), user_agent=extra.pop("user_agent", ""))
         data.events.append(event)
         return event
 
@@ -151,6 +164,14 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
     for seconds in (20, 40, 100, 170, 230, 500, 900):
         at = now - timedelta(seconds=seconds)
         add(rng.choice(TYPES), rng.choice(actors), at)
+    # Bots: a crawler, and a person's browser run headless for a few events (each event is judged alone).
+    for _ in range(12):
+        at = start_of_today - timedelta(days=rng.randint(1, 60), seconds=-rng.randint(0, 86_000))
+        add("page_view", ("", "crawler-1"), at, user_agent=sorted(BOT_AGENTS)[0])
+    for n in range(6):
+        at = start_of_today - timedelta(days=rng.randint(1, 60), seconds=-rng.randint(0, 86_000))
+        add(rng.choice(TYPES), actors[n], at, user_agent=sorted(BOT_AGENTS)[1])
+        add(rng.choice(TYPES), actors[n + 6], at, user_agent=HUMAN_AGENT)
     late_events = _persons(data, add, start_of_today)
     plain = [e for e in data.events if not e.event_type.startswith("$")]  # identity events go by their calls
     for event in plain:
@@ -298,11 +319,11 @@ def matches(event: Event, segments: Iterable[tuple[str, str]]) -> bool:
 
 
 def select(data: Dataset, first: date, last: date, tz: str, segments: Iterable[tuple[str, str]] = (),
-           event_type: str | None = None) -> list[Event]:
+           event_type: str | None = None, include_bots: bool = False) -> list[Event]:
     start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
     segs = list(segments)
     return [e for e in data.events if start <= e.at < end and matches(e, segs)
-            and (event_type is None or e.event_type == event_type)]
+            and (event_type is None or e.event_type == event_type) and (include_bots or not e.bot)]
 
 
 # Answers -------------------------------------------------------------------
@@ -361,8 +382,11 @@ def pages(events: list[Event], limit: int) -> dict[str, Any]:
             "top_paths": [{"path": p, "views": n, "users": len(users[p])} for p, n in top]}
 
 
-def overview(events: list[Event]) -> dict[str, Any]:
+def overview(everything: list[Event], include_bots: bool = False) -> dict[str, Any]:
+    """``everything``: the range's events, bots' included."""
+    events = everything if include_bots else [e for e in everything if not e.bot]
     return {"events": len(events), "unique_users": len({e.person for e in events}),
+            "bot_events_excluded": len(everything) - len(events),
             "unique_event_types": len({e.event_type for e in events}),
             "unique_sessions": len({e.session_id for e in events if e.session_id})}
 
@@ -370,7 +394,7 @@ def overview(events: list[Event]) -> dict[str, Any]:
 def user(data: Dataset, actor: str) -> dict[str, Any] | None:
     """The history of the person ``actor`` belongs to."""
     ids = person_of(data, actor)
-    mine = [e for e in data.events if e.actor in ids]
+    mine = [e for e in data.events if e.actor in ids and not e.bot]
     if not mine:
         return None
     counts = Counter(e.event_type for e in mine)
@@ -385,7 +409,7 @@ def user(data: Dataset, actor: str) -> dict[str, Any] | None:
 
 def summary(data: Dataset, now: datetime, tz: str) -> dict[str, Any]:
     today = day_start(local(now, tz).date(), tz)
-    seen = [e for e in data.events if e.at <= now]
+    seen = [e for e in data.events if e.at <= now and not e.bot]
     last5 = [e for e in seen if e.at >= now - timedelta(minutes=5)]
     last1 = [e for e in seen if e.at >= now - timedelta(minutes=1)]
     todays = [e for e in seen if e.at >= today]
@@ -409,11 +433,12 @@ def retention(data: Dataset, start: date, windows: int, tz: str, today: date,
         return d - timedelta(days=d.weekday())
 
     first_seen: dict[str, datetime] = {}
-    for e in data.events:
+    humans = [e for e in data.events if not e.bot]
+    for e in humans:
         if e.person not in first_seen or e.at < first_seen[e.person]:
             first_seen[e.person] = e.at
     weeks: dict[str, set[date]] = defaultdict(set)
-    for e in data.events:
+    for e in humans:
         if matches(e, segs):
             weeks[e.person].add(monday(e.at))
     first_week = start - timedelta(days=start.weekday())

@@ -41,8 +41,9 @@ class Seeded:
     def range(self, tz: str) -> dict[str, str]:
         return {"from": self.first.isoformat(), "to": self.last.isoformat(), "tz": tz}
 
-    def select(self, tz: str, segments: list[tuple[str, str]] = (), event_type: str | None = None) -> list[Any]:
-        return oracle.select(self.data, self.first, self.last, tz, segments, event_type)
+    def select(self, tz: str, segments: list[tuple[str, str]] = (), event_type: str | None = None,
+               include_bots: bool = False) -> list[Any]:
+        return oracle.select(self.data, self.first, self.last, tz, segments, event_type, include_bots)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,24 @@ def test_pages(seeded: Seeded, limit: int | None, segments: list[tuple[str, str]
 @pytest.mark.parametrize("segments", SEGMENT_CASES)
 def test_overview(seeded: Seeded, segments: list[tuple[str, str]]) -> None:
     got = seeded.get("/v1/stats/overview", segment=segs(segments), **seeded.range("Europe/Kyiv"))
-    assert got == oracle.overview(seeded.select("Europe/Kyiv", segments))
+    assert got == oracle.overview(seeded.select("Europe/Kyiv", segments, include_bots=True))
+
+
+def test_bots_are_left_out_unless_asked_for(seeded: Seeded) -> None:
+    everything = seeded.select("UTC", include_bots=True)
+    bots = [e for e in everything if e.bot]
+    assert {e.actor for e in bots} >= {"crawler-1", "u0"}, "a crawler, and some headless events of a person"
+    overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
+    assert overview["bot_events_excluded"] == len(bots) > 0
+    assert seeded.get("/v1/stats/overview", include_bots="true", **seeded.range("UTC")) == \
+        oracle.overview(everything, include_bots=True)
+    for path, want in (("/v1/stats/top-events", oracle.top_events(everything, 10)),
+                       ("/v1/stats/pages", oracle.pages(everything, 10)),
+                       ("/v1/stats/active-users", oracle.active(everything, "day", "UTC"))):
+        assert seeded.get(path, include_bots="true", **seeded.range("UTC")) == want, path
+    assert seeded.get("/v1/stats/top-events", **seeded.range("UTC")) == oracle.top_events(seeded.select("UTC"), 10)
+    answer = seeded.api.get("/v1/stats/dau?include_bots=maybe")
+    assert answer.status == 400 and answer.json["errors"][0]["field"] == "include_bots"
 
 
 def test_user_profiles(seeded: Seeded) -> None:
@@ -270,7 +288,8 @@ def test_live_sends_summary_events(seeded: Seeded) -> None:
 
 def test_a_project_sees_only_its_own_data(seeded: Seeded, project: Any) -> None:
     other = project.api.get("/v1/stats/overview?" + urlencode(seeded.range("UTC")))
-    assert other.json == {"events": 0, "unique_users": 0, "unique_event_types": 0, "unique_sessions": 0}
+    assert other.json == {"events": 0, "unique_users": 0, "unique_event_types": 0, "unique_sessions": 0,
+                          "bot_events_excluded": 0}
     forbidden = project.api.get(f"/v1/stats/overview?project_id={seeded.project_id}")
     assert forbidden.status == 403
 

@@ -196,6 +196,7 @@ def posthog_event(message: Any, project_id: str, sent_at: Any, received_at: date
             "page": {k: v for k, v in {"path": properties.get("$pathname"), "url": properties.get("$current_url"),
                                        "referrer": properties.get("$referrer")}.items()
                      if isinstance(v, str)} or None,
+            "user_agent": properties.get("$raw_user_agent"),
             "ip": properties.get("$ip"),
             "locale": properties.get("$locale"),
             "country": properties.get("$geoip_country_code"),

@@ -71,8 +71,8 @@ ACTOR_TABLES = ("events", "actor_hours", "actor_type_hours", "page_hours", "type
 HOURLY_TABLES = ("actor_hours", "actor_type_hours", "page_hours", "type_hours", "path_hours")
 SPANS = {"type_spans": ("event_type", ""), "page_spans": ("path", " AND event_type = 'page_view'")}
 SYNC = " SETTINGS mutations_sync = 2"
-# The events the rollups count (their materialized views' filter).
-ROLLED_UP = "1"
+# The events the rollups count (their materialized views' filter, migration 0021).
+ROLLED_UP = "bot = 0"
 
 
 def suppression_hash(project_id: str, identifier: str) -> bytes:

@@ -48,6 +48,7 @@ class Filters:
     tz: str
     segments: tuple[Segment, ...] = ()
     event_type: str | None = None
+    include_bots: bool = False  # events of known bots (pulse.core.bots) are left out unless asked
 
     @property
     def first_day(self) -> date:
@@ -150,7 +151,11 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     event_type = one(params, "event_type")
     if event_type is not None and not 1 <= len(event_type) <= 128:
         raise InvalidInput.field("event_type", "must be 1 to 128 characters")
-    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
+    bots = (one(params, "include_bots") or "false").lower()
+    if bots not in ("true", "false"):
+        raise InvalidInput.field("include_bots", "must be true or false")
+    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type,
+                   bots == "true")
 
 
 def condition(filters: Filters, prefix: str = "f",
@@ -159,7 +164,9 @@ def condition(filters: Filters, prefix: str = "f",
     columns, whose time column is named; ``None`` for one without, where the
     range is applied otherwise) and its bound parameters. Every value,
     property keys included, is a parameter; only fixed column names from
-    ``SEGMENT_COLUMNS`` appear in the text."""
+    ``SEGMENT_COLUMNS`` appear in the text. Over the events table (time column
+    ``occurred_at``) bots are left out unless ``include_bots``; the rollups
+    hold none."""
     params: dict[str, Any] = {
         f"{prefix}_project": filters.project_id,
         f"{prefix}_start": filters.start.replace(tzinfo=None),
@@ -169,6 +176,8 @@ def condition(filters: Filters, prefix: str = "f",
     if time_column is not None:
         parts += [f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
                   f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}"]
+    if time_column == "occurred_at" and not filters.include_bots:
+        parts.append("bot = 0")
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")

@@ -31,7 +31,7 @@ MIN_STEPS = 2
 MAX_STEPS = 10
 DEFAULT_WINDOW_S = 86_400
 MAX_WINDOW_S = 90 * 86_400
-BODY_KEYS = {"steps", "window_seconds", "from", "to", "tz", "segment"}
+BODY_KEYS = {"steps", "window_seconds", "from", "to", "tz", "segment", "include_bots"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ def parse_funnel(body: Any, project_id: str, max_range_days: int) -> Funnel:
                 raise InvalidInput.field(name, "must be a string")
             params[name] = [value]
     params["segment"] = _strings(body.get("segment"), "segment")
+    bots = body.get("include_bots", False)
+    if not isinstance(bots, bool):
+        raise InvalidInput.field("include_bots", "must be true or false")
+    params["include_bots"] = ["true" if bots else "false"]
     filters = parse_filters(params, project_id, max_range_days)
 
     window = body.get("window_seconds", DEFAULT_WINDOW_S)

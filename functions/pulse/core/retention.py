@@ -70,16 +70,17 @@ def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | N
     start = datetime.combine(spec.first_week, time(), zone).astimezone(UTC)
     end = datetime.combine(last_week + timedelta(weeks=spec.windows + 1), time(), zone).astimezone(UTC)
     scoped = replace(filters, start=start, end=end)
-    src = actor_source(scoped) if rollups else EVENTS
+    src = actor_source(scoped) if rollups and not filters.include_bots else EVENTS
     where, params = condition(scoped, time_column=src.time)
     params.update(tz=filters.tz, project=filters.project_id, first_week=spec.first_week, last_week=last_week)
     who = resolver(ch, filters.project_id)
+    bots_out = src is EVENTS and not filters.include_bots  # the rollups hold no bots
     rows = query("retention", ch, f"""
         SELECT cw, intDiv(w - cw, 7) AS k, count()
         FROM (
             SELECT {who.key} AS person, toMonday(min({src.time}), {{tz:String}}) AS cw,
                    groupUniqArrayIf(toMonday({src.time}, {{tz:String}}), {where}) AS weeks
-            FROM {src.table} WHERE project_id = {{project:UUID}}
+            FROM {src.table} WHERE project_id = {{project:UUID}}{" AND bot = 0" if bots_out else ""}
             GROUP BY person
             HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)
         )

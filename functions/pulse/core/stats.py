@@ -104,7 +104,8 @@ def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
 
 
 def _source(filters: Filters, rollups: bool, by_type: bool = False) -> Source:
-    return actor_source(filters, by_type) if rollups else EVENTS
+    """A rollup when one answers exactly (they hold no bots: with include_bots, the events table)."""
+    return actor_source(filters, by_type) if rollups and not filters.include_bots else EVENTS
 
 
 def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
@@ -151,7 +152,7 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     exactly (pulse.core.rollups), else None. The whole table's hours settle most
     ranges (any range up to today) from part metadata; the project's own hours
     settle the rest."""
-    if not covers(filters, fields):
+    if filters.include_bots or not covers(filters, fields):
         return None
     type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, SPAN_STATE, {})[0]
     table = table_hours(int(first_s), int(last_s), int(hour_parts))
@@ -194,7 +195,7 @@ def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) ->
     if spans is not None:
         rows = _pages_from_spans(ch, replace(views, event_type=None), limit, spans, who)
     else:
-        src = page_source(views) if rollups else EVENTS
+        src = page_source(views) if rollups and not filters.include_bots else EVENTS
         if src is not EVENTS:
             views = replace(views, event_type=None)  # the rollup holds page views only
         where, params = condition(views, time_column=src.time)
@@ -230,12 +231,17 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
 
 
 def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
-    where, params = condition(filters)
+    """Also how many events of known bots the figures leave out (0 with include_bots)."""
+    where, params = condition(replace(filters, include_bots=True))
     who = resolver(ch, filters.project_id)
-    e, u, t, s = query("overview", ch,
-                       f"SELECT count(), uniqExact({who.key}), uniqExact(event_type),"
-                       f" uniqExactIf(session_id, session_id != '') FROM events WHERE {where}", params)[0]
-    return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s)}
+    counted = "1" if filters.include_bots else "bot = 0"
+    e, u, t, s, b = query("overview", ch,
+                          f"SELECT countIf({counted}), uniqExactIf({who.key}, {counted}),"
+                          f" uniqExactIf(event_type, {counted}),"
+                          f" uniqExactIf(session_id, session_id != '' AND {counted}),"
+                          f" countIf(NOT ({counted})) FROM events WHERE {where}", params)[0]
+    return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s),
+            "bot_events_excluded": int(b)}
 
 
 def user(ch: ClickHouse, filters: Filters, user_id: str) -> dict[str, Any]:
