@@ -287,3 +287,34 @@ def test_retention_removes_old_events_from_every_table(pulse: Any) -> None:
     assert project.get("/v1/stats/top-events", **mid) == [{"event_type": "page_view", "count": 4, "users": 2},
                                                           {"event_type": "signup", "count": 2, "users": 1}]
     assert pulse.functions["persist"].expire() == 0, "a second run finds nothing more"
+
+
+# Identity crash notes ---------------------------------------------------------
+
+def test_a_redelivered_batch_rewrites_overrides_a_crash_lost(pulse: Any, project: Any) -> None:
+    """A crash after the identity transaction committed and before ClickHouse was
+    written leaves Postgres linked and ClickHouse not; the redelivered batch does
+    not apply its links twice but rewrites the ClickHouse side."""
+    from pulse.core.persons import Identify, Link, SetProperties
+    from pulse.storage.persons import PersonStore
+
+    sent = [make_event(anonymous_id="crash-anon", user_id=None), make_event(user_id="crash-user")]
+    assert project.api.post("/v1/events", {"events": sent}).status == 202
+    wait_persisted(pulse)
+    store = PersonStore(pulse.services.db, pulse.services.ch)
+    batch_id = str(uuid.uuid4())
+    ops = [Link("crash-anon", "crash-user"), Identify("crash-user"), SetProperties("crash-user", {"plan": "pro"}, {})]
+
+    def users() -> int:
+        return project.api.get("/v1/stats/overview").json["unique_users"]
+
+    assert users() == 2
+    assert store.apply(project.project_id, batch_id, ops) is not None
+    assert users() == 1
+    ch, p = pulse.services.ch, {"p": project.project_id}
+    ch.command("ALTER TABLE person_overrides DELETE WHERE project_id = {p:UUID} SETTINGS mutations_sync = 2", p)
+    ch.command("ALTER TABLE person_properties DELETE WHERE project_id = {p:UUID} SETTINGS mutations_sync = 2", p)
+    assert users() == 2, "the state such a crash leaves"
+    assert store.apply(project.project_id, batch_id, ops) is None, "not applied twice"
+    assert users() == 1
+    assert project.api.get("/v1/stats/overview?segment=person.plan:pro").json["unique_users"] == 1

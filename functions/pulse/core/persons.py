@@ -63,6 +63,17 @@ When a link is visible
     ClickHouse under the same lock, then the batch is done. Once the batch
     that carries a link is persisted, every query reflects the link.
 
+For query builders (stats, insights)
+    ``who = resolver(ch, project_id)`` once per query, then ``who.key`` wherever
+    the SQL means "the user" of a row of ``events`` or of a rollup (it needs
+    the row's ``project_id`` and ``actor_key``): ``uniqExact(who.key)``,
+    ``GROUP BY who.key`` for per-person state (funnels, paths, stickiness,
+    lifecycle, cohorts). Rows of one identifier before and after a link are
+    then one person's rows. ``members_condition`` selects one person's rows
+    without a per-row lookup; ``person.<key>`` segments come from
+    pulse.core.filters. A person's key is also what ``person_id`` is derived
+    from (``uuid5(project_id, primary)``).
+
 Crash notes (pulse.storage.persons applies them)
     - before the transaction commits: nothing applied; a redelivery applies.
     - after it commits, before or during the ClickHouse writes: the batch is
