@@ -99,6 +99,7 @@ def test_triggers_filter_by_type(default_objects: list[dict[str, Any]]) -> None:
     assert routes == {
         "dev.pulse.events.persisted": ("pulse-aggregate", "/_ce/persisted"),
         "dev.pulse.export.requested": ("pulse-export", "/_ce/export-requested"),
+        "dev.pulse.person.deletion.requested": ("pulse-export", "/_ce/deletion-requested"),
         "dev.knative.sources.ping": ("pulse-persist", "/_ce/maintenance"),
     }
 

@@ -33,6 +33,8 @@ def test_triggers_with_their_filters() -> None:
     assert triggers == {
         (("type", "dev.pulse.events.persisted"),): (Destination("aggregate", "/_ce/persisted", None, AUD + "aggregate"), 30.0),
         (("type", "dev.pulse.export.requested"),): (Destination("export", "/_ce/export-requested", None, AUD + "export"), 600.0),
+        (("type", "dev.pulse.person.deletion.requested"),): (Destination("export", "/_ce/deletion-requested", None, AUD + "export"),
+                                                             600.0),
         (("type", "dev.knative.sources.ping"),): (Destination("persist", "/_ce/maintenance", None, AUD + "persist"), 600.0),
     }
     assert w.triggers_for("elsewhere") == ()
