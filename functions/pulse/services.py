@@ -25,7 +25,7 @@ from pulse.security.tokens import (
     load_signing_key,
 )
 from pulse.settings import Settings, SettingsError, redact
-from pulse.storage.clickhouse import ClickHouse
+from pulse.storage.clickhouse import ClickHouse, Layout
 from pulse.storage.postgres import Database
 
 
@@ -59,7 +59,8 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
-                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
+                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"),
+                                      layout=Layout(self.settings.clickhouse_cluster))
             return self._ch
 
     @property
