@@ -14,7 +14,9 @@ a record carries the same id. Steps:
    batch owns are those whose ledger row names this batch. Events whose row
    names another batch are duplicates (an earlier batch has them).
 2. Insert the owned events into ClickHouse, stamped with the batch id.
-3. Mark the batch ``done``.
+3. Apply the identity operations the owned events carry (links, person
+   properties: pulse.core.persons, whose header has their own crash notes).
+4. Mark the batch ``done``.
 
 Crash analysis:
 - before step 1 commits: nothing is recorded; redelivery starts afresh.
@@ -22,16 +24,20 @@ Crash analysis:
   the events the ledger gives this batch, asks ClickHouse which of them are
   already stored under this batch id (a partial insert across partitions is
   covered too) and inserts only the rest.
-- after 2, before 3: as above; ClickHouse already has them all, nothing is
-  inserted twice.
-- after 3: redelivery finds ``done`` and only reports the earlier outcome.
+- after 2, before 4: as above; ClickHouse already has them all, nothing is
+  inserted twice; step 3 is applied once (its own record) and its ClickHouse
+  side rewritten.
+- after 4: redelivery finds ``done`` and only reports the earlier outcome.
 
 Two deliveries of one record may also overlap (a delivery timed out and was
 retried while persist still worked on it, perhaps on another replica). They
 take turns: within a process by a table of the batches in hand, across
 processes by a Postgres advisory lock on the batch id, held from the claim
 to the ``done`` mark on a session of its own (a crash ends the session and
-frees the lock). The later delivery sees the earlier one's outcome.
+frees the lock). The later delivery sees the earlier one's outcome. The
+project's advisory lock is held shared meanwhile: a person deletion or a
+retention run (pulse.core.erasure) holds it exclusively, so no batch of the
+project is written while they work.
 
 An event sent again in a *different* batch (a client retrying after a 503)
 finds the ledger row of the first batch and is a duplicate; the first batch,
@@ -43,7 +49,8 @@ Claims of concurrent batches, and why they cannot deadlock:
 - Each step is paid once for whatever is in flight (pulse.group_commit): the
   batches being delivered at once are claimed in one transaction, their rows
   go into ClickHouse in one insert, and they are marked ``done`` in one
-  statement. Within a process, claim transactions run one at a time.
+  statement (steps 1, 2 and 4; step 3 runs per batch). Within a process,
+  claim transactions run one at a time.
 - Across processes (replicas, a bulk loader, a baseline running beside
   Pulse) claim transactions do run concurrently, and two of them may hold the
   same event ids (a client re-sent an event; the re-send landed in another
@@ -84,7 +91,14 @@ from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
+# Step 3: (project_id, batch_id, the owned rows) -> None.
+IdentityHook = Callable[[str, str, Sequence[dict[str, str]]], None]
 CLAIM_MAX_EVENTS = 100_000  # events claimed in one transaction at most
+
+
+def project_lock(project_id: str) -> str:
+    """The advisory lock persist holds shared while writing a project's batch."""
+    return f"persist-project:{project_id}"
 
 
 @dataclass(frozen=True)
@@ -119,14 +133,17 @@ class _Claim:
 @dataclass(frozen=True)
 class _Finish:
     batch_id: str
+    project_id: str
     outcome: Outcome | None  # None: release the batch without marking it
 
 
 class Persister:
     def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None,
-                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0) -> None:
+                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0,
+                 identity: IdentityHook | None = None) -> None:
         self.db = db
         self.ch = ch
+        self.identity = identity
         self.fault = fault or (lambda step: None)
         self.insert_chunk_rows = max(1, insert_chunk_rows)
         self.lock_wait_s = lock_wait_s
@@ -151,9 +168,9 @@ class Persister:
                 outcome = claim.done or self._store(batch_id, project_id, received_at, len(rows), unique,
                                                     claim, announcement)
             except BaseException:
-                self.locks.release([batch_id])
+                self.locks.release([(batch_id, project_id)])
                 raise
-            self._finishes.submit(_Finish(batch_id, outcome if claim.done is None else None))
+            self._finishes.submit(_Finish(batch_id, project_id, outcome if claim.done is None else None))
             return outcome
 
     @contextmanager
@@ -181,14 +198,16 @@ class Persister:
             claim = self._claims.submit(request)
             if claim.locked:
                 return claim
-            if time.monotonic() > deadline:  # another replica holds the batch
-                raise Unavailable(f"batch {request.batch_id} is being persisted by another delivery", 1)
+            if time.monotonic() > deadline:  # another replica holds the batch, or an erasure the project
+                raise Unavailable(f"batch {request.batch_id} is being persisted by another delivery, or its"
+                                  " project's data is being deleted or expired", 1)
             time.sleep(0.02)
 
     def _store(self, batch_id: str, project_id: str, received_at: str, total: int,
                unique: dict[str, dict[str, str]], claim: _Claim, announcement: Announcement) -> Outcome:
         self.fault("after-ledger")
         owned = [row for event_id, row in unique.items() if event_id in claim.owned]
+        mine = owned
         if not claim.fresh and owned:
             stored = self._stored_by_batch(project_id, batch_id)
             owned = [row for row in owned if row["event_id"] not in stored]
@@ -197,6 +216,9 @@ class Persister:
         else:
             announcement.group.withdraw(announcement)
         self.fault("after-insert")
+        if self.identity is not None and mine:
+            self.identity(project_id, batch_id, mine)
+        self.fault("after-identity")
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
         outcome = Outcome(project_id, len(claim.owned), total - len(claim.owned),
                           min(times) if times else None, max(times) if times else None,
@@ -210,7 +232,7 @@ class Persister:
 
     def _claim_round(self, requests: list[_Request]) -> list[_Claim]:
         """Step 1 for every batch being delivered now: their advisory locks, then one transaction."""
-        locked = self.locks.try_acquire([r.batch_id for r in requests])
+        locked = self.locks.try_acquire([(r.batch_id, r.project_id) for r in requests])
         mine = [r for r in requests if r.batch_id in locked]
         claims: dict[str, _Claim] = {}
         if mine:
@@ -220,12 +242,12 @@ class Persister:
                         "pulse.events": sum(len(r.event_ids) for r in mine)}):
                     claims = self.db.call(lambda conn: in_transaction(conn, lambda: _claim_all(conn, mine)))
             except BaseException:
-                self.locks.release([r.batch_id for r in mine])
+                self.locks.release([(r.batch_id, r.project_id) for r in mine])
                 raise
         return [claims.get(r.batch_id) or _Claim(locked=False) for r in requests]
 
     def _finish_round(self, finishes: list[_Finish]) -> list[None]:
-        """Step 3 for every batch finishing now, then their advisory locks released."""
+        """Step 4 for every batch finishing now, then their advisory locks released."""
         marked = sorted((f for f in finishes if f.outcome is not None), key=lambda f: f.batch_id)
         try:
             if marked:
@@ -239,12 +261,15 @@ class Persister:
                     d=[o.duplicates for o in outcomes], f=[o.first for o in outcomes],
                     l=[o.last for o in outcomes])
         finally:
-            self.locks.release([f.batch_id for f in finishes])
+            self.locks.release([(f.batch_id, f.project_id) for f in finishes])
         return [None] * len(finishes)
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
+        # On a cluster, every replica is asked: a row one replica took (and has not
+        # yet passed on) is stored, and must not be inserted again.
+        table = self.ch.layout.on_every_replica(self.ch.layout.local("events"))
         rows = self.ch.rows(
-            "SELECT toString(event_id) FROM events WHERE project_id = {p:UUID} AND batch_id = {b:UUID}",
+            f"SELECT DISTINCT toString(event_id) FROM {table} WHERE project_id = {{p:UUID}} AND batch_id = {{b:UUID}}",
             {"p": project_id, "b": batch_id},
         )
         return {r[0] for r in rows}
@@ -286,6 +311,11 @@ def persisted_batches(db: Database, batch_ids: Sequence[str]) -> set[str]:
 
 def _uuid_array(values: Sequence[str]) -> str:
     """One array literal instead of a driver-built array: canonical UUIDs need no escaping."""
+    return "{" + ",".join(values) + "}"
+
+
+def _array(values: Sequence[str]) -> str:
+    """An array literal of strings made of letters, digits, '-' and ':' (nothing to escape)."""
     return "{" + ",".join(values) + "}"
 
 
@@ -343,37 +373,55 @@ def _claim_all(conn: Connection, requests: list[_Request]) -> dict[str, _Claim]:
 
 
 class BatchLocks:
-    """Postgres advisory locks on batch ids, held on one session of their own
-    from a batch's claim to its ``done`` mark. Only tried, never waited for.
-    If the session breaks, its locks are gone with it: the batches in hand
-    finish (their steps are idempotent) and the next call opens a new one."""
+    """Postgres advisory locks on batch ids (and their projects' locks, shared),
+    held on one session of their own from a batch's claim to its ``done``
+    mark. Only tried, never waited for. If the session breaks, its locks are
+    gone with it: the batches in hand finish (their steps are idempotent) and
+    the next call opens a new one."""
 
-    LOCK = ("SELECT k FROM unnest(CAST(:k AS text[])) AS k"
-            " WHERE pg_try_advisory_lock(hashtextextended('persist:' || k, 0))")
-    UNLOCK = ("SELECT count(*) FROM unnest(CAST(:k AS text[])) AS k"
-              " WHERE pg_advisory_unlock(hashtextextended('persist:' || k, 0))")
+    LOCK = ("SELECT b, pg_try_advisory_lock(hashtextextended(k, 0)), pg_try_advisory_lock_shared("
+            "hashtextextended(pk, 0)) FROM unnest(CAST(:b AS text[]), CAST(:k AS text[]), CAST(:pk AS text[]))"
+            " AS t(b, k, pk)")
+    UNLOCK = ("SELECT CASE WHEN m THEN pg_advisory_unlock(hashtextextended(k, 0)) END,"
+              " CASE WHEN p THEN pg_advisory_unlock_shared(hashtextextended(pk, 0)) END"
+              " FROM unnest(CAST(:k AS text[]), CAST(:pk AS text[]), CAST(:m AS boolean[]), CAST(:p AS boolean[]))"
+              " AS t(k, pk, m, p)")
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
-    def try_acquire(self, batch_ids: Sequence[str]) -> set[str]:
-        rows = self._run(self.LOCK, batch_ids)
-        return {row[0] for row in rows}
+    def try_acquire(self, batches: Sequence[tuple[str, str]]) -> set[str]:
+        """The batch ids (of (batch id, project id) pairs) whose both locks were taken."""
+        rows = self._run(self.LOCK, b=_uuid_array([b for b, _ in batches]),
+                         k=_array([f"persist:{b}" for b, _ in batches]),
+                         pk=_array([project_lock(p) for _, p in batches]))
+        taken = {row[0] for row in rows if row[1] and row[2]}
+        partly = [(row[0], row[1], row[2]) for row in rows if not (row[1] and row[2]) and (row[1] or row[2])]
+        if partly:  # one of the two: give it back
+            projects = dict(batches)
+            self._unlock([(b, projects[b], mine, project) for b, mine, project in partly])
+        return taken
 
-    def release(self, batch_ids: Sequence[str]) -> None:
+    def release(self, batches: Sequence[tuple[str, str]]) -> None:
         """Never fails: if the session broke, its locks went with it."""
-        if batch_ids:
+        if batches:
             with suppress(Unavailable):
-                self._run(self.UNLOCK, batch_ids)
+                self._unlock([(b, p, True, True) for b, p in batches])
 
-    def _run(self, sql: str, batch_ids: Sequence[str]) -> list[list[Any]]:
+    def _unlock(self, locks: Sequence[tuple[str, str, bool, bool]]) -> None:
+        self._run(self.UNLOCK, k=_array([f"persist:{b}" for b, _, _, _ in locks]),
+                  pk=_array([project_lock(p) for _, p, _, _ in locks]),
+                  m=_array(["t" if m else "f" for _, _, m, _ in locks]),
+                  p=_array(["t" if p else "f" for _, _, _, p in locks]))
+
+    def _run(self, sql: str, **params: str) -> list[list[Any]]:
         with self._lock:
             try:
                 if self._conn is None:
                     self._conn = self.db.session()
-                return self._conn.run(sql, k=_uuid_array(batch_ids)) or []
+                return self._conn.run(sql, **params) or []
             except (InterfaceError, OSError, DatabaseError) as exc:
                 self.close()
                 raise Unavailable(f"postgres: batch locks unavailable: {type(exc).__name__}", 1) from exc
