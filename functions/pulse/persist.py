@@ -1,6 +1,8 @@
 """persist — CloudEvent function: each ``dev.pulse.events.ingested`` batch
 (delivered by the KafkaSource, one record at a time) goes into the dedup
-ledger and ClickHouse exactly once; see pulse/core/persisting.py for how.
+ledger and ClickHouse exactly once; see pulse/core/persisting.py for how. In
+embedded mode a record may carry its batch by reference to ingest's spool
+(pulse.bus.spool), read from there.
 
 It answers 2xx only when the batch is durable in both stores and a
 ``dev.pulse.events.persisted`` event naming it was handed to ``K_SINK``;
@@ -18,13 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import orjson
 from opentelemetry.trace import SpanKind
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.bus import kafka, sink
+from pulse.bus import kafka, sink, spool
 from pulse.bus.cloudevents import (
     INGESTED,
     MAINTENANCE_REQUESTED,
@@ -35,7 +38,7 @@ from pulse.bus.cloudevents import (
 from pulse.core import erasure, persons
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Outcome, Persister
-from pulse.errors import InvalidInput
+from pulse.errors import InvalidInput, Unavailable
 from pulse.group_commit import GroupCommit
 from pulse.services import Services
 from pulse.settings import Settings
@@ -77,14 +80,24 @@ class Persist(HttpFunction):
         self.persons.apply(project_id, batch_id, persons.operations(rows))
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
-        project_id, received_at, rows = decode_batch(event)
+        spool_dir = self.services.settings.spool_dir
+        record = spool.resolve(Path(spool_dir), event) if spool_dir else event
+        if record is None:  # a reference whose segment is gone: every batch in it was persisted
+            outcome = self.persister.recorded(event.id, event.get("partitionkey") or "")
+            if outcome is None:
+                raise Unavailable(f"the spooled record of batch {event.id} is missing", 1)
+            return self._finished(event, outcome)
+        project_id, received_at, rows = decode_batch(record)
         with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
-            outcome = self.persister.persist(event.id, project_id, received_at, rows)
-            self.notices.submit((event.id, outcome, telemetry.current_traceparent()))
-            telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
-                            duplicates=outcome.duplicates, redelivered=outcome.redelivered)
+            return self._finished(event, self.persister.persist(event.id, project_id, received_at, rows))
+
+    def _finished(self, event: CloudEvent, outcome: Outcome) -> dict[str, object]:
+        """Announce the batch (grouped with others finishing now) and log it."""
+        self.notices.submit((event.id, outcome, telemetry.current_traceparent()))
+        telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
+                        duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}
 
     def _notify(self, finished: list[tuple[str, Outcome, str | None]]) -> list[None]:

@@ -11,7 +11,7 @@ import pytest
 
 from pulse.bus import spool
 from pulse.bus.cloudevents import INGESTED, CloudEvent
-from pulse.errors import Unavailable
+from pulse.errors import InvalidInput, Unavailable
 
 
 def record(n: int) -> CloudEvent:
@@ -80,4 +80,37 @@ def test_a_full_spool_refuses_rather_than_grows(tmp_path: Path) -> None:
     with pytest.raises(Unavailable) as refused:
         box.append(record(2))
     assert refused.value.status == 503 and refused.value.retry_after_s >= 1
+    box.close()
+
+
+def test_the_broker_carries_a_reference_and_persist_reads_the_record_back(tmp_path: Path) -> None:
+    box = spool.Spool(tmp_path, "owner")
+    events = [record(n) for n in range(3)]
+    refs = [box.append(event) for event in events]
+    carried = spool.reference(events[1], refs[1])
+    assert carried.data == b"" and carried.id == events[1].id
+    back = spool.resolve(tmp_path, carried)
+    assert back is not None and back.data == events[1].data and dict(back.attributes) == dict(events[1].attributes)
+    assert spool.resolve(tmp_path, events[0]) is events[0]  # a record carried whole is itself
+    with pytest.raises(InvalidInput):  # a reference to another record's place
+        spool.resolve(tmp_path, spool.reference(events[0], refs[2]))
+    for bad in ("../etc/passwd:0:10", refs[0].rsplit(":", 1)[0] + ":3", "x.spool:a:b"):
+        with pytest.raises(InvalidInput):
+            spool.read(tmp_path, bad)
+    box._segments[-1].sealed = True
+    assert box.trim(lambda ids: set(ids)) == 1  # every batch persisted: the segment goes
+    assert spool.resolve(tmp_path, carried) is None  # and a late redelivery learns it is gone
+    box.close()
+
+
+def test_a_dead_lettered_batch_lets_its_segment_go(tmp_path: Path) -> None:
+    box = spool.Spool(tmp_path, "owner")
+    poison, fine = record(1), record(2)
+    box.append(poison)
+    box.append(fine)
+    box._segments[-1].sealed = True
+    assert box.trim(lambda ids: {fine.id} & set(ids)) == 0
+    spool.mark_dead(tmp_path, poison.id)
+    assert box.trim(lambda ids: {fine.id} & set(ids)) == 1
+    assert not (tmp_path / spool.DEAD / poison.id).exists()
     box.close()

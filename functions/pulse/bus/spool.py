@@ -1,9 +1,14 @@
 """A write-ahead spool of ingest's records, for a broker that keeps them in
 memory only (the embedded Tansu).
 
-ingest appends each record it sends to the broker to a spool file and answers
-202 only when the broker acknowledged the record *and* the spool has it on
-disk. The ``fsync`` is shared by every request that reaches it at the same
+ingest appends each record to a spool file and answers 202 only when the
+spool has it on disk *and* the broker acknowledged a record naming it. In
+the broker the record travels by reference (a claim check): its CloudEvent
+attributes plus ``pulsespool`` (``<segment>:<offset>:<length>``), with no
+data; persist reads the data from the spool (``read``), which is on the same
+machine in embedded mode. So the broker, which never frees a record, holds a
+few hundred bytes per batch rather than the batch, and the batch's bytes
+cross no socket between processes. The The ``fsync`` is shared by every request that reaches it at the same
 moment (group commit, pulse.group_commit), so its cost is paid per group, not
 per request. On start, ``pulse up`` hands whatever the spools hold to persist
 before it accepts new events; persist is idempotent (a batch already done is
@@ -19,6 +24,10 @@ its data. Frames are written whole under a lock, in order, so a frame that
 fails its length or CRC check (a write cut short by a power loss) is the end
 of what was synced: nothing after it was acknowledged.
 
+A record the dispatcher dead-letters goes to the dead-letter topic with its
+data read back from the spool (so that topic stands alone), and a marker file
+``dead/<batch id>`` lets the segment go as if the batch were persisted.
+
 Bounds: a segment takes appends for ``segment_s`` seconds or up to
 ``segment_bytes``; the spool holds at most ``max_bytes`` (appends beyond are
 refused: ingest answers 503), which persist falling behind would otherwise
@@ -30,6 +39,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -42,17 +52,72 @@ import crc32c
 import orjson
 
 from pulse.bus.cloudevents import CloudEvent
-from pulse.errors import Unavailable
+from pulse.errors import InvalidInput, Unavailable
 from pulse.group_commit import GroupCommit
 
 log = logging.getLogger("pulse.spool")
 HEADER = struct.Struct("<II")
 SUFFIX = ".spool"
+ATTRIBUTE = "pulsespool"  # the CloudEvent extension naming a spooled record: <segment>:<offset>:<length>
+SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\.spool$")
+BATCH_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+DEAD = "dead"
 
 
 def encode(event: CloudEvent) -> bytes:
     payload = orjson.dumps(dict(event.attributes)) + b"\n" + event.data
     return HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+
+def _decode(payload: bytes) -> CloudEvent:
+    attributes, _, body = payload.partition(b"\n")
+    return CloudEvent(MappingProxyType(orjson.loads(attributes)), body)
+
+
+def reference(event: CloudEvent, ref: str) -> CloudEvent:
+    """The record the broker carries for a spooled one: its attributes and where it is."""
+    return CloudEvent(MappingProxyType({**event.attributes, ATTRIBUTE: ref}), b"")
+
+
+def read(directory: Path, ref: str) -> CloudEvent | None:
+    """The spooled record a reference names; None if its segment is gone
+    (deleted once every batch in it was persisted). InvalidInput for a
+    reference that cannot name a record of this spool."""
+    name, _, rest = ref.partition(":")
+    offset_text, _, length_text = rest.partition(":")
+    if not SEGMENT_NAME.match(name) or not offset_text.isdigit() or not length_text.isdigit():
+        raise InvalidInput.field(ATTRIBUTE, "is not <segment>:<offset>:<length>")
+    offset, length = int(offset_text), int(length_text)
+    try:
+        with open(directory / name, "rb") as file:
+            frame = os.pread(file.fileno(), length, offset)
+    except FileNotFoundError:
+        return None
+    if len(frame) != length or length < HEADER.size:
+        raise InvalidInput.field(ATTRIBUTE, "names no whole record")
+    size, checksum = HEADER.unpack_from(frame, 0)
+    payload = frame[HEADER.size:]
+    if size != len(payload) or crc32c.crc32c(payload) != checksum:
+        raise InvalidInput.field(ATTRIBUTE, "names no whole record")
+    return _decode(payload)
+
+
+def resolve(directory: Path, event: CloudEvent) -> CloudEvent | None:
+    """``event`` itself, or the spooled record it names (None if that is gone)."""
+    ref = event.get(ATTRIBUTE)
+    if not ref:
+        return event
+    spooled = read(directory, ref)
+    if spooled is not None and spooled.id != event.id:
+        raise InvalidInput.field(ATTRIBUTE, "names another record")
+    return spooled
+
+
+def mark_dead(directory: Path, batch_id: str) -> None:
+    """The batch was dead-lettered: its segment may go as if it were persisted."""
+    if BATCH_ID.match(batch_id):
+        (directory / DEAD).mkdir(exist_ok=True)
+        (directory / DEAD / batch_id).touch()
 
 
 def read_segment(path: Path) -> Iterator[CloudEvent]:
@@ -66,8 +131,7 @@ def read_segment(path: Path) -> Iterator[CloudEvent]:
         if end > len(data) or crc32c.crc32c(payload) != checksum:
             log.warning("spool segment %s ends with a frame cut short at byte %d", path.name, position)
             return
-        attributes, _, body = payload.partition(b"\n")
-        yield CloudEvent(MappingProxyType(orjson.loads(attributes)), body)
+        yield _decode(payload)
         position = end
 
 
@@ -123,8 +187,14 @@ class Spool:
         with self._lock:
             return sum(s.size for s in self._segments)
 
-    def append(self, event: CloudEvent) -> None:
-        """Returns once the record is on disk; Unavailable if the spool is full."""
+    def append(self, event: CloudEvent) -> str:
+        """The record's reference, once it is on disk; Unavailable if the spool is full."""
+        ref, segment = self.write(event)
+        self.sync(segment)
+        return ref
+
+    def write(self, event: CloudEvent) -> tuple[str, _Segment]:
+        """Append the record (not yet synced): its reference, and what ``sync`` takes."""
         frame = encode(event)
         with self._lock:
             if sum(s.size for s in self._segments) + len(frame) > self.max_bytes:
@@ -136,9 +206,14 @@ class Spool:
             except OSError as exc:
                 segment.sealed = True  # a frame cut short ends its segment: later ones go to a new file
                 raise Unavailable(f"the ingest spool cannot write: {exc}", 2) from exc
+            ref = f"{segment.path.name}:{segment.size}:{len(frame)}"
             segment.size += len(frame)
             segment.unsynced += 1
             segment.batch_ids.append(event.id)
+        return ref, segment
+
+    def sync(self, segment: _Segment) -> None:
+        """Returns once what ``write`` appended to ``segment`` is on disk."""
         self._syncs.submit(segment)
 
     def _current(self) -> _Segment:
@@ -175,13 +250,17 @@ class Spool:
                 live.sealed = True
             candidates = [s for s in self._segments if s.sealed and s.unsynced == 0]
         removed = 0
+        dead = self.directory / DEAD
         for segment in candidates:
-            if len(persisted(segment.batch_ids)) < len(set(segment.batch_ids)):
+            waiting = set(segment.batch_ids) - {b for b in segment.batch_ids if (dead / b).exists()}
+            if waiting and len(persisted(sorted(waiting))) < len(waiting):
                 continue
             with self._lock:
                 self._segments.remove(segment)
             os.close(segment.fd)
             segment.path.unlink(missing_ok=True)
+            for batch_id in set(segment.batch_ids) - waiting:
+                (dead / batch_id).unlink(missing_ok=True)
             removed += 1
         return removed
 

@@ -7,7 +7,7 @@ CloudEvent id is the batch id persist dedups redeliveries by.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
 from pulse.bus.kafka import Producer
 from pulse.bus.spool import Spool
+from pulse.bus.spool import reference as spool_reference
 from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
 from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
 from pulse.settings import Limits
@@ -97,14 +98,21 @@ class Ingestor:
             events = encode_records(project_id, rows, self.max_record_bytes, received_at,
                                     telemetry.current_traceparent())
             for event in events:
-                self.producer.send(self.topic, project_id, event, self._spooling(event))
+                self._send(project_id, event)
         telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))
         return Submitted(events[0].id, len(rows))
 
 
-    def _spooling(self, event: CloudEvent) -> Callable[[], None] | None:
+    def _send(self, project_id: str, event: CloudEvent) -> None:
+        """One record to the broker; with a spool, the record goes there and the
+        broker carries a reference to it (pulse.bus.spool), the spool's fsync
+        running while the broker acknowledges."""
+        if self.spool is None:
+            self.producer.send(self.topic, project_id, event)
+            return
+        ref, segment = self.spool.write(event)
         spool = self.spool
-        return None if spool is None else lambda: spool.append(event)
+        self.producer.send(self.topic, project_id, spool_reference(event, ref), lambda: spool.sync(segment))
 
 
 def count_rejections(errors: Sequence[FieldError]) -> None:

@@ -173,6 +173,17 @@ class Persister:
             self._finishes.submit(_Finish(batch_id, project_id, outcome if claim.done is None else None))
             return outcome
 
+    def recorded(self, batch_id: str, project_id: str) -> Outcome | None:
+        """The outcome of a batch already done, else None."""
+        if not CANONICAL_UUID.match(batch_id):
+            return None
+        rows = self.db.run("SELECT inserted, duplicates, first_at, last_at FROM persist_batches"
+                           " WHERE batch_id = CAST(:b AS uuid) AND status = 'done'", b=batch_id)
+        if not rows:
+            return None
+        inserted, duplicates, first, last = rows[0]
+        return Outcome(project_id, inserted, duplicates, first, last, True)
+
     @contextmanager
     def _alone(self, batch_id: str) -> Iterator[None]:
         """One delivery of a batch at a time in this process (others wait their turn)."""

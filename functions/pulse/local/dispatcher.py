@@ -23,6 +23,7 @@ filter). The semantics follow Knative's:
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import urllib3
@@ -42,6 +44,7 @@ from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus import kafka as kafka_bus
+from pulse.bus import spool
 from pulse.bus.cloudevents import (
     CloudEvent,
     from_http,
@@ -49,6 +52,7 @@ from pulse.bus.cloudevents import (
     to_http,
     to_kafka_headers,
 )
+from pulse.errors import InvalidInput
 
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
@@ -121,11 +125,12 @@ class Worker:
     """Consumes one subscription until stopped."""
 
     def __init__(self, subscription: Subscription, bootstrap: str, producer: KafkaProducer,
-                 http: urllib3.PoolManager) -> None:
+                 http: urllib3.PoolManager, spool_dir: Path | None = None) -> None:
         self.sub = subscription
         self.bootstrap = bootstrap
         self.producer = producer
         self.http = http
+        self.spool_dir = spool_dir
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=WINDOW, thread_name_prefix=f"deliver-{subscription.name}")
@@ -299,8 +304,16 @@ class Worker:
             return
         headers = list(record.headers or []) if from_kafka(record.headers or [], record.value) else \
             to_kafka_headers(event)
+        value = record.value
+        if self.spool_dir is not None and event.get(spool.ATTRIBUTE):
+            # A record carried by reference goes with its data, and its spool segment may go.
+            with contextlib.suppress(InvalidInput):
+                spooled = spool.resolve(self.spool_dir, event)
+                if spooled is not None:
+                    headers, value = to_kafka_headers(spooled), spooled.data
+            spool.mark_dead(self.spool_dir, event.id)
         headers += error_headers(code, self.sub.target, answer, record.topic, f"{record.partition}:{record.offset}")
-        self.producer.send(topic, key=record.key, value=record.value, headers=headers).get(30)
+        self.producer.send(topic, key=record.key, value=value, headers=headers).get(30)
         telemetry.DEAD_LETTERS.labels(self.sub.name).inc()
         log.warning("subscription %s dead-lettered %s (status %s)", self.sub.name, event.id, code)
 
@@ -322,13 +335,13 @@ class _Stopping(Exception):
 
 
 class Dispatcher:
-    def __init__(self, bootstrap: str, subscriptions: Sequence[Subscription]) -> None:
+    def __init__(self, bootstrap: str, subscriptions: Sequence[Subscription], spool_dir: Path | None = None) -> None:
         self.bootstrap = bootstrap
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                       max_request_size=kafka_bus.MAX_RECORD_BYTES, linger_ms=1)
         # A connection per delivery thread, so none is opened and dropped per record.
         self.http = urllib3.PoolManager(num_pools=16, maxsize=WINDOW, retries=False)
-        self.workers = [Worker(sub, bootstrap, self.producer, self.http) for sub in subscriptions]
+        self.workers = [Worker(sub, bootstrap, self.producer, self.http, spool_dir) for sub in subscriptions]
 
     def start(self, wait_assigned_s: float = 30.0) -> None:
         for worker in self.workers:

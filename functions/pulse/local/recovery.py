@@ -1,8 +1,8 @@
 """At start, before ingest takes requests: every record the ingest spools
 hold (pulse.bus.spool) goes to persist, then the spool files are deleted.
 
-A record whose batch is already done (it reached persist before the stop) is
-skipped; any other goes through persist's own idempotent steps, as a
+A record whose batch is already done (it reached persist before the stop), or
+was dead-lettered (a ``dead`` marker), is skipped; any other goes through persist's own idempotent steps, as a
 redelivery would, so a batch that persist was working on when the process
 died is completed, not stored twice. Records go to persist from several
 threads at once, so persist groups their claims and inserts as it does for
@@ -15,6 +15,7 @@ next start.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,9 +34,11 @@ def replay_spool(directory: Path, persist: Persist,
                  dead_letter: Callable[[CloudEvent, InvalidInput, str], None]) -> int:
     """The number of records persisted now (not found done)."""
     replayed = 0
+    dead = directory / spool.DEAD
     for path in spool.segments(directory):
         events = list(spool.read_segment(path))
         done = persisted_batches(persist.services.db, [event.id for event in events])
+        done |= {event.id for event in events if (dead / event.id).exists()}
         todo = [(index, event) for index, event in enumerate(events) if event.id not in done]
 
         def one(item: tuple[int, CloudEvent], source: str = path.name) -> None:
@@ -53,4 +56,6 @@ def replay_spool(directory: Path, persist: Persist,
         log.info("spool segment replayed", extra={"fields": {
             "segment": path.name, "records": len(events), "persisted_now": len(todo)}})
         path.unlink()
+    if dead.is_dir():  # markers of batches in the segments just deleted
+        shutil.rmtree(dead)
     return replayed

@@ -116,7 +116,8 @@ class Runtime:
             }
             for name, function in self.functions.items():
                 self.servers[name] = Server(name, function.wsgi, host, 0).start()
-            self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions())
+            self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions(),
+                                         Path(self.settings.spool_dir) if self.settings.spool_dir else None)
             self.dispatcher.start()
             ping_tokens = {self._address(p.sink): token_for(issuer, p.sink, sender("PingSource", p.name))
                            for p in wiring.pings}
