@@ -43,6 +43,9 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     if socket_dir and socket_dir.startswith("/"):
         port = parts.port or 5432
         kwargs["unix_sock"] = f"{socket_dir}/.s.PGSQL.{port}"
+        # No TLS over a local socket (as libpq); pg8000 would otherwise build a TLS
+        # context per connection (~10 ms of CPU) only to be told no.
+        kwargs["ssl_context"] = False
     else:
         kwargs["host"] = parts.hostname or "localhost"
         kwargs["port"] = parts.port or 5432
