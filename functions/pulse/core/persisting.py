@@ -56,12 +56,16 @@ Claims of concurrent batches, and why they cannot deadlock:
   same event ids (a client re-sent an event; the re-send landed in another
   batch). A transaction that inserts a ledger key another uncommitted
   transaction inserted waits for that transaction. Every claim inserts its
-  ledger keys in one global order, sorted by (project id, event id); an
-  event id appearing in several batches of one claim is inserted once. So a
-  transaction holds only keys smaller than the one it waits for. In a cycle
-  of waits T1 → T2 → … → T1, T2 holds the key k1 that T1 waits for and waits
-  itself for a key k2 > k1, T3 for k3 > k2, and so on back to T1, giving
-  k1 < k2 < … < k1: impossible. No cycle, no deadlock (Postgres 40P01).
+  ledger keys in one global order: the insert's rows are sorted by (project
+  id, event id) in the statement itself (``ORDER BY``), whoever builds it; a
+  key that several batches of one claim hold is inserted by the first and
+  skipped for the others (it conflicts with a row of the same statement, a
+  wait for nobody). So a transaction holds only keys smaller than the one it
+  waits for. In a cycle of waits T1 → T2 → … → T1, T2 holds the key k1 that
+  T1 waits for and waits itself for a key k2 > k1, T3 for k3 > k2, and so on
+  back to T1, giving k1 < k2 < … < k1: impossible. No cycle, no deadlock
+  (Postgres 40P01). tests/integration/test_overlapping.py runs four
+  persisters on shuffled overlapping ids (without the ORDER BY it deadlocks).
   ``persist_batches`` rows are only written by the holder of the batch's
   advisory lock, and advisory locks are only tried, never waited for, so
   neither adds a wait.
@@ -127,7 +131,7 @@ class _Claim:
     locked: bool  # False: another delivery of the batch holds it now
     fresh: bool = False
     done: Outcome | None = None
-    owned: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()  # the batch's events it does not own (another batch has them)
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,8 @@ class Persister:
     def _store(self, batch_id: str, project_id: str, received_at: str, total: int,
                unique: dict[str, dict[str, str]], claim: _Claim, announcement: Announcement) -> Outcome:
         self.fault("after-ledger")
-        owned = [row for event_id, row in unique.items() if event_id in claim.owned]
+        lost = claim.lost
+        owned = [row for event_id, row in unique.items() if event_id not in lost] if lost else list(unique.values())
         mine = owned
         if not claim.fresh and owned:
             stored = self._stored_by_batch(project_id, batch_id)
@@ -230,8 +235,8 @@ class Persister:
         if self.identity is not None and mine:
             self.identity(project_id, batch_id, mine)
         self.fault("after-identity")
-        times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
-        outcome = Outcome(project_id, len(claim.owned), total - len(claim.owned),
+        times = [row["occurred_at"] for row in mine]
+        outcome = Outcome(project_id, len(mine), total - len(mine),
                           min(times) if times else None, max(times) if times else None,
                           redelivered=not claim.fresh)
         telemetry.PERSIST_BATCH_SIZE.observe(total)
@@ -347,40 +352,40 @@ def _claim_all(conn: Connection, requests: list[_Request]) -> dict[str, _Claim]:
             if status == "done":
                 project_id = next(r.project_id for r in requests if r.batch_id == batch_id)
                 claims[batch_id] = _Claim(True, False, Outcome(project_id, inserted, duplicates, first, last, True))
-    open_requests = [r for r in requests if r.batch_id not in claims]
-    # Every ledger key once, in one global order: (project id, event id). See the notes above.
-    keys: dict[tuple[str, str], str] = {}
-    for request in open_requests:
-        for event_id in request.event_ids:
-            keys.setdefault((request.project_id, event_id), request.batch_id)
-    order = sorted(keys)
-    taken: dict[str, set[str]] = {}  # batch → its events whose ledger row existed or went to another batch
-    if order:
+    open_requests = [r for r in requests if r.batch_id not in claims and r.event_ids]
+    # Every ledger key in one global order, (project id, event id), sorted by Postgres; a key
+    # several batches of this claim hold is inserted for the first of them. See the notes above.
+    lost: dict[str, set[str]] = {}  # batch → its events whose ledger row names another batch
+    if open_requests:
         for batch_id, event_id in conn.run(
                 "WITH t AS (SELECT * FROM unnest(CAST(:p AS uuid[]), CAST(:e AS uuid[]), CAST(:b AS uuid[]))"
-                " WITH ORDINALITY AS t(p, e, b, n)),"
+                " AS t(p, e, b)),"
                 " new AS (INSERT INTO event_ledger (project_id, event_id, batch_id)"
-                " SELECT p, e, b FROM t ORDER BY n ON CONFLICT DO NOTHING RETURNING project_id, event_id)"
-                " SELECT t.b::text, t.e::text FROM t LEFT JOIN new ON new.project_id = t.p AND new.event_id = t.e"
-                " WHERE new.event_id IS NULL",
-                p=_uuid_array([p for p, _ in order]), e=_uuid_array([e for _, e in order]),
-                b=_uuid_array([keys[k] for k in order])):
-            taken.setdefault(batch_id, set()).add(event_id)
-    for request in open_requests:  # an event listed under another batch of this claim is not ours either
-        for event_id in request.event_ids:
-            if keys[(request.project_id, event_id)] != request.batch_id:
-                taken.setdefault(request.batch_id, set()).add(event_id)
+                " SELECT p, e, b FROM t ORDER BY p, e, b ON CONFLICT DO NOTHING"
+                " RETURNING project_id, event_id, batch_id)"
+                " SELECT t.b::text, t.e::text FROM t LEFT JOIN new"
+                " ON new.project_id = t.p AND new.event_id = t.e AND new.batch_id = t.b WHERE new.event_id IS NULL",
+                p=_repeated([(r.project_id, len(r.event_ids)) for r in open_requests]),
+                e="{" + ",".join(",".join(r.event_ids) for r in open_requests) + "}",
+                b=_repeated([(r.batch_id, len(r.event_ids)) for r in open_requests])):
+            lost.setdefault(batch_id, set()).add(event_id)
     for request in open_requests:
-        lost = taken.get(request.batch_id, set())
-        if request.batch_id not in fresh and lost:
+        mine = lost.get(request.batch_id, set())
+        if request.batch_id not in fresh and mine:
             # An earlier delivery of this batch may have inserted some of these rows itself.
-            lost -= {row[0] for row in conn.run(
+            mine -= {row[0] for row in conn.run(
                 "SELECT event_id::text FROM event_ledger WHERE project_id = CAST(:p AS uuid)"
                 " AND event_id = ANY(CAST(:e AS uuid[])) AND batch_id = CAST(:b AS uuid)",
-                p=request.project_id, e=_uuid_array(sorted(lost)), b=request.batch_id)}
-        owned = frozenset(request.event_ids) if not lost else frozenset(set(request.event_ids) - lost)
-        claims[request.batch_id] = _Claim(True, request.batch_id in fresh, None, owned)
+                p=request.project_id, e=_uuid_array(sorted(mine)), b=request.batch_id)}
+        claims[request.batch_id] = _Claim(True, request.batch_id in fresh, None, frozenset(mine))
+    for request in requests:
+        claims.setdefault(request.batch_id, _Claim(True, request.batch_id in fresh))  # a batch of no events
     return claims
+
+
+def _repeated(values: Sequence[tuple[str, int]]) -> str:
+    """An array literal of each value repeated its count of times."""
+    return "{" + ",".join(",".join([value] * count) for value, count in values if count) + "}"
 
 
 class BatchLocks:
