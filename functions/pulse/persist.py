@@ -36,6 +36,7 @@ from pulse.bus.cloudevents import (
     receive,
 )
 from pulse.core import erasure, persons
+from pulse.core.events import RowView
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Outcome, Persister
 from pulse.errors import InvalidInput, Unavailable
@@ -76,7 +77,7 @@ class Persist(HttpFunction):
             results.append(self.persist_one(event))
         return json_response({"results": results})
 
-    def identity(self, project_id: str, batch_id: str, rows: Sequence[dict[str, str]]) -> None:
+    def identity(self, project_id: str, batch_id: str, rows: Sequence[RowView]) -> None:
         self.persons.apply(project_id, batch_id, persons.operations(rows))
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
@@ -35,6 +35,12 @@ CONTEXT_NAMES = tuple((column, f"context.{column}") for column in CONTEXT_FIELDS
 PAGE_FIELDS = ("path", "url", "referrer", "title")
 EPOCH_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
 CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class RowView(Protocol):
+    """A normalized event read by column: a row dict, or a record's Row (pulse.core.ingestion)."""
+
+    def __getitem__(self, column: str, /) -> str: ...
 
 
 class EventInvalid(Exception):
@@ -320,6 +326,11 @@ _UNSET = msgspec.UNSET
 _CANONICAL_IDS = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n)*")
 
 
+def canonical_ids(ids: list[str]) -> bool:
+    """Every id a canonical UUID (one regular-expression pass over them all)."""
+    return not ids or _CANONICAL_IDS.fullmatch("\n".join(ids) + "\n") is not None
+
+
 def _wire_ts(text: str, moment: datetime) -> str:
     """``format_ts(moment)``; by slicing when ``text`` is already UTC with milliseconds."""
     offset = moment.utcoffset()
@@ -338,8 +349,7 @@ def _fast_batch(body: bytes, limits: Limits, now: datetime) -> Batch | None:
         return None
     if not 0 < len(events) <= limits.max_batch_events:
         return None
-    given = [e.event_id for e in events if e.event_id is not None]
-    if given and not _CANONICAL_IDS.fullmatch("\n".join(given) + "\n"):
+    if not canonical_ids([e.event_id for e in events if e.event_id is not None]):
         return None
     latest = now + timedelta(seconds=limits.max_future_skew_s)
     now_text = format_ts(now)

@@ -94,6 +94,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from pulse.core.events import RowView
+
 OVERRIDES = "person_overrides"
 # The person an event row belongs to: its actor's primary's key, or its own.
 PERSON = f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key', project_id, actor_key), actor_key)"
@@ -153,7 +155,7 @@ def _object(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def operations(rows: Iterable[Mapping[str, str]]) -> list[Operation]:
+def operations(rows: Iterable[RowView]) -> list[Operation]:
     """The identity operations normalized event rows carry, in event time order
     (a stable sort: rows of one moment keep their order). Pure."""
     ops: list[Operation] = []
