@@ -79,6 +79,10 @@ class Settings:
     spool_dir: str | None = None
     spool_max_bytes: int = 1 << 30
     spool_segment_s: float = 5.0
+    # Embedded dispatcher: records in flight to each KafkaSource's sink (persist
+    # groups the claims and inserts of those in flight, so more means larger
+    # inserts, at a thread each on both sides).
+    dispatch_window: int = 128
     shutdown_timeout_s: float = 20.0
     # Embedded mode: ingest runs in this many processes of its own (0: inside
     # the main process); the gateway spreads its requests over them.
@@ -198,6 +202,8 @@ class Settings:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if not 0 <= self.ingest_processes <= 16:
             raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
+        if not 1 <= self.dispatch_window <= 1024:
+            raise SettingsError("PULSE_DISPATCH_WINDOW: must be from 1 to 1024")
         if self.spool_max_bytes < 1 << 20:
             raise SettingsError("PULSE_SPOOL_MAX_BYTES: must be at least 1048576")
         if self.spool_segment_s <= 0:

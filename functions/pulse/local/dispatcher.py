@@ -57,7 +57,8 @@ from pulse.errors import InvalidInput
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
 ERROR_DATA_BYTES = 1024
-WINDOW = 32  # records in flight per unordered subscription (and delivery threads per subscription)
+WINDOW = 32  # records in flight per unordered subscription (and delivery threads), unless it says otherwise
+COMMIT_EVERY_S = 0.2  # an unordered subscription commits at most this often while records are in flight
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Subscription:
     filter: tuple[tuple[str, str], ...] = ()
     reply_to: str | None = None  # a Trigger's Broker topic; None for a source
     source_uri: str = ""
+    window: int = WINDOW
     # The sender's OIDC token for the target's audience (pulse.security.eventauth).
     token: Callable[[], str] | None = None
 
@@ -133,7 +135,8 @@ class Worker:
         self.spool_dir = spool_dir
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=WINDOW, thread_name_prefix=f"deliver-{subscription.name}")
+        self._pool = ThreadPoolExecutor(max_workers=subscription.window,
+                                        thread_name_prefix=f"deliver-{subscription.name}")
         self.consumer: KafkaConsumer | None = None
         self.assigned = threading.Event()
 
@@ -188,16 +191,21 @@ class Worker:
             self._report_lag(consumer)
 
     def _loop_unordered(self, consumer: KafkaConsumer) -> None:
-        """Up to ``WINDOW`` records in flight at once, whatever their partition, a
+        """Up to ``window`` records in flight at once, whatever their partition, a
         new one sent as soon as one is done (no waiting for the slowest of a
         poll); a partition's commit point is the offset up to which every
-        record was handled, so a crash redelivers only what may be unhandled."""
+        record was handled, so a crash redelivers only what may be unhandled.
+        Commits go out every ``COMMIT_EVERY_S`` while records are in flight
+        (at once when none is), not one per record."""
         pending: dict[TopicPartition, deque[tuple[int, Future[int | None]]]] = {}
         lag_reported = 0.0
+        window = self.sub.window
+        uncommitted: dict[TopicPartition, int] = {}
+        committed_at = 0.0
         while not self._stop.is_set():
             in_flight = sum(len(queue) for queue in pending.values())
-            if in_flight < WINDOW:
-                polled = consumer.poll(timeout_ms=20 if in_flight else 200, max_records=WINDOW - in_flight)
+            if in_flight < window:
+                polled = consumer.poll(timeout_ms=20 if in_flight else 200, max_records=window - in_flight)
                 if consumer.assignment():
                     self.assigned.set()
                 for tp, records in polled.items():
@@ -205,7 +213,6 @@ class Worker:
                     queue.extend((r.offset, self._pool.submit(self._deliver_partition, [r])) for r in records)
             else:
                 wait([queue[0][1] for queue in pending.values() if queue], timeout=0.2, return_when=FIRST_COMPLETED)
-            offsets = {}
             for tp, queue in pending.items():
                 while queue and queue[0][1].done():
                     offset, future = queue.popleft()
@@ -213,9 +220,12 @@ class Worker:
                         consumer.seek(tp, offset)
                         queue.clear()
                         break
-                    offsets[tp] = offset + 1
-            if offsets:
-                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+                    uncommitted[tp] = offset + 1
+            idle = not any(pending.values())
+            if uncommitted and (idle or time.monotonic() - committed_at >= COMMIT_EVERY_S):
+                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in uncommitted.items()})
+                uncommitted = {}
+                committed_at = time.monotonic()
             if time.monotonic() - lag_reported > 1.0:
                 self._report_lag(consumer)
                 lag_reported = time.monotonic()
@@ -340,7 +350,8 @@ class Dispatcher:
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                       max_request_size=kafka_bus.MAX_RECORD_BYTES, linger_ms=1)
         # A connection per delivery thread, so none is opened and dropped per record.
-        self.http = urllib3.PoolManager(num_pools=16, maxsize=WINDOW, retries=False)
+        self.http = urllib3.PoolManager(num_pools=16, maxsize=max((s.window for s in subscriptions), default=WINDOW),
+                                        retries=False)
         self.workers = [Worker(sub, bootstrap, self.producer, self.http, spool_dir) for sub in subscriptions]
 
     def start(self, wait_assigned_s: float = 30.0) -> None:

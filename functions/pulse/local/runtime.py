@@ -185,7 +185,7 @@ class Runtime:
     def subscriptions(self) -> list[Subscription]:
         if self.wiring is None:
             raise RuntimeError("the runtime is not started")
-        return subscriptions(self.wiring, self._address, self.issuer)
+        return subscriptions(self.wiring, self._address, self.issuer, self.settings.dispatch_window)
 
     def function_readiness(self) -> dict[str, bool]:
         """Each function's readiness, for the host's /readyz: in process, asked
