@@ -15,6 +15,8 @@ stops (each wait bounded by ``shutdown_timeout_s``, the drain by ``timeout_s``).
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from pulse.local.eventing import (
 )
 from pulse.local.gateway import Gateway, Proxy, Server, WSGIApp
 from pulse.local.recovery import replay_spool
-from pulse.local.worker import FunctionProcess
+from pulse.local.worker import Front, FunctionProcess
 from pulse.persist import Persist
 from pulse.security.eventauth import LocalIssuer
 from pulse.security.tokens import generate_key_file
@@ -76,6 +78,7 @@ class Runtime:
     host: Host | None = None
     brokers: dict[str, Server] = field(default_factory=dict)
     pings: PingScheduler | None = None
+    public_url: str = ""
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Runtime:
@@ -104,8 +107,14 @@ class Runtime:
             persist = Persist(services)
             if self.settings.spool_dir:  # what ingest acknowledged before a hard stop (pulse.local.recovery)
                 replay_spool(Path(self.settings.spool_dir), persist, self._dead_letter)
-            # ingest in processes of its own unless settings say 0 (pulse.local.worker).
-            self.processes = [FunctionProcess("ingest", self.settings).start()
+            # The public port; with ingest in processes of its own (unless settings say 0), they serve it
+            # and hand other paths to the main process's gateway on a loopback port (pulse.local.worker).
+            public = socket.create_server((host, self.settings.gateway_port))
+            self.public_url = f"http://{host}:{public.getsockname()[1]}"
+            inner = socket.create_server(("127.0.0.1", 0)) if self.settings.ingest_processes else None
+            front = Front(public, f"http://127.0.0.1:{inner.getsockname()[1]}", wiring, secrets.token_urlsafe(24)) \
+                if inner is not None else None
+            self.processes = [FunctionProcess("ingest", self.settings, front).start()
                               for _ in range(self.settings.ingest_processes)]
             self.functions = {
                 **({} if self.processes else {"ingest": Ingest(services)}),
@@ -129,8 +138,14 @@ class Runtime:
             if self.processes:
                 apps["ingest"] = Proxy([p.url for p in self.processes])
             self.host = Host(self.function_readiness, self.settings.public_url)
-            gateway = Gateway(wiring.route_for, apps, self.host)
-            self.gateway = Server("gateway", gateway, host, self.settings.gateway_port).start()
+            if front is not None and inner is not None:  # behind the ingest processes' fronts
+                gateway = Gateway(wiring.route_for, apps, self.host, front.key, log_access=False)
+                self.gateway = Server("gateway", gateway, host, 0, inner).start()
+            else:
+                self.gateway = Server("gateway", Gateway(wiring.route_for, apps, self.host), host, 0, public).start()
+            for listener in (public, inner):  # the servers, and the fronts, hold their own copies
+                if listener is not None:
+                    listener.close()
         except BaseException:
             self.stop(drain=False)
             raise
@@ -203,7 +218,8 @@ class Runtime:
 
     @property
     def gateway_url(self) -> str:
-        return self.gateway.url if self.gateway else ""
+        """The public port's address (served by the ingest processes when there are any)."""
+        return self.public_url if self.gateway else ""
 
     def drain(self, timeout_s: float = 60.0) -> bool:
         if self.dispatcher is None:
