@@ -73,6 +73,8 @@ class Traffic:
 @dataclass
 class Outcome:
     seconds: float = 0.0
+    spool_wait_s: float = 0.0  # ingest's time waiting for the spool's fsync, summed over requests
+    handler_s: float = 0.0  # ingest's time answering POST /v1/events, summed
     accept_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
@@ -92,11 +94,14 @@ class Outcome:
 # Traffic ------------------------------------------------------------------------
 
 def with_resends(events: list[dict[str, Any]], batch: int, clients: int, share: float,
-                 rng: random.Random) -> list[list[dict[str, Any]]]:
+                 rng: random.Random, limit: int = 1000) -> list[list[dict[str, Any]]]:
     """Batches in sending order (round-robin over the clients), with ``share`` of
     the records re-sends of earlier events: half into a batch another client
-    sends at the same moment as the original, half into a later one."""
-    batches = [events[i:i + batch] for i in range(0, len(events), batch)]
+    sends at the same moment as the original, half into a later one. Batches
+    keep room for their re-sends under the request limit; a batch that would
+    still go over it passes the extra records to a batch of its own."""
+    room = batch if batch * (1 + 3 * share) <= limit else int(limit / (1 + 3 * share))
+    batches = [events[i:i + room] for i in range(0, len(events), room)]
     for _ in range(round(len(events) * share)):
         source = rng.randrange(len(batches))
         event = rng.choice(batches[source])
@@ -109,9 +114,10 @@ def with_resends(events: list[dict[str, Any]], batch: int, clients: int, share: 
         if target == source:
             continue
         batches[target].insert(rng.randrange(len(batches[target]) + 1), event)
-    for batch_events in batches:  # a re-send may push a batch over the limit: trim from the end
-        del batch_events[max(batch, 1000):]
-    return batches
+    spilled = [extra for b in batches for extra in b[limit:]]
+    for b in batches:
+        del b[limit:]
+    return batches + [spilled[i:i + limit] for i in range(0, len(spilled), limit)]
 
 
 def project_traffic(events: list[dict[str, Any]], key: str, batch: int, clients: int, share: float,
@@ -271,6 +277,26 @@ def postgres_pids(state: Path) -> list[int]:
 
 # Pulse --------------------------------------------------------------------------
 
+def ingest_times(runtime: Any) -> tuple[float, float]:
+    """(seconds waiting for the spool's fsync, seconds answering POST /v1/events), summed
+    over the ingest processes' requests so far, from their /metrics."""
+    import urllib3
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http = urllib3.PoolManager()
+    spool = handler = 0.0
+    for process in runtime.processes:
+        text = http.request("GET", process.url + "/metrics").data.decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "pulse_spool_sync_duration_seconds_sum":
+                    spool += sample.value
+                elif sample.name == "pulse_http_request_duration_seconds_sum" and \
+                        sample.labels.get("function") == "ingest" and sample.labels.get("route") == "events":
+                    handler += sample.value
+    return spool, handler
+
+
 def failed_attempts(route: str) -> float:
     from prometheus_client import REGISTRY
 
@@ -297,6 +323,7 @@ def run_pulse(runtime: Any, traffic: Traffic) -> Outcome:
     })
     projects = list(traffic.distinct)
     failed = failed_attempts(source)
+    spool_before, handler_before = ingest_times(runtime)
     meter.start()
     began, latencies, statuses = clients.run()
     accepted = time.perf_counter()
@@ -311,8 +338,10 @@ def run_pulse(runtime: Any, traffic: Traffic) -> Outcome:
     done = time.perf_counter()
     cpu = {**meter.stop(), "clients": clients.cpu_s}
     runtime.drain(60)
-    return Outcome(done - began, accepted - began, latencies, statuses, failed_attempts(source) - failed,
-                   counted, cpu)
+    spool_after, handler_after = ingest_times(runtime)
+    return Outcome(seconds=done - began, spool_wait_s=spool_after - spool_before,
+                   handler_s=handler_after - handler_before, accept_seconds=accepted - began, latencies=latencies,
+                   statuses=statuses, failed_deliveries=failed_attempts(source) - failed, counted=counted, cpu=cpu)
 
 
 # Baseline -----------------------------------------------------------------------
@@ -387,7 +416,8 @@ class Baseline:
         cpu = {**meter.stop(), "clients": clients.cpu_s}
         query = "&".join(f"project_id={p}" for p in traffic.distinct)
         counted = orjson.loads(urllib3.PoolManager().request("GET", f"{self.url}/_count?{query}").data)["count"]
-        return Outcome(done - began, done - began, latencies, statuses, 0.0, int(counted), cpu)
+        return Outcome(seconds=done - began, accept_seconds=done - began, latencies=latencies, statuses=statuses,
+                       counted=int(counted), cpu=cpu)
 
     def stop(self) -> None:
         self.process.kill()
@@ -409,6 +439,9 @@ def _print(traffic: Traffic, pulse: Outcome, baseline: Outcome | None, share: fl
               f"{r.percentile(0.5):>9.1f}{r.percentile(0.99):>9.1f}{r.server_errors:>6}{failed:>19}{exact:>8}")
     if baseline:
         print(f"  pulse / baseline: {baseline.seconds / pulse.seconds:.2f}x")
+    if pulse.handler_s:
+        print(f"  the spool's fsync (a 202 durable in embedded mode): {pulse.spool_wait_s / pulse.handler_s:.0%} of "
+              f"ingest's time answering, {1000 * pulse.spool_wait_s / max(1, len(pulse.latencies)):.1f} ms a POST")
     for name, r in rows:
         per = {k: 100_000 * v / traffic.events for k, v in r.cpu.items()}
         print(f"  CPU s per 100k events, {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())

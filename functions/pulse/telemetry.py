@@ -65,6 +65,9 @@ EVENTS_REJECTED = Counter("pulse_events_rejected_total", "Events refused by inge
 KAFKA_PRODUCE_LATENCY = Histogram(
     "pulse_kafka_produce_duration_seconds", "Time until the broker acknowledged a record", ["topic"],
     buckets=LATENCY_BUCKETS)
+SPOOL_SYNC_LATENCY = Histogram(
+    "pulse_spool_sync_duration_seconds", "Time until a spooled record was on disk (its group's fsync)",
+    buckets=LATENCY_BUCKETS)
 KAFKA_PRODUCE_ERRORS = Counter(
     "pulse_kafka_produce_errors_total", "Records the broker did not acknowledge", ["topic"])
 PERSIST_BATCH_SIZE = Histogram(

@@ -51,6 +51,7 @@ from types import MappingProxyType
 import crc32c
 import orjson
 
+from pulse import telemetry
 from pulse.bus.cloudevents import CloudEvent
 from pulse.errors import InvalidInput, Unavailable
 from pulse.group_commit import GroupCommit
@@ -214,7 +215,8 @@ class Spool:
 
     def sync(self, segment: _Segment) -> None:
         """Returns once what ``write`` appended to ``segment`` is on disk."""
-        self._syncs.submit(segment)
+        with telemetry.SPOOL_SYNC_LATENCY.time():
+            self._syncs.submit(segment)
 
     def _current(self) -> _Segment:
         live = self._segments[-1] if self._segments and not self._segments[-1].sealed else None
