@@ -83,6 +83,8 @@ class Settings:
     # groups the claims and inserts of those in flight, so more means larger
     # inserts, at a thread each on both sides).
     dispatch_window: int = 128
+    # The embedded ClickHouse engine's caches, in all (pulse.storage.clickhouse.CACHE_SHARES).
+    chdb_cache_mb: int = 128
     shutdown_timeout_s: float = 20.0
     # Embedded mode: ingest runs in this many processes of its own (0: inside
     # the main process); the gateway spreads its requests over them.
@@ -202,6 +204,8 @@ class Settings:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if not 0 <= self.ingest_processes <= 16:
             raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
+        if self.chdb_cache_mb < 8:
+            raise SettingsError("PULSE_CHDB_CACHE_MB: must be at least 8")
         if not 1 <= self.dispatch_window <= 1024:
             raise SettingsError("PULSE_DISPATCH_WINDOW: must be from 1 to 1024")
         if self.spool_max_bytes < 1 << 20:

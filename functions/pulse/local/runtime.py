@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from pulse import telemetry
 from pulse.aggregate import Aggregate
 from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
@@ -90,6 +91,8 @@ class Runtime:
             services.verify(sorted({need for needs in NEEDS.values() for need in needs}))
             migrate_postgres(services.db)
             migrate_clickhouse(services.ch, self.settings)
+            if services.ch.embedded:
+                telemetry.watch_engine_memory(services.ch.memory)
             wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)
             self._check(wiring)
             kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", self._topics(wiring))

@@ -65,11 +65,39 @@ class Layout:
         return self.every_replica.format(cluster=self.cluster, table=where)
 
 
+# The embedded engine's caches, each a share of one budget (``PULSE_CHDB_CACHE_MB``).
+# ClickHouse's own defaults are sized for a server (5 GiB of marks, 5 GiB of primary
+# index, ...) and grow as queries read parts, which in one process beside Pulse's
+# functions shows as memory that only rises. Caches left out keep their defaults
+# (the uncompressed and query caches are off, the page cache has no size).
+CACHE_SHARES = {
+    "mark_cache_size": 0.40,
+    "primary_index_cache_size": 0.20,
+    "index_mark_cache_size": 0.10,
+    "query_condition_cache_size": 0.10,
+    "compiled_expression_cache_size": 0.10,
+    "skipping_index_cache_size": 0.05,
+    "vector_similarity_index_cache_size": 0.05,
+}
+# What ``memory()`` reports, from system.metrics: the caches and all the engine tracks.
+MEMORY_METRICS = ("MemoryTracking", "MarkCacheBytes", "PrimaryIndexCacheBytes", "IndexMarkCacheBytes",
+                  "UncompressedCacheBytes", "QueryConditionCacheBytes", "CompiledExpressionCacheBytes",
+                  "QueryCacheBytes")
+
+
+def embedded_caches(total_mb: int) -> dict[str, int]:
+    """Engine options bounding the embedded engine's caches to ``total_mb`` in all."""
+    return {name: int(total_mb * share * 2**20) for name, share in CACHE_SHARES.items()}
+
+
 class ClickHouse:
-    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None) -> None:
+    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None,
+                 engine_options: dict[str, int] | None = None) -> None:
         self.url = url
         self.layout = layout or Layout()
         self.embedded = urlsplit(url).scheme == "chdb"
+        # Start-up options of the embedded engine (the first client in the process starts it).
+        self.engine_options = engine_options if self.embedded else None
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._max_idle = max_idle
         self._closed = False
@@ -80,6 +108,8 @@ class ClickHouse:
 
     def _open(self) -> Client:
         try:
+            if self.engine_options:
+                return clickhouse_connect.get_client(dsn=self.url, chdb_options=self.engine_options)
             return clickhouse_connect.get_client(dsn=self.url)
         except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
             raise Unavailable("clickhouse is unreachable") from exc
@@ -174,6 +204,12 @@ class ClickHouse:
                     return
                 while chunk := read(CHUNK):
                     yield chunk
+
+    def memory(self) -> dict[str, float]:
+        """The engine's memory by kind (``MEMORY_METRICS``), in bytes; for a server too."""
+        return {str(name): float(value) for name, value in self.rows(
+            "SELECT metric, value FROM system.metrics WHERE has({names:Array(String)}, metric)",
+            {"names": list(MEMORY_METRICS)})}
 
     def ping(self) -> bool:
         try:
