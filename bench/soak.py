@@ -13,11 +13,12 @@ Starts `pulse up --demo` in a scratch state directory, then:
   request every --read-every seconds (0.25).
 Every --every seconds (30) it prints: events acknowledged per second, p50/p99
 of one POST and of one read, 5xx answers, consumer lag, and memory: RSS of
-the main process, the ingest process(es), the broker and Postgres, their sum,
+the main process, the ingest process(es), the broker and Postgres (PSS, so
+that shared pages count once), their sum,
 and the embedded ClickHouse engine's tracked memory and mark cache (from
 ``pulse_clickhouse_memory_bytes``). At the end it waits until every distinct
 acknowledged event is counted, then prints the verdicts: count exact, no
-5xx, reads' p99 under 300 ms, and the RSS sum of the last 20 minutes (the
+5xx, reads' p99 under 300 ms, and the memory sum of the last 20 minutes (the
 last third of a shorter run) within ±5 % of its mean.
 
 Not a test: it asserts nothing about time; it exits 1 if an acknowledged
@@ -161,11 +162,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def rss_mb(processes: list[psutil.Process]) -> float:
+def pss_mb(processes: list[psutil.Process]) -> float:
+    """Proportional set size: pages shared between processes (Postgres's shared
+    buffers, a library) count once in a sum, split among those that map them."""
     total = 0
     for process in processes:
         with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
+            total += process.memory_full_info().pss
     return total / 2**20
 
 
@@ -255,8 +258,8 @@ def main() -> int:
                    "w50": percentile(window.writes, 0.5) * 1000, "w99": percentile(window.writes, 0.99) * 1000,
                    "r50": percentile(window.reads, 0.5) * 1000, "r99": percentile(window.reads, 0.99) * 1000,
                    "5xx": window.write_5xx + window.read_5xx, "errors": window.other_errors, "lag": lag,
-                   "main": rss_mb([main_process]), "ingest": rss_mb(ingest), "broker": rss_mb(broker),
-                   "postgres": rss_mb(postgres), "ch": engine.get("MemoryTracking", 0.0),
+                   "main": pss_mb([main_process]), "ingest": pss_mb(ingest), "broker": pss_mb(broker),
+                   "postgres": pss_mb(postgres), "ch": engine.get("MemoryTracking", 0.0),
                    "marks": engine.get("MarkCacheBytes", 0.0)}
             row["sum"] = row["main"] + row["ingest"] + row["broker"] + row["postgres"]
             rows.append(row)
@@ -294,7 +297,7 @@ def main() -> int:
     print(f"verdicts: count {'exact' if seen == expected else f'OFF BY {seen - expected:+d}'};"
           f" 5xx {server_errors or 'none'};"
           f" reads p99 {read_p99:.0f} ms {'< 300' if read_p99 < 300 else '>= 300'};"
-          f" RSS sum over the last {tail_s / 60:.0f} min within ±{100 * spread:.1f} % of {mean:.0f} MB"
+          f" memory sum over the last {tail_s / 60:.0f} min within ±{100 * spread:.1f} % of {mean:.0f} MB"
           f" ({'flat' if spread <= 0.05 else 'NOT flat'})")
     return 0 if seen == expected else 1
 
