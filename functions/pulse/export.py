@@ -24,7 +24,7 @@ from pulse.bus.cloudevents import EXPORT_REQUESTED, PERSON_DELETION_REQUESTED, C
 from pulse.core import erasure, exporting
 from pulse.core.filters import one
 from pulse.core.stats import parse_limit
-from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound
+from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, PulseError, public_reason
 from pulse.security.access import Reader
 from pulse.services import Services
 from pulse.settings import Settings
@@ -47,7 +47,7 @@ class Export(HttpFunction):
         self.access = services.access
         self.jobs = exporting.Jobs(services.db)
         self.deletions = erasure.Deletions(services.db)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -162,7 +162,7 @@ class Export(HttpFunction):
         """Send the request to the Broker (K_SINK); its Trigger brings it back to
         /_ce/export-requested. The one fallback, for an export function run
         without a sink (no SinkBinding, no K_SINK): run the job in a thread here."""
-        if sink.publish(self.services.sink(self.name), notice):
+        if sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name)):
             return
         log.warning("no K_SINK for export: running export %s in this process", notice.id)
         threading.Thread(target=self.run_jobs, args=([notice],), name="export-job", daemon=True).start()
@@ -188,16 +188,24 @@ class Export(HttpFunction):
 
     def run_job(self, project_id: str, export_id: str) -> bool:
         """Run a queued job once (a redelivered request for a job that is running
-        or done is a no-op); a failure is recorded, then raised for a retry."""
+        or done is a no-op). A request the checks refuse fails for good (False,
+        no retry); any other failure is recorded, then raised for a retry. The
+        job's ``error`` shows the client Pulse's own words, never a store's."""
         job = self.jobs.get(project_id, export_id)
         if not self.jobs.start(project_id, export_id):
             return False
         try:
             export = exporting.from_job_params(job.params, project_id, self.settings.max_range_days)
+        except InvalidInput as exc:
+            self.jobs.fail(export_id, exc.detail)
+            return False
+        try:
             rows = exporting.count(self.services.ch, export)
             name, size = exporting.write_file(self.services.ch, export, self.directory / project_id, export_id)
         except Exception as exc:
-            self.jobs.fail(export_id, str(exc) or type(exc).__name__)
+            log.warning("export %s failed", export_id, exc_info=True)
+            self.jobs.fail(export_id, exc.detail if isinstance(exc, PulseError) and exc.status < 500
+                           else f"the export failed on our side ({public_reason(exc)}); it is retried")
             raise
         self.jobs.finish(export_id, rows, size, name)
         telemetry.event("export written", export_id=export_id, rows=rows, bytes=size)

@@ -40,7 +40,7 @@ class Ingest(HttpFunction):
                                  services.settings.limits.max_record_bytes)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
         self.suppressions = Suppressions(services.db, services.settings.key_cache_ttl_s)
-        super().__init__(lambda: services.checks(("postgres", "kafka")))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

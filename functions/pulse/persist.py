@@ -53,7 +53,7 @@ class Persist(HttpFunction):
         self.services = services
         self.persons = PersonStore(services.db, services.ch)
         self.persister = Persister(services.db, services.ch, identity=self.identity)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -80,7 +80,7 @@ class Persist(HttpFunction):
             outcome = self.persister.persist(event.id, project_id, received_at, rows)
             notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
                                     partitionkey=project_id, traceparent=telemetry.current_traceparent())
-            sink.publish(self.services.sink(self.name), notice)
+            sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name))
             telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
                             duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}

@@ -7,13 +7,18 @@ beyond the shapes of the payloads; the routes live in ``pulse.ingest``.
 Ids: a client id that is a UUID is the ``event_id``; any other id becomes
 ``uuid5(project_id, id)``, so a client retrying the same message lands on the
 same event and the ledger drops the copy.
+
+A message Pulse cannot map (a clock correction that leaves the calendar, a
+PostHog ``offset`` of centuries) is refused alone, with the field named, and
+its neighbours in the batch are kept: Segment and PostHog answer a batch as a
+whole, and their SDKs retry a 5xx forever.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -43,16 +48,44 @@ def derived_event_id(project_id: str, client_id: Any) -> str | None:
         return str(uuid.uuid5(uuid.UUID(project_id), text))
 
 
+class Unmappable(ValueError):
+    """A message field Pulse cannot turn into an event field; the message is refused alone."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.error = (field, message)
+
+
 def skew_corrected(timestamp: Any, sent_at: Any, received_at: datetime) -> Any:
     """``received_at - (sent_at - timestamp)``: the event's time on the server's
-    clock. Unparseable values are returned untouched for validation to name."""
+    clock. Unparseable values are returned untouched for validation to name;
+    a correction that leaves the calendar raises ``Unmappable``."""
     if timestamp is None or sent_at is None:
         return timestamp
     try:
         moment, sent = parse_ts(timestamp, "timestamp"), parse_ts(sent_at, "sentAt")
     except ValueError:
         return timestamp
-    return (received_at - (sent - moment)).isoformat()
+    try:
+        return (received_at - (sent - moment)).isoformat()
+    except OverflowError as exc:
+        raise Unmappable("timestamp", "is too far from sentAt to correct the clock skew") from exc
+
+
+def offset_time(offset: int, received_at: datetime) -> str:
+    """PostHog's ``offset``: milliseconds before the request was received."""
+    try:
+        return (received_at - timedelta(milliseconds=offset)).isoformat()
+    except OverflowError as exc:
+        raise Unmappable("offset", "is out of range") from exc
+
+
+def _mapped(mapper: Callable[..., Any], message: Any, *args: Any) -> Any:
+    """The mapper's event, or the refusal ``_validate`` reports for this message alone."""
+    try:
+        return mapper(message, *args)
+    except Unmappable as exc:
+        return {"_error": exc.error}
 
 
 def load_json(body: bytes) -> Any:
@@ -153,7 +186,8 @@ def segment_batch(doc: Any, kind: str | None, project_id: str, limits: Limits,
     received_at = received_at or datetime.now(UTC)
     messages, sent_at = segment_messages(doc, kind)
     check_segment_sizes(messages)
-    return _validate([segment_event(m, project_id, sent_at, received_at) for m in messages], limits, received_at)
+    return _validate([_mapped(segment_event, m, project_id, sent_at, received_at) for m in messages], limits,
+                     received_at)
 
 
 # PostHog --------------------------------------------------------------------
@@ -210,14 +244,15 @@ def posthog_event(message: Any, project_id: str, sent_at: Any, received_at: date
     if when is not None:
         event["occurred_at"] = skew_corrected(when, message.get("sent_at", sent_at), received_at)
     elif isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
-        event["occurred_at"] = datetime.fromtimestamp(received_at.timestamp() - offset / 1000, UTC).isoformat()
+        event["occurred_at"] = offset_time(offset, received_at)
     return event
 
 
 def posthog_batch(items: list[Any], sent_at: Any, project_id: str, limits: Limits,
                   received_at: datetime | None = None) -> Batch:
     received_at = received_at or datetime.now(UTC)
-    return _validate([posthog_event(m, project_id, sent_at, received_at) for m in items], limits, received_at)
+    return _validate([_mapped(posthog_event, m, project_id, sent_at, received_at) for m in items], limits,
+                     received_at)
 
 
 def posthog_results(items: list[Any], batch: Batch) -> dict[str, dict[str, str]]:

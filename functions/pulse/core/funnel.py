@@ -17,6 +17,7 @@ from typing import Any
 from pulse.core.filters import (
     Filters,
     Segment,
+    check_text,
     condition,
     parse_filters,
     parse_segments,
@@ -103,7 +104,7 @@ def _step(raw: Any, index: int) -> Step:
     if not isinstance(raw, Mapping) or set(raw) - {"event_type", "segment"}:
         raise InvalidInput.field(name, "must be an event type or {event_type, segment}")
     event_type = raw.get("event_type")
-    if not isinstance(event_type, str) or not 1 <= len(event_type) <= 128:
+    if not isinstance(event_type, str) or not 1 <= len(check_text(f"{name}.event_type", event_type)) <= 128:
         raise InvalidInput.field(f"{name}.event_type", "must be 1 to 128 characters")
     try:
         segments = parse_segments(_strings(raw.get("segment"), f"{name}.segment"))
