@@ -51,12 +51,17 @@ class PersonStore:
         self.db = db
         self.ch = ch
 
-    def apply(self, project_id: str, batch_id: str, ops: Sequence[Operation]) -> Outcome | None:
+    def apply(self, project_id: str, batch_id: str, ops: Sequence[Operation],
+              conn: Connection | None = None) -> Outcome | None:
         """Apply a batch's operations exactly once and bring ClickHouse up to date
-        for the persons they touch. None when an earlier delivery applied them."""
+        for the persons they touch. None when an earlier delivery applied them.
+        ``conn``: the session persisting the batch (persist holds one connection
+        per batch, never a second: a full pool cannot deadlock it)."""
         if not ops:
             return None
-        return self.db.call(lambda conn: self._locked(conn, project_id, batch_id, ops))
+        if conn is not None:
+            return self._locked(conn, project_id, batch_id, ops)
+        return self.db.call(lambda c: self._locked(c, project_id, batch_id, ops))
 
     def _locked(self, conn: Connection, project_id: str, batch_id: str, ops: Sequence[Operation]) -> Outcome | None:
         key = identity_lock(project_id)
@@ -64,7 +69,7 @@ class PersonStore:
         try:
             outcome = in_transaction(conn, lambda: self._apply(conn, project_id, batch_id, ops))
             ids = persons.identifiers(ops)
-            self.sync(project_id, load(conn, project_id, ids),
+            self.sync(conn, project_id, load(conn, project_id, ids),
                       [p.primary for p in outcome.absorbed] if outcome else [])
             return outcome
         finally:
@@ -108,7 +113,8 @@ class PersonStore:
             telemetry.event("identity links refused", refused=len(outcome.refused), batch_id=batch_id)
         return outcome
 
-    def sync(self, project_id: str, current: Sequence[Person], gone_primaries: Sequence[str] = ()) -> None:
+    def sync(self, conn: Connection, project_id: str, current: Sequence[Person],
+             gone_primaries: Sequence[str] = ()) -> None:
         """Write the ClickHouse rows of these persons (as Postgres has them now):
         the overrides of their identifiers and their properties; the persons
         whose primaries are ``gone_primaries`` (absorbed) get empty properties."""
@@ -119,7 +125,7 @@ class PersonStore:
         rows: list[tuple[str, str]] = [(p.primary, orjson.dumps(p.properties).decode()) for p in current]
         rows += [(primary, "{}") for primary in gone_primaries]
         if rows:
-            version = self.db.run("SELECT nextval('person_version')")[0][0]
+            version = conn.run("SELECT nextval('person_version')")[0][0]
             self.ch.command(WRITE_PROPERTIES, {"p": project_id, "primaries": [r[0] for r in rows],
                                                "properties": [r[1] for r in rows], "v": version})
 
