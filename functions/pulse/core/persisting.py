@@ -206,8 +206,11 @@ class Persister:
         return _Claim(fresh, None, frozenset(r[0] for r in mine))
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
+        # On a cluster, every replica is asked: a row one replica took (and has not
+        # yet passed on) is stored, and must not be inserted again.
+        table = self.ch.layout.on_every_replica(self.ch.layout.local("events"))
         rows = self.ch.rows(
-            "SELECT toString(event_id) FROM events WHERE project_id = {p:UUID} AND batch_id = {b:UUID}",
+            f"SELECT DISTINCT toString(event_id) FROM {table} WHERE project_id = {{p:UUID}} AND batch_id = {{b:UUID}}",
             {"p": project_id, "b": batch_id},
         )
         return {r[0] for r in rows}

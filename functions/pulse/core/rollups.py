@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters
 from pulse.core.persons import ACTORS, Resolver
+from pulse.storage.clickhouse import Layout
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,21 @@ SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:
 # How many parts each span table is in now, and the hours ``type_hours``
 # holds across every project (its parts' min/max of ``hour``, seconds since
 # the epoch; 0 when unknown) and how many parts it has: a cheap first check.
+# On a cluster, the parts of every node (each holds some users' rows): a
+# span table is then in several parts, read without FINAL.
 SPAN_STATE = (
-    "SELECT countIf(table = 'type_spans'), countIf(table = 'page_spans'),"
-    " toUnixTimestamp(minIf(min_time, table = 'type_hours')), toUnixTimestamp(maxIf(max_time, table = 'type_hours')),"
-    " countIf(table = 'type_hours') FROM system.parts WHERE active AND database = currentDatabase()"
-    " AND table IN ('type_spans', 'page_spans', 'type_hours')")
+    "SELECT countIf(table = '{type_spans}'), countIf(table = '{page_spans}'),"
+    " toUnixTimestamp(minIf(min_time, table = '{type_hours}')),"
+    " toUnixTimestamp(maxIf(max_time, table = '{type_hours}')),"
+    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = currentDatabase()"
+    " AND table IN ('{type_spans}', '{page_spans}', '{type_hours}')")
+
+
+def span_state(layout: Layout) -> str:
+    return SPAN_STATE.format(type_spans=layout.local("type_spans"), page_spans=layout.local("page_spans"),
+                             type_hours=layout.local("type_hours"), parts=layout.on_every_replica("system.parts"))
+
+
 # The project's own hours: the exact check.
 PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
 

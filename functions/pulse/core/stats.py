@@ -25,13 +25,13 @@ from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
     PROJECT_HOURS,
-    SPAN_STATE,
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
     covers,
     page_source,
     span_read,
+    span_state,
     spans_hold,
     table_hours,
 )
@@ -154,7 +154,7 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     settle the rest."""
     if filters.include_bots or not covers(filters, fields):
         return None
-    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, SPAN_STATE, {})[0]
+    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, span_state(ch.layout), {})[0]
     table = table_hours(int(first_s), int(last_s), int(hour_parts))
     if table is None or not spans_hold(filters, *table):
         _, params = condition(filters, time_column=None)
