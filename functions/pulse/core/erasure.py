@@ -227,7 +227,7 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
                        + SYNC, params)
         ch.command(f"ALTER TABLE person_properties DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)"
                    + SYNC, params)
-        ch.command(f"ALTER TABLE person_overrides DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
+        ch.command(f"ALTER TABLE person_links DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
                    + SYNC, params)
         _rebuild_hours(ch, project_id, "type_hours", "event_type", "", list(hours or []))
         _rebuild_hours(ch, project_id, "path_hours", "path", " AND event_type = 'page_view'", list(page_hours or []))
