@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         ch.command(LOAD_SQL, {"project": PROJECT, "start": start.replace(tzinfo=None), "users": args.users,
                               "days": args.days, "events": args.events, "per_session": args.per_session,
                               "identified": identified})
-        ch.command(OVERRIDES_SQL, {"project": PROJECT, "users": args.users, "identified": identified})
         # Some other project's traffic, so project scoping is exercised.
         ch.command(LOAD_SQL, {"project": OTHER_PROJECT, "start": start.replace(tzinfo=None),
                               "users": 1000, "days": args.days, "events": max(1, args.events // 20),
@@ -169,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         load_s = time.perf_counter() - started
         print(f"loaded {args.events:,} events (+{args.events // 20:,} in another project) "
               f"in {load_s:.1f} s ({args.events / load_s:,.0f} events/s)")
+    if not ch.rows("SELECT count() FROM person_links WHERE project_id = {p:UUID}", {"p": PROJECT})[0][0]:
+        ch.command(OVERRIDES_SQL, {"project": PROJECT, "users": args.users,
+                                   "identified": round(args.identified / 0.9 * 1000)})
     rollup_tables = [r[0] for r in ch.rows(
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
         " AND name NOT IN ('events', 'schema_migrations')")]
