@@ -46,6 +46,11 @@ class Limits:
     max_event_type_chars: int = 128
     max_id_chars: int = 256
     max_text_chars: int = 2048
+    # POST /v1/import: a file may inflate to at most this many bytes, hold at
+    # most this many lines (empty ones count) and take at most this long.
+    max_import_bytes: int = 1 << 30
+    max_import_lines: int = 2_000_000
+    max_import_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class Settings:
     # Where the export function writes async export files (default <state_dir>/exports).
     export_dir: str | None = None
     log_level: str = "INFO"
+    # json (one JSON object a line, on stderr) or console (short lines for a
+    # person at a terminal; `pulse up` picks it when stdout is a terminal).
+    log_format: str = "json"
     # The public host (pulse.host): its address as clients use it, for the
     # ``servers`` of /openapi.json (default: the address the request came to),
     # and, in the cluster, each function's address for /readyz (name=url,...).
@@ -92,8 +100,26 @@ class Settings:
     jwt_audience: str = "pulse"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 86400
-    admin_emails: str = ""
-    password_scrypt_n: int = 1 << 15
+    # Internal events (/_ce/*, docs/security.md): the audience of this function
+    # (the chart's sink/subscriber audience), the senders allowed (shell
+    # patterns of token subjects), and where the cluster's issuer is found.
+    ce_audience: str | None = None
+    ce_subjects: str = ""
+    ce_oidc_discovery_url: str = "https://kubernetes.default.svc"
+    ce_oidc_token_file: str | None = None
+    ce_oidc_ca_file: str | None = None
+    # The token a SinkBinding mounts for publishing to the Broker.
+    ce_sink_token_file: str = "/oidc/token"  # noqa: S105 - a path, not a secret
+    # Embedded mode: the key that signs and verifies event tokens.
+    ce_token_key_file: str | None = None
+    # Invitations (docs/security.md): open for this long; at most N per window
+    # by one owner, and into one project.
+    invitation_ttl_s: int = 7 * 86400
+    invite_rate_limit: int = 20
+    invite_rate_window_s: int = 3600
+    project_invite_rate_limit: int = 50
+    project_invite_rate_window_s: int = 86400
+    password_scrypt_n: int = 1 << 17
     trusted_proxies: str = ""
     # Rate limits: at most N requests per window, counted in Postgres so they
     # hold across replicas.
@@ -129,6 +155,9 @@ class Settings:
         limit_kwargs: dict[str, Any] = {}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
+        if "admin_emails" in values:
+            raise SettingsError("PULSE_ADMIN_EMAILS is no longer read: an email address proves nothing."
+                                " Grant admin to a user id with `pulse admin grant USER_ID` (docs/security.md)")
         for key, raw in values.items():
             if key in fields and key != "limits":
                 kwargs[key] = _coerce(key, fields[key].type, raw)
@@ -155,6 +184,8 @@ class Settings:
             raise SettingsError("PULSE_CLICKHOUSE_CLUSTER: the embedded ClickHouse is one node")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.log_format not in ("json", "console"):
+            raise SettingsError("PULSE_LOG_FORMAT: must be json or console")
         if self.limits.max_record_bytes < 256 * 1024:
             raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:
@@ -165,7 +196,9 @@ class Settings:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
         for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",
                          "login_rate_limit", "login_rate_window_s", "register_rate_limit",
-                         "register_rate_window_s", "login_lock_after", "login_lock_max_s"):
+                         "register_rate_window_s", "login_lock_after", "login_lock_max_s", "invitation_ttl_s",
+                         "invite_rate_limit", "invite_rate_window_s", "project_invite_rate_limit",
+                         "project_invite_rate_window_s"):
             if getattr(self, positive) < 1:
                 raise SettingsError(f"PULSE_{positive.upper()}: must be at least 1")
         if self.password_scrypt_n < 1024 or self.password_scrypt_n & (self.password_scrypt_n - 1):
@@ -182,11 +215,6 @@ class Settings:
         """Proxies whose X-Forwarded-For is believed (``PULSE_TRUSTED_PROXIES``: addresses or CIDR blocks)."""
         parts = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
         return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
-
-    @property
-    def admins(self) -> frozenset[str]:
-        """Instance admins, by lower-cased email (``PULSE_ADMIN_EMAILS``, comma-separated)."""
-        return frozenset(e.strip().lower() for e in self.admin_emails.split(",") if e.strip())
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -31,8 +31,11 @@ def _get(obj: dict[str, Any], dotted: str) -> Any:
     return obj
 
 
+CORE = ("v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1")  # kubernetes-validate's
+
+
 def _custom(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objs if o["apiVersion"] not in ("v1", "batch/v1")]
+    return [o for o in objs if o["apiVersion"] not in CORE]
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -84,7 +87,8 @@ def test_kafka_source_feeds_persist(default_objects: list[dict[str, Any]]) -> No
     source = of_kind(default_objects, "KafkaSource")[0]["spec"]
     assert source["topics"] == ["pulse.events.raw"]
     assert source["sink"] == {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                                      "name": "pulse-persist"}, "uri": "/_ce/ingested"}
+                                      "name": "pulse-persist"}, "uri": "/_ce/ingested",
+                              "audience": "serving.knative.dev/service/pulse/pulse-persist"}
     assert source["initialOffset"] in ("earliest", "latest") and source["ordering"] in ("ordered", "unordered")
     assert source["delivery"]["deadLetterSink"]["ref"]["kind"] == "KafkaSink"
 
@@ -95,6 +99,7 @@ def test_triggers_filter_by_type(default_objects: list[dict[str, Any]]) -> None:
     assert routes == {
         "dev.pulse.events.persisted": ("pulse-aggregate", "/_ce/persisted"),
         "dev.pulse.export.requested": ("pulse-export", "/_ce/export-requested"),
+        "dev.pulse.person.deletion.requested": ("pulse-export", "/_ce/deletion-requested"),
         "dev.knative.sources.ping": ("pulse-persist", "/_ce/maintenance"),
     }
 
@@ -111,10 +116,9 @@ def test_ping_goes_through_the_broker_daily(default_objects: list[dict[str, Any]
     assert ping["sink"]["ref"]["kind"] == "Broker"
 
 
-def test_persist_is_cluster_local_and_others_are_routed(default_objects: list[dict[str, Any]]) -> None:
+def test_every_function_is_cluster_local_and_public_paths_are_routed(default_objects: list[dict[str, Any]]) -> None:
     visibility = {name(k): k["metadata"]["labels"].get("networking.knative.dev/visibility") for k in ksvcs(default_objects)}
-    assert visibility.pop("pulse-persist") == "cluster-local"
-    assert set(visibility.values()) == {None}
+    assert set(visibility.values()) == {"cluster-local"} and len(visibility) == len(FUNCTIONS)
     routed = {r["metadata"]["labels"]["app.kubernetes.io/component"] for r in of_kind(default_objects, "HTTPRoute")}
     assert routed == set(FUNCTIONS) - {"persist"}
 
@@ -150,7 +154,8 @@ def test_every_topic_exists_as_a_kafka_topic(profile: str) -> None:
         named.add(broker["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"])
     for ksvc in ksvcs(objs):
         env = {e["name"]: e.get("value") for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]}
-        named.update({env["PULSE_RAW_TOPIC"], env["PULSE_DLQ_TOPIC"]})
+        if name(ksvc) != "pulse-host":  # the public host talks to no broker
+            named.update({env["PULSE_RAW_TOPIC"], env["PULSE_DLQ_TOPIC"]})
     assert named == {"pulse.events.raw", "pulse.events.dlq", "pulse.broker"}
     assert named <= set(topics)
 
@@ -177,3 +182,20 @@ def test_knative_config_enables_what_the_chart_uses() -> None:
     for flag in ("kubernetes.podspec-securitycontext", "kubernetes.podspec-volumes-emptydir",
                  "kubernetes.podspec-persistent-volume-claim", "kubernetes.podspec-persistent-volume-write"):
         assert features[flag] == "enabled", flag
+
+
+def test_the_public_host_route_set_is_the_hosts_own(default_objects: list[dict[str, Any]]) -> None:
+    """The same paths as the embedded gateway's (pulse.host.PATHS), plus "/" for
+    every path no function serves; its /readyz asks each of the five functions."""
+    from pulse.host import PATHS, function_urls
+
+    (route,) = [r for r in of_kind(default_objects, "HTTPRoute") if name(r) == "pulse-host"]
+    (rule,) = route["spec"]["rules"]
+    assert {m["path"]["value"] for m in rule["matches"]} == {*PATHS, "/"}
+    assert {m["path"]["type"] for m in rule["matches"]} == {"PathPrefix"}
+    host = next(k for k in ksvcs(default_objects) if name(k) == "pulse-host")
+    env = {e["name"]: e.get("value") for e in host["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert function_urls(env["PULSE_HOST_FUNCTIONS"]) == {
+        f: f"http://pulse-{f}.pulse.svc.cluster.local" for f in ("ingest", "auth", "persist", "aggregate", "export")}
+    assert env["PULSE_PUBLIC_URL"] == "http://pulse.127.0.0.1.sslip.io"
+    assert env["FUNCTION_TARGET"] == "host"

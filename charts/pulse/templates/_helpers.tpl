@@ -68,7 +68,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 The five functions, in data-flow order.
 */}}
 {{- define "pulse.functions" -}}
-{{- list "ingest" "auth" "persist" "aggregate" "export" | toJson }}
+{{- list "ingest" "auth" "persist" "aggregate" "export" "host" | toJson }}
 {{- end }}
 
 {{/*
@@ -81,6 +81,20 @@ Knative Service name of a function: (list $ "ingest").
 {{/*
 Cluster-local base URL of a function: (list $ "auth").
 */}}
+{{/*
+The functions behind the public host, for its /readyz: name=cluster-local URL, comma-separated.
+*/}}
+{{- define "pulse.hostFunctions" -}}
+{{- $root := . }}
+{{- $out := list }}
+{{- range $name := include "pulse.functions" $root | fromJsonArray }}
+{{- if ne $name "host" }}
+{{- $out = append $out (printf "%s=%s" $name (include "pulse.functionURL" (list $root $name))) }}
+{{- end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+
 {{- define "pulse.functionURL" -}}
 {{- $root := index . 0 }}
 {{- printf "http://%s.%s.svc.%s" (include "pulse.functionName" .) $root.Release.Namespace $root.Values.routing.clusterDomain }}
@@ -174,6 +188,38 @@ Eventing object names.
 {{- end }}
 
 {{/*
+Internal events (docs/security.md): the OIDC audience a function's CloudEvents
+are sent for, (list $ "persist"). A Knative Service announces none of its own,
+so the chart sets it as the KafkaSource's sink.audience and the Triggers'
+subscriber.audience, and tells the function (PULSE_CE_AUDIENCE).
+*/}}
+{{- define "pulse.functionAudience" -}}
+{{- $root := index . 0 }}
+{{- printf "serving.knative.dev/service/%s/%s" $root.Release.Namespace (include "pulse.functionName" (list $root (index . 1))) }}
+{{- end }}
+
+{{/*
+Who may send a function internal events, comma-joined token subjects (empty:
+nobody): the OIDC identities Knative gives the senders the chart points at it,
+named <resource>-oidc-<API group>-<kind> (knative/eventing pkg/auth).
+*/}}
+{{- define "pulse.eventSenders" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $ns := $root.Release.Namespace }}
+{{- $senders := list }}
+{{- if and $root.Values.eventing.source.enabled (eq $name "persist") }}
+{{- $senders = append $senders (printf "system:serviceaccount:%s:*-oidc-sources.knative.dev-kafkasource" $ns) }}
+{{- end }}
+{{- range $t := $root.Values.eventing.triggers }}
+{{- if eq $t.subscriber.function $name }}
+{{- $senders = append $senders (printf "system:serviceaccount:%s:*-oidc-eventing.knative.dev-trigger" $ns) }}
+{{- end }}
+{{- end }}
+{{- join "," (uniq $senders) }}
+{{- end }}
+
+{{/*
 A reference to the dead-letter KafkaSink, as a Destination.
 */}}
 {{- define "pulse.deadLetterSink" -}}
@@ -221,6 +267,15 @@ Environment shared by every function and the migrations Job:
 - name: FUNCTION_TARGET
   value: {{ $name | quote }}
 {{- end }}
+{{- if eq $name "host" }}
+{{- /* the public host holds no credential: it reads the OpenAPI documents and asks each function's /readyz */}}
+- name: PULSE_PUBLIC_URL
+  value: {{ $v.routing.publicUrl | default (printf "http://%s" $v.routing.host) | quote }}
+- name: PULSE_HOST_FUNCTIONS
+  value: {{ include "pulse.hostFunctions" $root | quote }}
+- name: PULSE_LOG_LEVEL
+  value: {{ $v.config.logLevel | quote }}
+{{- else }}
 - name: PULSE_POSTGRES_URL
   valueFrom:
     secretKeyRef:
@@ -245,8 +300,6 @@ Environment shared by every function and the migrations Job:
   value: {{ $v.config.eventsTtlDays | quote }}
 - name: PULSE_LEDGER_RETENTION_DAYS
   value: {{ $v.config.ledgerRetentionDays | quote }}
-- name: PULSE_ADMIN_EMAILS
-  value: {{ join "," $v.config.adminEmails | quote }}
 - name: PULSE_LOG_LEVEL
   value: {{ $v.config.logLevel | quote }}
 - name: PULSE_TRUSTED_PROXIES
@@ -261,6 +314,7 @@ Environment shared by every function and the migrations Job:
 {{- if eq $name "export" }}
 - name: PULSE_EXPORT_DIR
   value: {{ $v.exports.mountPath | quote }}
+{{- end }}
 {{- end }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "pulse-%s" $name | quote }}

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters
+from pulse.core.persons import ACTORS, Resolver
 from pulse.storage.clickhouse import Layout
 
 
@@ -132,8 +133,12 @@ def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, d
     return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 
 
-def span_read(table: str, parts: int) -> tuple[str, str]:
-    """(what to read FROM, the unique-user expression) for a span table in ``parts`` parts."""
+def span_read(table: str, parts: int, who: Resolver = ACTORS) -> tuple[str, str]:
+    """(what to read FROM, the unique-user expression) for a span table in ``parts``
+    parts. One part read with FINAL holds one row per actor: without identity
+    links that is one per person, so the rows are counted; with links, the
+    distinct persons among the reaching rows."""
     if parts <= 1:
-        return f"{table} FINAL", f"countIf({SPAN_REACHES})"
-    return table, f"uniqExactIf(actor_key, {SPAN_REACHES})"
+        users = f"countIf({SPAN_REACHES})" if not who.resolving else f"uniqExactIf({who.key}, {SPAN_REACHES})"
+        return f"{table} FINAL", users
+    return table, f"uniqExactIf({who.key}, {SPAN_REACHES})"

@@ -27,6 +27,9 @@ access = logging.getLogger("pulse.access")
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def version_string(self) -> str:
+        return "Pulse"  # not werkzeug's and Python's versions
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
@@ -148,6 +151,8 @@ class Gateway:
             return start_response(line, headers, exc_info) if exc_info else start_response(line, headers)
 
         body = app(environ, answer)
+        if not access.isEnabledFor(logging.INFO):  # JSON logs: each function logs its own line
+            return body
         return _Logged(body, lambda: access.info(
             "%s %s %s", environ.get("REQUEST_METHOD", ""), path, status[0],
             extra={"fields": {"method": environ.get("REQUEST_METHOD", ""), "path": path, "status": status[0],

@@ -80,7 +80,7 @@ class ClickHouse:
         try:
             return clickhouse_connect.get_client(dsn=self.url)
         except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
-            raise Unavailable(f"clickhouse is unreachable: {exc}") from exc
+            raise Unavailable("clickhouse is unreachable") from exc
 
     @contextmanager
     def borrow(self) -> Iterator[Client]:
