@@ -249,8 +249,9 @@ class ClusterForm:
       rows) when every source keeps the same rows together as ``t``, and
       without replicated block deduplication (copied rows are no retry).
     - ``ALTER``, ``OPTIMIZE``, ``TRUNCATE``: the local tables; column changes
-      the Distributed table too. ``EXCHANGE TABLES``: the local tables (each
-      Distributed table reads its local table by name). ``DROP``: both.
+      the Distributed table too; a view's ``MODIFY QUERY`` reads the local
+      tables. ``EXCHANGE TABLES``: the local tables (each Distributed table
+      reads its local table by name). ``DROP``: both.
 
     Anything else has no cluster form and stops the run (``MigrationError``).
     """
@@ -345,6 +346,8 @@ class ClusterForm:
 
     def _alter(self, m: re.Match[str]) -> list[str]:
         table, commands = m.group(1), m.group(2)
+        if table in self.views:  # MODIFY QUERY: the view reads the local tables, as when created
+            return [f"ALTER TABLE {table}{self.on} {self._locally(commands)}"]
         local = f"ALTER TABLE {self._known(table)}{self.on} {commands}"
         if table not in self.sharded:
             return [local]
