@@ -142,8 +142,7 @@ def migrate_postgres(db: Database, root: Path | None = None) -> list[str]:
 def migrate_clickhouse(ch: ClickHouse, settings: Settings, root: Path | None = None) -> list[str]:
     migrations = load("clickhouse", root)
     layout = ch.layout
-    form = ClusterForm(layout, str(ch.rows("SELECT currentDatabase()")[0][0]), placements(root)) \
-        if layout.cluster else None
+    form = ClusterForm(layout, ch.database, placements(root)) if layout.cluster else None
 
     def render(statement: str) -> list[str]:
         return form.render(statement) if form else [statement]
