@@ -19,7 +19,7 @@ from pulse.storage.clickhouse import Layout
 from pulse.storage.migrations import cluster_statements
 
 from . import upstream
-from .conftest import ROOT, ksvcs, objects
+from .conftest import ROOT, ksvcs, objects, of_kind
 
 K8S = ROOT / "k8s"
 
@@ -94,6 +94,8 @@ def test_pulse_runs_its_migrations_on_the_installations_cluster() -> None:
     env = {e["name"]: e.get("value") for e in ksvcs(objects({"database": {"clickhouseCluster": name}}))[0]["spec"][
         "template"]["spec"]["containers"][0]["env"]}
     assert env["PULSE_CLICKHOUSE_CLUSTER"] == name
+    (job,) = of_kind(objects({"database": {"clickhouseCluster": name}}), "Job")  # pulse migrate: ON CLUSTER
+    assert {"name": "PULSE_CLICKHOUSE_CLUSTER", "value": name} in job["spec"]["template"]["spec"]["containers"][0]["env"]
     assert "PULSE_CLICKHOUSE_CLUSTER" not in {e["name"] for e in ksvcs(objects())[0]["spec"]["template"]["spec"][
         "containers"][0]["env"]}
 
