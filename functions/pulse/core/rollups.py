@@ -128,8 +128,10 @@ def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: da
 
 def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, datetime] | None:
     """``spans_hold``'s arguments from SPAN_STATE's whole-table bounds, or None when
-    they are unknown (parts without a min/max of ``hour``)."""
-    if parts and (not first_s or not last_s):
+    they may be unknown. type_hours is partitioned by month of ``hour``, so every
+    part has its min/max: a minimum of 0 is an event in 1970's first hour (the
+    earliest Pulse accepts), a real bound; a maximum of 0 is taken as unknown."""
+    if parts and not last_s:
         return None
     return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 

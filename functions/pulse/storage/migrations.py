@@ -345,8 +345,12 @@ class ClusterForm:
 
     def _alter(self, m: re.Match[str]) -> list[str]:
         table, commands = m.group(1), m.group(2)
-        if table in self.views:  # MODIFY QUERY: the view reads the local tables, as when created
-            return [f"ALTER TABLE {table}{self.on} {self._locally(commands)}"]
+        if table in self.views:
+            query = re.match(r"\s*MODIFY\s+QUERY\s+(.*)", commands, re.IGNORECASE | re.DOTALL)
+            if query is None:
+                raise MigrationError(f"alter view {table}: only MODIFY QUERY has a cluster form")
+            # the view reads each node's local tables, as when it was created
+            return [f"ALTER TABLE {table}{self.on} MODIFY QUERY\n{self._locally(query.group(1))}"]
         local = f"ALTER TABLE {self._known(table)}{self.on} {commands}"
         if table not in self.sharded:
             return [local]
