@@ -183,8 +183,10 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
     return out
 
 
-LINKS = ("INSERT INTO person_overrides SELECT {p:UUID}, reinterpretAsUInt128(sipHash128('a' || toString(number))),"
-         " reinterpretAsUInt128(sipHash128('u' || toString(number))) FROM numbers(400) WHERE number % 2 = 0")
+LINKS = ("INSERT INTO person_links (link_key, project_id, actor_key, person_key)"
+         " SELECT bitXor(a, reinterpretAsUInt128({p:UUID})), {p:UUID}, a, u FROM (SELECT"
+         " reinterpretAsUInt128(sipHash128('a' || toString(number))) AS a,"
+         " reinterpretAsUInt128(sipHash128('u' || toString(number))) AS u FROM numbers(400) WHERE number % 2 = 0)")
 ROLLUPS = {  # every rollup as rows, straight from the tables the queries read
     "actor_hours": "SELECT project_id, hour, country, actor_key, sum(events) FROM actor_hours GROUP BY ALL",
     "actor_type_hours": "SELECT project_id, hour, event_type, country, actor_key, sum(events) FROM actor_type_hours"
