@@ -147,10 +147,13 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     tab = tabs()
     page = tab.open("/dashboard")
     page.wait_for_selector("#signin-view", state="visible")
+    assert not page.is_visible("#sign-out") and not page.is_visible("#nav")
     tab.shot("dashboard-sign-in")
     sign_in(page, email)
     page.wait_for_selector("#stats-view", state="visible")
     tab.wait_panels()
+    assert page.is_visible("#sign-out") and page.is_visible("#nav a[data-view=keys]")
+    assert not page.is_visible("#signin-view")
     assert page.eval_on_selector_all("#project option", "os => os.map(o => o.textContent)") == ["Shop", "Empty app"]
     page.select_option("#project", busy["project_id"])
     first, last = (now - timedelta(days=80)).date(), now.date()
