@@ -24,6 +24,10 @@ from pulse.web.credentials import extract
 from pulse.web.http import HttpFunction, Route, json_response
 
 DASHBOARD = Path(__file__).with_name("dashboard")
+# The dashboard loads only its own files and talks only to its own host.
+DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+                 " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
+                 " frame-ancestors 'none'")
 MAX_FUNNEL_BODY = 64 * 1024
 LIVE_PERIOD_S = 2.0
 LIVE_MAX_S = 3600.0
@@ -35,7 +39,7 @@ class Aggregate(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.access = services.access
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -146,7 +150,7 @@ class Aggregate(HttpFunction):
             raise NotFound(f"no dashboard file {name[:80]!r}")
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Response(files[name].read_bytes(), content_type=content_type,
-                        headers={"Cache-Control": "no-cache"})
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy": DASHBOARD_CSP})
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from werkzeug.wrappers import Request, Response
 
-from pulse.core import accounts
+from pulse.core import accounts, invitations
 from pulse.core.accounts import Accounts
 from pulse.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import Passwords
@@ -35,7 +35,7 @@ class Auth(HttpFunction):
         self.services = services
         self.settings = services.settings
         self.trusted = services.settings.trusted_networks
-        super().__init__(lambda: services.checks(("postgres",)))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         project = "/v1/projects/<project_id>"
@@ -47,12 +47,17 @@ class Auth(HttpFunction):
             Route("GET", "/.well-known/jwks.json", self.jwks, "jwks"),
             Route("POST", "/v1/projects", self.create_project, "create-project"),
             Route("GET", "/v1/projects", self.list_projects, "list-projects"),
+            Route("PATCH", project, self.update_project, "update-project"),
             Route("POST", f"{project}/api-keys", self.create_key, "create-key"),
             Route("GET", f"{project}/api-keys", self.list_keys, "list-keys"),
             Route("DELETE", f"{project}/api-keys/<key_id>", self.revoke_key, "revoke-key"),
             Route("GET", f"{project}/members", self.list_members, "list-members"),
-            Route("POST", f"{project}/members", self.add_member, "add-member"),
+            Route("POST", f"{project}/members", self.invite, "invite-member"),
             Route("DELETE", f"{project}/members/<user_id>", self.remove_member, "remove-member"),
+            Route("GET", f"{project}/invitations", self.project_invitations, "project-invitations"),
+            Route("DELETE", f"{project}/invitations/<invitation_id>", self.revoke_invitation, "revoke-invitation"),
+            Route("GET", "/v1/invitations", self.my_invitations, "my-invitations"),
+            Route("POST", "/v1/invitations/<invitation_id>/accept", self.accept_invitation, "accept-invitation"),
             Route("GET", "/v1/admin/users", self.admin_users, "admin-users"),
         ]
 
@@ -127,6 +132,10 @@ class Auth(HttpFunction):
     def list_projects(self, request: Request) -> Response:
         return json_response(accounts.projects_of(self.services.db, self.user(request)))
 
+    def update_project(self, request: Request, project_id: str) -> Response:
+        _, project = self.member(request, project_id, "owner")
+        return json_response(accounts.update_project(self.services.db, project, self.body(request)))
+
     def create_key(self, request: Request, project_id: str) -> Response:
         _, project = self.member(request, project_id, "owner")
         body = self.body(request)
@@ -149,10 +158,30 @@ class Auth(HttpFunction):
         _, project = self.member(request, project_id, "owner")
         return json_response(accounts.list_members(self.services.db, project))
 
-    def add_member(self, request: Request, project_id: str) -> Response:
+    def invite(self, request: Request, project_id: str) -> Response:
+        user, project = self.member(request, project_id, "owner")
+        body = self.body(request)
+        self.services.limiter.hit(self.services.limit("invite"), user)
+        self.services.limiter.hit(self.services.limit("project_invite"), project)
+        answer = invitations.invite(self.services.db, project, user, body, self.settings.invitation_ttl_s)
+        return json_response(answer, 202)
+
+    def project_invitations(self, request: Request, project_id: str) -> Response:
         _, project = self.member(request, project_id, "owner")
-        member, created = accounts.add_member(self.services.db, project, self.body(request))
-        return json_response(member, 201 if created else 200)
+        return json_response(invitations.of_project(self.services.db, project))
+
+    def revoke_invitation(self, request: Request, project_id: str, invitation_id: str) -> Response:
+        _, project = self.member(request, project_id, "owner")
+        invitations.revoke(self.services.db, project, accounts.check_uuid("invitation_id", invitation_id))
+        return Response(status=204)
+
+    def my_invitations(self, request: Request) -> Response:
+        return json_response(invitations.of_user(self.services.db, self.user(request)))
+
+    def accept_invitation(self, request: Request, invitation_id: str) -> Response:
+        user = self.user(request)
+        return json_response(invitations.accept(self.services.db, user,
+                                                accounts.check_uuid("invitation_id", invitation_id)))
 
     def remove_member(self, request: Request, project_id: str, user_id: str) -> Response:
         _, project = self.member(request, project_id, "owner")
@@ -160,8 +189,7 @@ class Auth(HttpFunction):
         return Response(status=204)
 
     def admin_users(self, request: Request) -> Response:
-        email = accounts.email_of(self.services.db, self.user(request))
-        if email is None or email.lower() not in self.settings.admins:
+        if not accounts.is_admin(self.services.db, self.user(request)):
             raise Forbidden("instance admins only")
         limit, offset = accounts.check_page(request.args.get("limit"), request.args.get("offset"))
         return json_response(accounts.list_users(self.services.db, limit, offset))

@@ -7,6 +7,7 @@
   pulse import FILE [--url URL] [--key KEY]              import a CSV or NDJSON file, resumable (docs/clients.md)
   pulse export [--format csv] [--from D] [--to D] [-o F]  download events into a file
   pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
+  pulse admin grant|revoke USER_ID | list               instance admins (docs/security.md)
 """
 
 from __future__ import annotations
@@ -19,20 +20,14 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulse.settings import Settings, SettingsError
-from pulse.telemetry import ConsoleHandler, configure_logging, configure_tracing
+
+if TYPE_CHECKING:
+    from pulse.telemetry import ConsoleHandler
 
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
-NEEDS = {
-    "host": (),
-    "ingest": ("postgres", "kafka"),
-    "auth": ("postgres", "signing_key"),
-    "persist": ("postgres", "clickhouse"),
-    "aggregate": ("postgres", "clickhouse", "token_keys"),
-    "export": ("postgres", "clickhouse", "token_keys"),
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,11 +87,28 @@ def main(argv: list[str] | None = None) -> int:
         else:
             one.add_argument("--to", help="the topic to replay to (default PULSE_RAW_TOPIC)")
 
+    admin = sub.add_parser("admin", help="instance admins: granted to a user id, never to an email")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    for name, text in (("grant", "make this user an instance admin"), ("revoke", "take admin rights away"),
+                       ("list", "the instance admins")):
+        one = admin_sub.add_parser(name, help=text)
+        if name != "list":
+            one.add_argument("user_id", help="the user's id (POST /v1/auth/register answers it)")
+        one.add_argument("--state-dir", type=Path, help="the embedded run's state directory, when "
+                         "PULSE_POSTGRES_URL is not set (default .pulse)")
+
     args = parser.parse_args(argv)
     if args.command == "import":
         return _import(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "serve" and int(os.environ.get("WORKERS", "1")) > 1 \
+            and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several gunicorn workers: each writes its metrics here, /metrics sums them
+        # (set before prometheus_client is first imported)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{args.function}-metrics-")
+    from pulse.telemetry import configure_logging, configure_tracing
+
     try:
         settings = Settings.load()
     except SettingsError as exc:
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(settings, args.function)
         if args.command == "dlq":
             return _dlq(settings, args)
+        if args.command == "admin":
+            return _admin(settings, args)
         if args.command == "bench":
             from pulse.bench import run_bench
 
@@ -336,6 +350,37 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if not skipped else 1
 
 
+def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    from pulse.core import accounts
+    from pulse.errors import PulseError
+    from pulse.local.embedded import embedded_postgres
+    from pulse.storage.migrations import migrate_postgres
+    from pulse.storage.postgres import Database
+
+    with embedded_postgres(settings.postgres_url, args.state_dir or settings.state_dir) as url:
+        db = Database(url, max_connections=2)
+        try:
+            migrate_postgres(db)
+            if args.admin_command == "list":
+                for admin in accounts.list_admins(db):
+                    print(f"{admin['user_id']}  {admin['email']}  since {admin['granted_at']}")
+                return 0
+            if args.admin_command == "grant":
+                granted = accounts.grant_admin(db, args.user_id)
+                print(f"{granted['user_id']} ({granted['email']}) is an instance admin")
+                return 0
+            if not accounts.revoke_admin(db, args.user_id):
+                print(f"pulse admin: {args.user_id} was not an admin", file=sys.stderr)
+                return 1
+            print(f"{args.user_id} is no longer an instance admin")
+            return 0
+        except PulseError as exc:
+            print(f"pulse admin: {exc.detail}", file=sys.stderr)
+            return 1
+        finally:
+            db.close()
+
+
 def _migrate(settings: Settings) -> int:
     from pulse.services import Services
     from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
@@ -356,7 +401,11 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve(settings: Settings, function: str | None) -> int:
-    from pulse.services import Services
+    """One function under functions-framework's gunicorn. SIGTERM (after
+    Knative's queue-proxy drained the pod) stops the server taking connections,
+    lets each worker finish the requests it holds, then ``shut_down`` closes
+    the function's clients (pulse.services)."""
+    from pulse.services import NEEDS, Services, shut_down
 
     if not function:
         print("pulse serve: name a function or set FUNCTION_TARGET", file=sys.stderr)
@@ -366,17 +415,18 @@ def _serve(settings: Settings, function: str | None) -> int:
         services.verify(NEEDS[function])  # fail fast, naming the dependency
     finally:
         services.close()
-    source = Path(__file__).with_name(f"{function}.py")
-    env = dict(os.environ)
-    if int(env.get("WORKERS", "1")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        # several gunicorn workers: each writes its metrics here, /metrics sums them
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{function}-metrics-")
-    os.execve(sys.executable, [  # noqa: S606 - this process becomes the server
-        sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source),
-        "--signature-type", "http",
-        "--host", env.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
-        "--port", env.get("PORT", "8080"),
-    ], env)
+    from functions_framework import create_app
+    from functions_framework._http import create_server
+
+    app = create_app(function, str(Path(__file__).with_name(f"{function}.py")), "http")
+    bound_s = settings.shutdown_timeout_s
+
+    def worker_exit(server: object, worker: object) -> None:
+        shut_down(bound_s)
+
+    create_server(app, False, graceful_timeout=max(1, int(bound_s)), worker_exit=worker_exit).run(
+        os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
+        int(os.environ.get("PORT", "8080")))
     return 0
 
 

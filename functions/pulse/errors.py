@@ -31,6 +31,8 @@ class PulseError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.errors = errors or []
+        # Extension members of the problem document (RFC 9457 section 3.2).
+        self.extensions: dict[str, object] = {}
 
 
 class InvalidInput(PulseError):
@@ -90,7 +92,9 @@ class RateLimited(PulseError):
 
 
 class Unavailable(PulseError):
-    """A dependency cannot take the work now; the client should retry."""
+    """A dependency cannot take the work now; the client should retry. The
+    detail names the dependency only; what it said (addresses, its own error
+    text) travels as the ``__cause__``, which is logged and never answered."""
 
     status = 503
     title = "Service unavailable"
@@ -99,3 +103,11 @@ class Unavailable(PulseError):
     def __init__(self, detail: str = "", retry_after_s: int = 2) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a client may read about a failure: Pulse's own detail for a 503
+    (which names the dependency, never its address), else nothing specific."""
+    if isinstance(exc, Unavailable):
+        return exc.detail
+    return "internal error"

@@ -7,13 +7,14 @@ embedded runtime builds one and lets the five functions share it.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pulse.bus import kafka
-from pulse.bus.kafka import Producer
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
+from pulse.security.eventauth import ClusterIssuer, EventAuth, LocalIssuer, TokenFile, TokenSource, subjects_of
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
 from pulse.security.tokens import (
@@ -25,8 +26,27 @@ from pulse.security.tokens import (
     load_signing_key,
 )
 from pulse.settings import Settings, SettingsError, redact
-from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
+
+if TYPE_CHECKING:  # imported where first used: a function loads only the clients it needs (cold start)
+    from pulse.bus.kafka import Producer
+    from pulse.storage.clickhouse import ClickHouse
+
+log = logging.getLogger("pulse.services")
+
+# What each function depends on, declared once. `pulse serve` and the embedded
+# runtime check these before serving (``Services.verify`` names the one that
+# does not answer), /readyz probes the reachable ones (``Services.readiness``),
+# and ``shut_down`` closes them when the function stops.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "host": (),
+    "ingest": ("postgres", "kafka"),
+    "auth": ("postgres", "signing_key"),
+    "persist": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse", "token_keys"),
+    "export": ("postgres", "clickhouse", "token_keys"),
+}
+PROBED = ("postgres", "clickhouse", "kafka")
 
 
 class Services:
@@ -41,12 +61,48 @@ class Services:
         self._issuer: Issuer | None = None
         self._limiter: RateLimiter | None = None
         self._access: ReadAccess | None = None
+        self._event_keys: ClusterIssuer | LocalIssuer | None = None
         self.sinks: dict[str, str] = {}
+        # Embedded mode: each function's audience and each publisher's token
+        # (set by the runtime from the chart's wiring, as ``sinks`` is).
+        self.ce_audiences: dict[str, str] = {}
+        self.ce_senders: dict[str, tuple[str, ...]] = {}
+        self.sink_tokens: dict[str, TokenSource] = {}
 
     def sink(self, function: str) -> str | None:
         """Where ``function`` publishes CloudEvents: its SinkBinding's address
         (set by the embedded runtime), else ``K_SINK``."""
         return self.sinks.get(function) or self.settings.k_sink
+
+    def sink_token(self, function: str) -> TokenSource | None:
+        """The token ``function`` presents when it publishes: minted by the
+        embedded runtime, else the one its SinkBinding mounts (when there)."""
+        if function in self.sink_tokens:
+            return self.sink_tokens[function]
+        path = Path(self.settings.ce_sink_token_file)
+        return TokenFile(str(path)) if path.is_file() else None
+
+    @property
+    def event_keys(self) -> ClusterIssuer | LocalIssuer:
+        """Who issues event tokens: the embedded run's key, else the cluster's issuer."""
+        settings = self.settings
+        with self._lock:
+            if self._event_keys is None:
+                if settings.ce_token_key_file:
+                    try:
+                        self._event_keys = LocalIssuer(Path(settings.ce_token_key_file))
+                    except KeyFileError as exc:
+                        raise SettingsError(f"PULSE_CE_TOKEN_KEY_FILE: {exc}") from exc
+                else:
+                    self._event_keys = ClusterIssuer(settings.ce_oidc_discovery_url, settings.ce_oidc_token_file,
+                                                     settings.ce_oidc_ca_file)
+            return self._event_keys
+
+    def event_auth(self, function: str) -> EventAuth:
+        """What ``function``'s ``/_ce/*`` routes accept (pulse.security.eventauth)."""
+        keys = self.event_keys
+        return EventAuth(keys, keys.issuer, self.ce_audiences.get(function) or self.settings.ce_audience,
+                         self.ce_senders.get(function) or subjects_of(self.settings.ce_subjects))
 
     @property
     def db(self) -> Database:
@@ -59,14 +115,19 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
-                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
+                from pulse.storage.clickhouse import ClickHouse, Layout
+
+                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"),
+                                      layout=Layout(self.settings.clickhouse_cluster))
             return self._ch
 
     @property
     def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
+                from pulse.bus import kafka
+
+                self._producer = kafka.Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
                                           self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
                                           self.settings.kafka_max_in_flight,
                                           self.settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES)
@@ -121,7 +182,7 @@ class Services:
             return self._limiter
 
     def limit(self, name: str) -> Limit:
-        """The configured limit ``ingest``, ``login`` or ``register``."""
+        """The configured limit ``ingest``, ``login``, ``register``, ``invite`` or ``project_invite``."""
         settings = self.settings
         return Limit(name, getattr(settings, f"{name}_rate_limit"), getattr(settings, f"{name}_rate_window_s"))
 
@@ -133,6 +194,11 @@ class Services:
                 bearer = BearerAccess(verifier, Memberships(db, self.settings.key_cache_ttl_s)) if verifier else None
                 self._access = ReadAccess(keys, bearer)
             return self._access
+
+    def readiness(self, function: str) -> Callable[[], dict[str, bool]]:
+        """The /readyz checks of ``function``: its reachable dependencies."""
+        probed = [need for need in NEEDS[function] if need in PROBED]
+        return lambda: self.checks(probed)
 
     def checks(self, needs: Iterable[str]) -> dict[str, bool]:
         probes = {
@@ -161,6 +227,8 @@ class Services:
                     raise SettingsError("set PULSE_JWKS_URL or PULSE_JWT_PUBLIC_KEY_FILE to verify access tokens")
                 continue
             if need == "kafka":
+                from pulse.bus import kafka
+
                 ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
             else:
                 ok = self.checks([need])[need]
@@ -193,3 +261,25 @@ def _required(value: str | None, name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set (run `pulse up` for embedded services, or set it)")
     return value
+
+
+def shut_down(timeout_s: float) -> bool:
+    """The end of a function process in the cluster (``pulse serve`` calls it in
+    each worker once SIGTERM stopped the server taking connections): every
+    function the process built refuses new work, finishes the requests it holds
+    (within ``timeout_s``), then its clients close, the Kafka producer flushing
+    what it still holds. False if some request outlived the bound."""
+    from pulse.web.http import HttpFunction
+
+    idle = True
+    for function in HttpFunction.built():
+        function.begin_stop()
+        in_flight = function.in_flight
+        done = function.wait_idle(timeout_s)
+        services = getattr(function, "services", None)
+        if isinstance(services, Services):
+            services.close()
+        log.info("%s stopped", function.name, extra={"fields": {
+            "function": function.name, "in_flight_at_stop": in_flight, "finished": done, "clients_closed": True}})
+        idle = idle and done
+    return idle

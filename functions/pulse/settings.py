@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
 class SettingsError(ValueError):
@@ -43,6 +46,11 @@ class Limits:
     max_event_type_chars: int = 128
     max_id_chars: int = 256
     max_text_chars: int = 2048
+    # POST /v1/import: a file may inflate to at most this many bytes, hold at
+    # most this many lines (empty ones count) and take at most this long.
+    max_import_bytes: int = 1 << 30
+    max_import_lines: int = 2_000_000
+    max_import_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class Settings:
     state_dir: Path = Path(".pulse")
     postgres_url: str | None = None
     clickhouse_url: str | None = None
+    # The ClickHouse cluster (remote_servers name) whose shards and replicas hold
+    # the tables in their cluster form (docs/scaling.md); empty: one node.
+    clickhouse_cluster: str = ""
     kafka_bootstrap: str | None = None
     raw_topic: str = "pulse.events.raw"
     dlq_topic: str = "pulse.events.dlq"
@@ -89,8 +100,26 @@ class Settings:
     jwt_audience: str = "pulse"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 86400
-    admin_emails: str = ""
-    password_scrypt_n: int = 1 << 15
+    # Internal events (/_ce/*, docs/security.md): the audience of this function
+    # (the chart's sink/subscriber audience), the senders allowed (shell
+    # patterns of token subjects), and where the cluster's issuer is found.
+    ce_audience: str | None = None
+    ce_subjects: str = ""
+    ce_oidc_discovery_url: str = "https://kubernetes.default.svc"
+    ce_oidc_token_file: str | None = None
+    ce_oidc_ca_file: str | None = None
+    # The token a SinkBinding mounts for publishing to the Broker.
+    ce_sink_token_file: str = "/oidc/token"  # noqa: S105 - a path, not a secret
+    # Embedded mode: the key that signs and verifies event tokens.
+    ce_token_key_file: str | None = None
+    # Invitations (docs/security.md): open for this long; at most N per window
+    # by one owner, and into one project.
+    invitation_ttl_s: int = 7 * 86400
+    invite_rate_limit: int = 20
+    invite_rate_window_s: int = 3600
+    project_invite_rate_limit: int = 50
+    project_invite_rate_window_s: int = 86400
+    password_scrypt_n: int = 1 << 17
     trusted_proxies: str = ""
     # Rate limits: at most N requests per window, counted in Postgres so they
     # hold across replicas.
@@ -126,6 +155,9 @@ class Settings:
         limit_kwargs: dict[str, Any] = {}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
+        if "admin_emails" in values:
+            raise SettingsError("PULSE_ADMIN_EMAILS is no longer read: an email address proves nothing."
+                                " Grant admin to a user id with `pulse admin grant USER_ID` (docs/security.md)")
         for key, raw in values.items():
             if key in fields and key != "limits":
                 kwargs[key] = _coerce(key, fields[key].type, raw)
@@ -146,6 +178,10 @@ class Settings:
             raise SettingsError("PULSE_POSTGRES_URL: scheme must be postgresql://")
         if self.clickhouse_url and urlsplit(self.clickhouse_url).scheme not in ("http", "https", "chdb"):
             raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
+        if self.clickhouse_cluster and not CLUSTER_NAME.match(self.clickhouse_cluster):
+            raise SettingsError("PULSE_CLICKHOUSE_CLUSTER: letters, digits, '_', '-' and '.' only")
+        if self.clickhouse_cluster and self.clickhouse_url and self.clickhouse_url.startswith("chdb:"):
+            raise SettingsError("PULSE_CLICKHOUSE_CLUSTER: the embedded ClickHouse is one node")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
         if self.log_format not in ("json", "console"):
@@ -160,7 +196,9 @@ class Settings:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
         for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",
                          "login_rate_limit", "login_rate_window_s", "register_rate_limit",
-                         "register_rate_window_s", "login_lock_after", "login_lock_max_s"):
+                         "register_rate_window_s", "login_lock_after", "login_lock_max_s", "invitation_ttl_s",
+                         "invite_rate_limit", "invite_rate_window_s", "project_invite_rate_limit",
+                         "project_invite_rate_window_s"):
             if getattr(self, positive) < 1:
                 raise SettingsError(f"PULSE_{positive.upper()}: must be at least 1")
         if self.password_scrypt_n < 1024 or self.password_scrypt_n & (self.password_scrypt_n - 1):
@@ -177,11 +215,6 @@ class Settings:
         """Proxies whose X-Forwarded-For is believed (``PULSE_TRUSTED_PROXIES``: addresses or CIDR blocks)."""
         parts = [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
         return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
-
-    @property
-    def admins(self) -> frozenset[str]:
-        """Instance admins, by lower-cased email (``PULSE_ADMIN_EMAILS``, comma-separated)."""
-        return frozenset(e.strip().lower() for e in self.admin_emails.split(",") if e.strip())
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -85,6 +85,10 @@ CONSUMER_LAG = Gauge(
     multiprocess_mode="mostrecent")
 HTTP_IN_FLIGHT = Gauge(
     "pulse_http_requests_in_flight", "Requests being answered", ["function"], multiprocess_mode="livesum")
+PERSON_LINKS = Counter(
+    "pulse_person_links_total", "Identity links applied by persist", ["outcome"])
+PERSON_DELETIONS = Counter(
+    "pulse_person_deletions_total", "Person deletion jobs finished", ["status"])
 KAFKA_PRODUCE_REFUSED = Counter(
     "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker",
     ["topic"])

@@ -31,8 +31,11 @@ def _get(obj: dict[str, Any], dotted: str) -> Any:
     return obj
 
 
+CORE = ("v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1")  # kubernetes-validate's
+
+
 def _custom(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objs if o["apiVersion"] not in ("v1", "batch/v1")]
+    return [o for o in objs if o["apiVersion"] not in CORE]
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -84,7 +87,8 @@ def test_kafka_source_feeds_persist(default_objects: list[dict[str, Any]]) -> No
     source = of_kind(default_objects, "KafkaSource")[0]["spec"]
     assert source["topics"] == ["pulse.events.raw"]
     assert source["sink"] == {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                                      "name": "pulse-persist"}, "uri": "/_ce/ingested"}
+                                      "name": "pulse-persist"}, "uri": "/_ce/ingested",
+                              "audience": "serving.knative.dev/service/pulse/pulse-persist"}
     assert source["initialOffset"] in ("earliest", "latest") and source["ordering"] in ("ordered", "unordered")
     assert source["delivery"]["deadLetterSink"]["ref"]["kind"] == "KafkaSink"
 
@@ -95,6 +99,7 @@ def test_triggers_filter_by_type(default_objects: list[dict[str, Any]]) -> None:
     assert routes == {
         "dev.pulse.events.persisted": ("pulse-aggregate", "/_ce/persisted"),
         "dev.pulse.export.requested": ("pulse-export", "/_ce/export-requested"),
+        "dev.pulse.person.deletion.requested": ("pulse-export", "/_ce/deletion-requested"),
         "dev.knative.sources.ping": ("pulse-persist", "/_ce/maintenance"),
     }
 
@@ -111,10 +116,9 @@ def test_ping_goes_through_the_broker_daily(default_objects: list[dict[str, Any]
     assert ping["sink"]["ref"]["kind"] == "Broker"
 
 
-def test_persist_is_cluster_local_and_others_are_routed(default_objects: list[dict[str, Any]]) -> None:
+def test_every_function_is_cluster_local_and_public_paths_are_routed(default_objects: list[dict[str, Any]]) -> None:
     visibility = {name(k): k["metadata"]["labels"].get("networking.knative.dev/visibility") for k in ksvcs(default_objects)}
-    assert visibility.pop("pulse-persist") == "cluster-local"
-    assert set(visibility.values()) == {None}
+    assert set(visibility.values()) == {"cluster-local"} and len(visibility) == len(FUNCTIONS)
     routed = {r["metadata"]["labels"]["app.kubernetes.io/component"] for r in of_kind(default_objects, "HTTPRoute")}
     assert routed == set(FUNCTIONS) - {"persist"}
 

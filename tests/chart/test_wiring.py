@@ -9,13 +9,17 @@ import pytest
 from pulse.local import wiring
 from pulse.local.wiring import Delivery, Destination, WiringError, load_wiring, parse_duration
 
+AUD = "serving.knative.dev/service/pulse/pulse-"  # the audience the chart sets for a function
+BROKER_AUD = "eventing.knative.dev/broker/pulse/pulse"  # the one Knative announces for the Broker
+
 
 def test_kafka_source_raw_to_persist_with_its_delivery() -> None:
     (source,) = load_wiring().sources
     assert source.topics == ("pulse.events.raw",)
     assert source.consumer_group == "pulse-persist"
     assert (source.initial_offset, source.ordering) == ("earliest", "unordered")
-    assert source.sink == Destination(function="persist", path="/_ce/ingested", broker=None)
+    assert source.sink == Destination(function="persist", path="/_ce/ingested", broker=None,
+                                      audience="serving.knative.dev/service/pulse/pulse-persist")
     assert source.delivery == Delivery(retry=6, backoff_policy="exponential", backoff_delay_s=0.5,
                                        timeout_s=30.0, dead_letter_topic="pulse.events.dlq")
 
@@ -27,9 +31,11 @@ def test_triggers_with_their_filters() -> None:
     assert broker.delivery.dead_letter_topic == "pulse.events.dlq"
     triggers = {t.filter: (t.subscriber, t.delivery.timeout_s) for t in w.triggers_for("pulse")}
     assert triggers == {
-        (("type", "dev.pulse.events.persisted"),): (Destination("aggregate", "/_ce/persisted", None), 30.0),
-        (("type", "dev.pulse.export.requested"),): (Destination("export", "/_ce/export-requested", None), 600.0),
-        (("type", "dev.knative.sources.ping"),): (Destination("persist", "/_ce/maintenance", None), 600.0),
+        (("type", "dev.pulse.events.persisted"),): (Destination("aggregate", "/_ce/persisted", None, AUD + "aggregate"), 30.0),
+        (("type", "dev.pulse.export.requested"),): (Destination("export", "/_ce/export-requested", None, AUD + "export"), 600.0),
+        (("type", "dev.pulse.person.deletion.requested"),): (Destination("export", "/_ce/deletion-requested", None, AUD + "export"),
+                                                             600.0),
+        (("type", "dev.knative.sources.ping"),): (Destination("persist", "/_ce/maintenance", None, AUD + "persist"), 600.0),
     }
     assert w.triggers_for("elsewhere") == ()
 
@@ -56,7 +62,7 @@ def test_filters_are_sorted_pairs_and_new_triggers_appear() -> None:
 def test_sink_bindings_and_ping() -> None:
     w = load_wiring()
     assert {b.function: b.sink for b in w.sink_bindings} == {
-        "persist": Destination(None, "/", "pulse"), "export": Destination(None, "/", "pulse")}
+        "persist": Destination(None, "/", "pulse", BROKER_AUD), "export": Destination(None, "/", "pulse", BROKER_AUD)}
     (ping,) = w.pings
     assert ping.ce_type == "dev.knative.sources.ping" and ping.sink.broker == "pulse"
     assert ping.schedule == "17 3 * * *"

@@ -35,16 +35,22 @@ import pytest
 import urllib3
 
 from pulse.bus import kafka as kafka_bus
+from pulse.bus.cloudevents import to_http
 from pulse.ingest import Ingest
 from pulse.local.demo import create_demo_key
 from pulse.local.dispatcher import DeliverySpec, Dispatcher, Subscription
 from pulse.local.embedded import Broker, Postgres, free_port
 from pulse.local.gateway import Server
+from pulse.security.eventauth import LocalIssuer
+from pulse.security.tokens import generate_key_file
 from pulse.services import Services
 from pulse.settings import Settings
 from tests.conftest import ROOT, make_event
 
 RAW, DLQ = "faults.events.raw", "faults.events.dlq"
+# Internal events carry a token, as everywhere (pulse.security.eventauth).
+AUDIENCE = "serving.knative.dev/service/faults/persist"
+SENDER = "system:serviceaccount:faults:faults-raw-oidc-sources.knative.dev-kafkasource"
 RESULTS: list[dict[str, Any]] = []
 http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=30), maxsize=8)
 
@@ -59,13 +65,15 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
 class PersistProcess:
     """tests/faults/persist_server.py on a fixed port."""
 
-    def __init__(self, workdir: Path, postgres_url: str) -> None:
+    def __init__(self, workdir: Path, postgres_url: str, event_key: Path) -> None:
         self.port = free_port()
         self.faults = workdir / "faults"
         self.faults.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "persist.log"
         self.env = {**os.environ, "PULSE_POSTGRES_URL": postgres_url,
-                    "PULSE_CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}", "PULSE_STATE_DIR": str(workdir)}
+                    "PULSE_CLICKHOUSE_URL": f"chdb://{workdir / 'clickhouse'}", "PULSE_STATE_DIR": str(workdir),
+                    "PULSE_CE_TOKEN_KEY_FILE": str(event_key), "PULSE_CE_AUDIENCE": AUDIENCE,
+                    "PULSE_CE_SUBJECTS": SENDER}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -121,6 +129,11 @@ class FaultStack:
     services: Services
     ingest_server: Server
     dispatcher: Dispatcher
+    token: Callable[[], str]
+
+    def deliver_headers(self, event: Any) -> dict[str, str]:
+        """What the KafkaSource sends persist for ``event``: the CloudEvent and its token."""
+        return {**to_http(event), "Authorization": f"Bearer {self.token()}"}
 
     @property
     def ingest_url(self) -> str:
@@ -151,7 +164,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     try:
         postgres = Postgres.start(root / "postgres")
         kafka_bus.ensure_topics(broker.bootstrap, {RAW: 4, DLQ: 1})
-        persist = PersistProcess(root / "persist", postgres.url)
+        issuer = LocalIssuer(generate_key_file(root / "eventing" / "oidc.pem"))
+        token = issuer.source(AUDIENCE, SENDER)
+        persist = PersistProcess(root / "persist", postgres.url, issuer.key_file)
         persist.start()  # applies the migrations
         settings = Settings(state_dir=root, postgres_url=postgres.url, kafka_bootstrap=broker.bootstrap,
                             raw_topic=RAW, dlq_topic=DLQ, kafka_ack_timeout_s=1.0, retry_after_s=1)
@@ -160,9 +175,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         dispatcher = Dispatcher(broker.bootstrap, [Subscription(
             name="faults-raw", topics=(RAW,), group="faults-persist", target=persist.url + "/_ce/ingested",
             delivery=DeliverySpec(retry=25, backoff_policy="linear", backoff_delay_s=0.2, timeout_s=20,
-                                  dead_letter_topic=DLQ))])
+                                  dead_letter_topic=DLQ), token=token)])
         dispatcher.start()
-        yield FaultStack(broker, postgres, persist, services, ingest_server, dispatcher)
+        yield FaultStack(broker, postgres, persist, services, ingest_server, dispatcher, token)
     finally:
         for closing in (dispatcher and dispatcher.stop, ingest_server and ingest_server.stop,
                         services and services.close, persist and persist.stop, broker.stop,

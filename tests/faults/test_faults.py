@@ -11,7 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pulse.bus.cloudevents import CloudEvent, to_http, to_kafka_headers
+from pulse.bus.cloudevents import CloudEvent, to_kafka_headers
 from pulse.core.events import parse_batch
 from pulse.core.ingestion import encode_batch
 from pulse.local import dlq
@@ -128,7 +128,7 @@ def test_duplicate_deliveries(stack: FaultStack) -> None:
     assert stack.dispatcher.drain(60)
     for _ in range(2):  # redelivered after the first delivery finished
         answer = http.request("POST", stack.persist.url + "/_ce/ingested", body=overlapping.data,
-                              headers=to_http(overlapping))
+                              headers=stack.deliver_headers(overlapping))
         assert answer.status == 200, answer.data
     ids = {e["event_id"] for e in resent + record_twice + together}
     check_exactly_once(stack, "duplicate deliveries (client, log, redelivery)", project_id,
@@ -148,7 +148,7 @@ def test_concurrent_deliveries_of_one_batch(stack: FaultStack, round_: int) -> N
     def deliver() -> None:
         start.wait()
         statuses.append(http.request("POST", stack.persist.url + "/_ce/ingested", body=batch.data,
-                                     headers=to_http(batch)).status)
+                                     headers=stack.deliver_headers(batch)).status)
 
     threads = [threading.Thread(target=deliver) for _ in range(3)]
     for thread in threads:

@@ -99,7 +99,7 @@ def test_records_that_are_not_cloudevents_are_wrapped_as_kafkasource_does(pulse:
 
 def test_the_daily_ping_reaches_persist_through_the_broker_and_trims_the_ledger(pulse: Any) -> None:
     from pulse.bus.sink import publish
-    from pulse.local.eventing import ping_event
+    from pulse.local.eventing import ping_event, sender
 
     db = pulse.services.db
     old, recent = str(uuid.uuid4()), str(uuid.uuid4())
@@ -109,7 +109,8 @@ def test_the_daily_ping_reaches_persist_through_the_broker_and_trims_the_ledger(
                " (CAST(:p AS uuid), CAST(:e AS uuid), CAST(:b AS uuid), now() - make_interval(days => :d))",
                p=project, e=event_id, b=str(uuid.uuid4()), d=age_days)
     (ping,) = pulse.wiring.pings
-    publish(pulse.brokers[ping.sink.broker].url + "/", ping_event(ping.name, ping.ce_type, ping.data))
+    publish(pulse.brokers[ping.sink.broker].url + "/", ping_event(ping.name, ping.ce_type, ping.data),
+            token=pulse.issuer.source(ping.sink.audience, sender("PingSource", ping.name)))
 
     def remaining() -> set[str]:
         rows = db.run("SELECT event_id FROM event_ledger WHERE project_id = CAST(:p AS uuid)", p=project)

@@ -241,10 +241,22 @@ def test_malformed_refresh_tokens_are_400(token: str) -> None:
 
 def test_bad_security_settings_fail_at_start() -> None:
     for bad in ({"trusted_proxies": "10.0.0.0/33"}, {"password_scrypt_n": "1000"}, {"login_rate_limit": "0"},
-                {"jwks_url": "file:///etc/keys"}):
+                {"jwks_url": "file:///etc/keys"}, {"invite_rate_limit": "0"}):
         with pytest.raises(SettingsError):
             Settings.from_values(bad)
-    assert Settings.from_values({"admin_emails": " Ops@Example.com ,b@x.io,"}).admins == {"ops@example.com", "b@x.io"}
+
+
+def test_admin_by_email_is_refused_at_start_naming_the_way_that_replaced_it() -> None:
+    with pytest.raises(SettingsError, match="pulse admin grant USER_ID"):
+        Settings.from_values({"admin_emails": "ops@example.com"})
+
+
+def test_passwords_are_hashed_at_owasp_cost_and_older_costs_are_rehashed() -> None:
+    assert Settings().password_scrypt_n == 1 << 17
+    current = passwords.Passwords(N)
+    old = passwords.Passwords(N // 2).hash("a password")
+    assert current.check("a password", old) and current.needs_rehash(old)
+    assert not current.needs_rehash(current.hash("a password"))
 
 
 def test_services_refuse_to_start_without_token_keys(tmp_path: Path) -> None:

@@ -188,6 +188,38 @@ Eventing object names.
 {{- end }}
 
 {{/*
+Internal events (docs/security.md): the OIDC audience a function's CloudEvents
+are sent for, (list $ "persist"). A Knative Service announces none of its own,
+so the chart sets it as the KafkaSource's sink.audience and the Triggers'
+subscriber.audience, and tells the function (PULSE_CE_AUDIENCE).
+*/}}
+{{- define "pulse.functionAudience" -}}
+{{- $root := index . 0 }}
+{{- printf "serving.knative.dev/service/%s/%s" $root.Release.Namespace (include "pulse.functionName" (list $root (index . 1))) }}
+{{- end }}
+
+{{/*
+Who may send a function internal events, comma-joined token subjects (empty:
+nobody): the OIDC identities Knative gives the senders the chart points at it,
+named <resource>-oidc-<API group>-<kind> (knative/eventing pkg/auth).
+*/}}
+{{- define "pulse.eventSenders" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $ns := $root.Release.Namespace }}
+{{- $senders := list }}
+{{- if and $root.Values.eventing.source.enabled (eq $name "persist") }}
+{{- $senders = append $senders (printf "system:serviceaccount:%s:*-oidc-sources.knative.dev-kafkasource" $ns) }}
+{{- end }}
+{{- range $t := $root.Values.eventing.triggers }}
+{{- if eq $t.subscriber.function $name }}
+{{- $senders = append $senders (printf "system:serviceaccount:%s:*-oidc-eventing.knative.dev-trigger" $ns) }}
+{{- end }}
+{{- end }}
+{{- join "," (uniq $senders) }}
+{{- end }}
+
+{{/*
 A reference to the dead-letter KafkaSink, as a Destination.
 */}}
 {{- define "pulse.deadLetterSink" -}}
@@ -264,8 +296,6 @@ Environment shared by every function and the migrations Job:
   value: {{ $v.config.eventsTtlDays | quote }}
 - name: PULSE_LEDGER_RETENTION_DAYS
   value: {{ $v.config.ledgerRetentionDays | quote }}
-- name: PULSE_ADMIN_EMAILS
-  value: {{ join "," $v.config.adminEmails | quote }}
 - name: PULSE_LOG_LEVEL
   value: {{ $v.config.logLevel | quote }}
 - name: PULSE_TRUSTED_PROXIES

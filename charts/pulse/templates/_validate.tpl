@@ -32,10 +32,13 @@ Reject value combinations that cannot work. Included once, from services.yaml.
 {{- if and (gt $cc 0) (eq $a.metric "concurrency") (gt (float64 $a.target) (float64 $cc)) }}
 {{- fail (printf "functions.%s: autoscaling.target (%v) exceeds containerConcurrency (%d); a pod can never reach its target" $name $a.target $cc) }}
 {{- end }}
-{{- if and (eq $fn.visibility "cluster-local") $fn.routes }}
-{{- fail (printf "functions.%s is cluster-local but has public routes %v" $name $fn.routes) }}
-{{- end }}
 {{- range $p := $fn.routes | default list }}
+{{- $trimmed := trimSuffix "/" $p }}
+{{- /* the host function is the public host itself: its /healthz and /readyz are the
+       public answers, and "/" catches what no function serves (it has no /_ce/* and no /metrics) */}}
+{{- if and (ne $name "host") (or (eq $trimmed "") (eq $trimmed "/_ce") (hasPrefix "/_ce/" $p) (has $trimmed (list "/metrics" "/healthz" "/readyz"))) }}
+{{- fail (printf "functions.%s: route %s would publish internal paths (/_ce/*, /metrics and the probes stay cluster-local)" $name $p) }}
+{{- end }}
 {{- if hasKey $seen $p }}
 {{- fail (printf "route %s is given to both %s and %s" $p (index $seen $p) $name) }}
 {{- end }}

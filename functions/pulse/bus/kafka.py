@@ -61,7 +61,7 @@ class Producer:
                         request_timeout_ms=30000,
                     )
                 except KafkaError as exc:
-                    raise Unavailable(f"kafka is unreachable: {exc}", self.retry_after_s) from exc
+                    raise Unavailable("kafka is unreachable", self.retry_after_s) from exc
             return self._producer
 
     def send(self, topic: str, key: str, event: CloudEvent) -> None:

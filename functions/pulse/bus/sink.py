@@ -3,12 +3,16 @@ there in the cluster; the embedded runtime sets it locally).
 
 Events are POSTed in HTTP binary mode. Publishing is not a reply: a
 KafkaSource drops its sink's replies, so a function that must tell the Broker
-something sends it here itself.
+something sends it here itself. With a ``token`` (the OIDC token a SinkBinding
+mounts, or one the embedded runtime mints) each request carries it as
+``Authorization: Bearer``, as the Broker's ingress requires
+(pulse.security.eventauth).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import urllib3
 
@@ -21,9 +25,12 @@ from pulse.errors import Unavailable
 _http = urllib3.PoolManager(num_pools=8, maxsize=32, retries=False)
 
 
-def post_event(url: str, event: CloudEvent, timeout_s: float = 10.0) -> int:
+def post_event(url: str, event: CloudEvent, timeout_s: float = 10.0,
+               token: Callable[[], str] | None = None) -> int:
     """One delivery attempt; the HTTP status, or raises on a transport failure."""
     headers = to_http(event)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token()}"
     traceparent = event.get("traceparent") or telemetry.current_traceparent()
     if traceparent:
         headers["traceparent"] = traceparent
@@ -32,14 +39,14 @@ def post_event(url: str, event: CloudEvent, timeout_s: float = 10.0) -> int:
     return response.status
 
 
-def publish(url: str | None, event: CloudEvent, attempts: int = 3) -> bool:
+def publish(url: str | None, event: CloudEvent, attempts: int = 3, token: Callable[[], str] | None = None) -> bool:
     """Send ``event`` to the sink, retrying briefly; False when there is no sink."""
     if not url:
         return False
     delay = 0.1
     for attempt in range(1, attempts + 1):
         try:
-            status = post_event(url, event)
+            status = post_event(url, event, token=token)
             if 200 <= status < 300:
                 return True
             problem = f"status {status}"
@@ -48,4 +55,4 @@ def publish(url: str | None, event: CloudEvent, attempts: int = 3) -> bool:
         if attempt < attempts:
             time.sleep(delay)
             delay *= 2
-    raise Unavailable(f"sink {url} refused {event.type}: {problem}")
+    raise Unavailable(f"the event sink did not take {event.type}") from ConnectionError(f"sink {url}: {problem}")

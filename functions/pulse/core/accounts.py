@@ -21,7 +21,7 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from pulse.core.projects import create_project
+from pulse.core.projects import check_name, check_text, create_project
 from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX
 from pulse.security.passwords import MIN_CHARS as PASSWORD_MIN
@@ -35,7 +35,6 @@ ROLES = ("owner", "viewer")
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 REFRESH = re.compile(r"^prt_[A-Za-z0-9_-]{43}$")
-MAX_TEXT = 200
 MAX_PAGE = 1000
 
 
@@ -58,18 +57,6 @@ def check_password(value: object) -> str:
     if len(value) > PASSWORD_MAX:
         raise InvalidInput.field("password", f"must be at most {PASSWORD_MAX} characters")
     return value
-
-
-def check_text(field: str, value: object, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise InvalidInput.field(field, "is required" if required else "must be a string")
-    if len(value) > MAX_TEXT:
-        raise InvalidInput.field(field, f"must be at most {MAX_TEXT} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInput.field(field, "must not contain control characters")
-    return value.strip() or None
 
 
 def check_uuid(field: str, value: object) -> str:
@@ -175,6 +162,9 @@ class Accounts:
             raise Unauthorized("invalid email or password")
         self.backoff.succeeded(email_lower)
         user_id = str(rows[0][0])
+        if stored is not None and self.passwords.needs_rehash(stored):
+            self.db.run("UPDATE users SET password_hash = :h WHERE user_id = CAST(:u AS uuid) AND password_hash = :old",
+                        h=self.passwords.hash(password), u=user_id, old=stored)
 
         def sign_in(conn: Connection) -> TokenPair:
             family_id = str(uuid.uuid4())
@@ -241,9 +231,33 @@ def _lock_family(conn: Connection, digest: bytes) -> tuple[str, str, bool] | Non
     return (str(rows[0][0]), str(rows[0][1]), bool(rows[0][2])) if rows else None
 
 
-def email_of(db: Database, user_id: str) -> str | None:
-    rows = db.run("SELECT email FROM users WHERE user_id = CAST(:u AS uuid)", u=user_id)
-    return str(rows[0][0]) if rows else None
+# Instance admins: granted to a user id by an operator (`pulse admin grant`) -----
+
+def is_admin(db: Database, user_id: str) -> bool:
+    return bool(db.run("SELECT 1 FROM instance_admins WHERE user_id = CAST(:u AS uuid)", u=user_id))
+
+
+def grant_admin(db: Database, user_id: str) -> dict[str, str]:
+    """Make an existing user an instance admin: (user_id, email)."""
+    user = check_uuid("user_id", user_id)
+    found = db.run(
+        "WITH granted AS (INSERT INTO instance_admins (user_id) SELECT user_id FROM users"
+        "                 WHERE user_id = CAST(:u AS uuid) ON CONFLICT DO NOTHING)"
+        " SELECT email FROM users WHERE user_id = CAST(:u AS uuid)", u=user)
+    if not found:
+        raise NotFound(f"no user {user}")
+    return {"user_id": user, "email": str(found[0][0])}
+
+
+def revoke_admin(db: Database, user_id: str) -> bool:
+    user = check_uuid("user_id", user_id)
+    return bool(db.run("DELETE FROM instance_admins WHERE user_id = CAST(:u AS uuid) RETURNING 1", u=user))
+
+
+def list_admins(db: Database) -> list[dict[str, str]]:
+    rows = db.run("SELECT a.user_id::text, u.email, a.granted_at FROM instance_admins a JOIN users u USING (user_id)"
+                  " ORDER BY a.granted_at, a.user_id")
+    return [{"user_id": u, "email": e, "granted_at": t.isoformat()} for u, e, t in rows]
 
 
 def list_users(db: Database, limit: int, offset: int) -> list[dict[str, Any]]:
@@ -274,7 +288,7 @@ def require_role(db: Database, project_id: str, user_id: str, needed: str) -> st
 
 def create_owned_project(db: Database, user_id: str, name: object) -> dict[str, object]:
     def create(conn: Connection) -> dict[str, object]:
-        project = create_project(conn, name)  # type: ignore[arg-type]
+        project = create_project(conn, name)
         conn.run("INSERT INTO project_members (project_id, user_id, role)"
                  " VALUES (CAST(:p AS uuid), CAST(:u AS uuid), 'owner')", p=project["project_id"], u=user_id)
         return project
@@ -284,10 +298,39 @@ def create_owned_project(db: Database, user_id: str, name: object) -> dict[str, 
 
 def projects_of(db: Database, user_id: str) -> list[dict[str, Any]]:
     rows = db.run(
-        "SELECT p.project_id, p.name, p.created_at, m.role FROM project_members m"
+        "SELECT p.project_id, p.name, p.created_at, m.role, p.retention_days FROM project_members m"
         " JOIN projects p USING (project_id) WHERE m.user_id = CAST(:u AS uuid) ORDER BY p.created_at, p.project_id",
         u=user_id)
-    return [{"project_id": str(p), "name": n, "created_at": t.isoformat(), "role": r} for p, n, t, r in rows]
+    return [{"project_id": str(p), "name": n, "created_at": t.isoformat(), "role": r, "retention_days": d}
+            for p, n, t, r, d in rows]
+
+
+MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 30, 2555
+
+
+def update_project(db: Database, project_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``PATCH /v1/projects/{id}``: ``name`` and/or ``retention_days`` (30 to 2555:
+    how long the project's events are kept; pulse.core.erasure applies it)."""
+    unknown = sorted(set(body) - {"name", "retention_days"})
+    if unknown:
+        raise InvalidInput.field(str(unknown[0])[:64], "is not a project field")
+    if not body:
+        raise InvalidInput.field("body", "name or retention_days is required")
+    days = body.get("retention_days")
+    if "retention_days" in body and (isinstance(days, bool) or not isinstance(days, int)
+                                     or not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS):
+        raise InvalidInput.field("retention_days",
+                                 f"must be an integer from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}")
+    name = check_name(body["name"]) if "name" in body else None
+    rows = db.run(
+        "UPDATE projects SET name = coalesce(:n, name), retention_days = coalesce(CAST(:d AS integer), retention_days),"
+        " retention_changed_at = CASE WHEN CAST(:d AS integer) IS NULL THEN retention_changed_at ELSE now() END"
+        " WHERE project_id = CAST(:p AS uuid) RETURNING project_id, name, created_at, retention_days",
+        n=name, d=days, p=project_id)
+    if not rows:
+        raise NotFound("no such project")
+    p, n, t, d = rows[0]
+    return {"project_id": str(p), "name": n, "created_at": t.isoformat(), "retention_days": d}
 
 
 def list_members(db: Database, project_id: str) -> list[dict[str, Any]]:
@@ -297,50 +340,26 @@ def list_members(db: Database, project_id: str) -> list[dict[str, Any]]:
     return [{"user_id": str(u), "email": e, "role": r, "added_at": t.isoformat()} for u, e, r, t in rows]
 
 
-def add_member(db: Database, project_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Add a user (by email) or change their role: (member, created)."""
-    email = check_email(body.get("email"))
-    role = check_role(body.get("role", "viewer"))
-
-    def add(conn: Connection) -> tuple[dict[str, Any], bool]:
-        users = conn.run("SELECT user_id, email FROM users WHERE lower(email) = :e", e=email.lower())
-        if not users:
-            raise NotFound("no user has this email; they must register first")
-        user_id = str(users[0][0])
-        _lock_members(conn, project_id)
-        current = conn.run("SELECT role FROM project_members WHERE project_id = CAST(:p AS uuid)"
-                           " AND user_id = CAST(:u AS uuid)", p=project_id, u=user_id)
-        if current and current[0][0] == "owner" and role != "owner":
-            _keep_an_owner(conn, project_id)
-        conn.run("INSERT INTO project_members (project_id, user_id, role)"
-                 " VALUES (CAST(:p AS uuid), CAST(:u AS uuid), :r)"
-                 " ON CONFLICT (project_id, user_id) DO UPDATE SET role = EXCLUDED.role",
-                 p=project_id, u=user_id, r=role)
-        return {"user_id": user_id, "email": users[0][1], "role": role}, not current
-
-    return db.transaction(add)
-
-
 def remove_member(db: Database, project_id: str, user_id: str) -> None:
     def remove(conn: Connection) -> None:
-        _lock_members(conn, project_id)
+        lock_members(conn, project_id)
         current = conn.run("SELECT role FROM project_members WHERE project_id = CAST(:p AS uuid)"
                            " AND user_id = CAST(:u AS uuid)", p=project_id, u=user_id)
         if not current:
             raise NotFound("no such member")
         if current[0][0] == "owner":
-            _keep_an_owner(conn, project_id)
+            keep_an_owner(conn, project_id)
         conn.run("DELETE FROM project_members WHERE project_id = CAST(:p AS uuid) AND user_id = CAST(:u AS uuid)",
                  p=project_id, u=user_id)
 
     db.transaction(remove)
 
 
-def _lock_members(conn: Connection, project_id: str) -> None:
+def lock_members(conn: Connection, project_id: str) -> None:
     conn.run("SELECT 1 FROM projects WHERE project_id = CAST(:p AS uuid) FOR UPDATE", p=project_id)
 
 
-def _keep_an_owner(conn: Connection, project_id: str) -> None:
+def keep_an_owner(conn: Connection, project_id: str) -> None:
     owners = conn.run("SELECT count(*) FROM project_members WHERE project_id = CAST(:p AS uuid) AND role = 'owner'",
                       p=project_id)[0][0]
     if owners <= 1:

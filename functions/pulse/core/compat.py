@@ -7,13 +7,18 @@ beyond the shapes of the payloads; the routes live in ``pulse.ingest``.
 Ids: a client id that is a UUID is the ``event_id``; any other id becomes
 ``uuid5(project_id, id)``, so a client retrying the same message lands on the
 same event and the ledger drops the copy.
+
+A message Pulse cannot map (a clock correction that leaves the calendar, a
+PostHog ``offset`` of centuries) is refused alone, with the field named, and
+its neighbours in the batch are kept: Segment and PostHog answer a batch as a
+whole, and their SDKs retry a 5xx forever.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -43,16 +48,44 @@ def derived_event_id(project_id: str, client_id: Any) -> str | None:
         return str(uuid.uuid5(uuid.UUID(project_id), text))
 
 
+class Unmappable(ValueError):
+    """A message field Pulse cannot turn into an event field; the message is refused alone."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.error = (field, message)
+
+
 def skew_corrected(timestamp: Any, sent_at: Any, received_at: datetime) -> Any:
     """``received_at - (sent_at - timestamp)``: the event's time on the server's
-    clock. Unparseable values are returned untouched for validation to name."""
+    clock. Unparseable values are returned untouched for validation to name;
+    a correction that leaves the calendar raises ``Unmappable``."""
     if timestamp is None or sent_at is None:
         return timestamp
     try:
         moment, sent = parse_ts(timestamp, "timestamp"), parse_ts(sent_at, "sentAt")
     except ValueError:
         return timestamp
-    return (received_at - (sent - moment)).isoformat()
+    try:
+        return (received_at - (sent - moment)).isoformat()
+    except OverflowError as exc:
+        raise Unmappable("timestamp", "is too far from sentAt to correct the clock skew") from exc
+
+
+def offset_time(offset: int, received_at: datetime) -> str:
+    """PostHog's ``offset``: milliseconds before the request was received."""
+    try:
+        return (received_at - timedelta(milliseconds=offset)).isoformat()
+    except OverflowError as exc:
+        raise Unmappable("offset", "is out of range") from exc
+
+
+def _mapped(mapper: Callable[..., Any], message: Any, *args: Any) -> Any:
+    """The mapper's event, or the refusal ``_validate`` reports for this message alone."""
+    try:
+        return mapper(message, *args)
+    except Unmappable as exc:
+        return {"_error": exc.error}
 
 
 def load_json(body: bytes) -> Any:
@@ -153,7 +186,8 @@ def segment_batch(doc: Any, kind: str | None, project_id: str, limits: Limits,
     received_at = received_at or datetime.now(UTC)
     messages, sent_at = segment_messages(doc, kind)
     check_segment_sizes(messages)
-    return _validate([segment_event(m, project_id, sent_at, received_at) for m in messages], limits, received_at)
+    return _validate([_mapped(segment_event, m, project_id, sent_at, received_at) for m in messages], limits,
+                     received_at)
 
 
 # PostHog --------------------------------------------------------------------
@@ -188,12 +222,15 @@ def posthog_event(message: Any, project_id: str, sent_at: Any, received_at: date
     event: dict[str, Any] = {
         "event_type": POSTHOG_EVENT_TYPES.get(name, name) if isinstance(name, str) else name,
         "user_id": message.get("distinct_id", properties.get("distinct_id")),
+        # $identify links the browser's anonymous id to the user (pulse.core.persons).
+        "anonymous_id": properties.get("$anon_distinct_id") if name == "$identify" else None,
         "session_id": message.get("session_id", properties.get("$session_id")),
         "properties": properties,
         "context": {k: v for k, v in {
             "page": {k: v for k, v in {"path": properties.get("$pathname"), "url": properties.get("$current_url"),
                                        "referrer": properties.get("$referrer")}.items()
                      if isinstance(v, str)} or None,
+            "user_agent": properties.get("$raw_user_agent"),
             "ip": properties.get("$ip"),
             "locale": properties.get("$locale"),
             "country": properties.get("$geoip_country_code"),
@@ -207,14 +244,15 @@ def posthog_event(message: Any, project_id: str, sent_at: Any, received_at: date
     if when is not None:
         event["occurred_at"] = skew_corrected(when, message.get("sent_at", sent_at), received_at)
     elif isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
-        event["occurred_at"] = datetime.fromtimestamp(received_at.timestamp() - offset / 1000, UTC).isoformat()
+        event["occurred_at"] = offset_time(offset, received_at)
     return event
 
 
 def posthog_batch(items: list[Any], sent_at: Any, project_id: str, limits: Limits,
                   received_at: datetime | None = None) -> Batch:
     received_at = received_at or datetime.now(UTC)
-    return _validate([posthog_event(m, project_id, sent_at, received_at) for m in items], limits, received_at)
+    return _validate([_mapped(posthog_event, m, project_id, sent_at, received_at) for m in items], limits,
+                     received_at)
 
 
 def posthog_results(items: list[Any], batch: Batch) -> dict[str, dict[str, str]]:
@@ -260,6 +298,58 @@ def cloudevent_event(event: CloudEvent, project_id: str) -> Any:
 def cloudevents_batch(events: list[CloudEvent], project_id: str, limits: Limits,
                       received_at: datetime | None = None) -> Batch:
     return _validate([cloudevent_event(e, project_id) for e in events], limits, received_at)
+
+
+# Native identify ------------------------------------------------------------
+
+NATIVE_IDENTIFY_KEYS = frozenset({"anonymous_id", "user_id", "traits", "force", "timestamp", "occurred_at",
+                                  "event_id", "context"})
+
+
+def is_native_identify(doc: Any) -> bool:
+    """``POST /v1/identify`` takes Pulse's own ``{anonymous_id, user_id, traits?}``
+    as well as Segment's ``identify`` (``userId``/``anonymousId``): snake_case
+    names and no Segment ones make it the native form."""
+    return (isinstance(doc, Mapping) and ("anonymous_id" in doc or "user_id" in doc)
+            and not any(k in doc for k in ("userId", "anonymousId", "type", "batch")))
+
+
+def native_identify(doc: Mapping[str, Any], limits: Limits, received_at: datetime | None = None) -> Batch:
+    """The native identify body as one ``$identify`` event (pulse.core.persons):
+    both ids required and different; ``traits`` set person properties;
+    ``force: true`` merges even two identified persons."""
+    unknown = sorted(set(doc) - NATIVE_IDENTIFY_KEYS)
+    if unknown:
+        raise InvalidInput.field(str(unknown[0])[:64], "is not an identify field")
+    errors = []
+    for name in ("anonymous_id", "user_id"):
+        value = doc.get(name)
+        if not isinstance(value, str) or not value:
+            errors.append(FieldError(name, "is required (a non-empty string)"))
+        elif len(value) > limits.max_id_chars:
+            errors.append(FieldError(name, f"must be at most {limits.max_id_chars} characters"))
+    traits = doc.get("traits", {})
+    if traits is None:
+        traits = {}
+    if not isinstance(traits, Mapping):
+        errors.append(FieldError("traits", "must be a JSON object"))
+    force = doc.get("force", False)
+    if not isinstance(force, bool):
+        errors.append(FieldError("force", "must be true or false"))
+    if not errors and doc["anonymous_id"] == doc["user_id"]:
+        errors.append(FieldError("anonymous_id", "must differ from user_id"))
+    if errors:
+        raise InvalidInput(f"{errors[0].field}: {errors[0].message}", errors)
+    properties: dict[str, Any] = {"$set": dict(traits)}
+    if force:
+        properties["$force"] = True
+    event = {"event_type": "$identify", "user_id": doc["user_id"], "anonymous_id": doc["anonymous_id"],
+             "properties": properties, **{k: doc[k] for k in ("event_id", "occurred_at", "timestamp", "context")
+                                          if k in doc}}
+    batch = validate_events([event], limits, received_at)
+    if batch.errors:
+        raise InvalidInput(str(batch.errors[0].as_dict()["error"]), batch.errors)
+    return batch
 
 
 # ---------------------------------------------------------------------------

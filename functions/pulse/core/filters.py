@@ -1,21 +1,32 @@
 """The filters every stats and export endpoint takes: ``from``, ``to``, ``tz``,
-repeatable ``segment=<field>:<value>`` (ANDed). Pure: request parameters in,
+repeatable ``segment=<field>:<value>`` (ANDed; ``person.<key>`` matches the
+person's properties, pulse.core.persons). Pure: request parameters in,
 a ``Filters`` value and a bound-parameter SQL condition out.
 
 Ranges: ``from``/``to`` are inclusive dates (``YYYY-MM-DD``, day boundaries
 in ``tz``) or RFC 3339 datetimes. Without ``to`` the range ends today (in
 ``tz``); without ``from`` it covers the 30 days up to ``to``.
+
+Every date lies from ``FIRST_DAY`` to ``LAST_DAY`` (events are never older
+than 1970, and every instant of that span, in any zone, is one ClickHouse's
+time types hold), and ``tz`` is one of the zones both Python and ClickHouse
+know (the IANA names of ``zoneinfo.available_timezones``, so not ``right/…``,
+``posix/…`` or ``localtime``). Text values hold no NUL character, which
+Postgres cannot store (an async export keeps its filters there).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pulse.core.persons import PERSON
 from pulse.errors import FieldError, InvalidInput
 
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -30,6 +41,9 @@ SEGMENT_COLUMNS = {
 MAX_SEGMENTS = 10
 MAX_SEGMENT_VALUE_CHARS = 1024
 DEFAULT_DAYS = 30
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2099, 12, 31)
+DAY_RANGE = f"from {FIRST_DAY} to {LAST_DAY}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class Filters:
     tz: str
     segments: tuple[Segment, ...] = ()
     event_type: str | None = None
+    include_bots: bool = False  # events of known bots (pulse.core.bots) are left out unless asked
 
     @property
     def first_day(self) -> date:
@@ -66,10 +81,16 @@ def one(params: Params, name: str) -> str | None:
     return values[0] if values else None
 
 
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """IANA zone names Python and ClickHouse share (``localtime`` is this host's, not a name)."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime"})
+
+
 def parse_tz(value: str | None) -> str:
     name = value or "UTC"
-    if len(name) > 64:
-        raise InvalidInput.field("tz", "is not an IANA time zone name")
+    if len(name) > 64 or name not in known_zones():
+        raise InvalidInput.field("tz", f"{name[:64]!r} is not an IANA time zone name")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -81,9 +102,12 @@ def parse_day(value: str, name: str) -> date:
     if not DATE.match(value):
         raise InvalidInput.field(name, "must be a date YYYY-MM-DD")
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError as exc:
         raise InvalidInput.field(name, "must be a date YYYY-MM-DD") from exc
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise InvalidInput.field(name, f"must be a date {DAY_RANGE}")
+    return day
 
 
 def _bound(value: str, name: str, zone: ZoneInfo, is_end: bool) -> datetime:
@@ -98,10 +122,19 @@ def _bound(value: str, name: str, zone: ZoneInfo, is_end: bool) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
         raise InvalidInput.field(name, "must be a date YYYY-MM-DD or an RFC 3339 datetime") from exc
+    if not FIRST_DAY <= moment.date() <= LAST_DAY:  # checked before any zone arithmetic can overflow
+        raise InvalidInput.field(name, f"must be a time {DAY_RANGE}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     moment = moment.astimezone(UTC)
     return moment + timedelta(milliseconds=1) if is_end else moment
+
+
+def check_text(name: str, value: str) -> str:
+    """A filter's text value: no NUL (Postgres cannot hold one, and no event needs it)."""
+    if "\x00" in value:
+        raise InvalidInput.field(name, "must not contain NUL characters")
+    return value
 
 
 def parse_segments(values: Sequence[str]) -> tuple[Segment, ...]:
@@ -113,15 +146,17 @@ def parse_segments(values: Sequence[str]) -> tuple[Segment, ...]:
         field, sep, value = raw.partition(":")
         if not sep:
             errors.append(FieldError("segment", f"{raw[:80]!r} must be <field>:<value>"))
-        elif field.startswith("properties."):
-            if not PROPERTY_KEY.match(field[len("properties."):]):
+        elif field.startswith(("properties.", "person.")):
+            if not PROPERTY_KEY.match(field.partition(".")[2]):
                 errors.append(FieldError("segment", "a property key must match [A-Za-z0-9_.-]{1,64}"))
         elif field not in SEGMENT_COLUMNS:
             errors.append(FieldError(
                 "segment", f"unknown field {field[:80]!r}; use one of "
-                + ", ".join(SEGMENT_COLUMNS) + " or properties.<key>"))
+                + ", ".join(SEGMENT_COLUMNS) + ", properties.<key> or person.<key>"))
         if sep and len(value) > MAX_SEGMENT_VALUE_CHARS:
             errors.append(FieldError("segment", f"a value must be at most {MAX_SEGMENT_VALUE_CHARS} characters"))
+        if "\x00" in raw:
+            errors.append(FieldError("segment", "must not contain NUL characters"))
         segments.append(Segment(field, value))
     if errors:
         raise InvalidInput(errors[0].message and f"segment: {errors[0].message}", errors)
@@ -134,21 +169,35 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     zone = ZoneInfo(tz)
     now = now or datetime.now(UTC)
     to_raw, from_raw = one(params, "to"), one(params, "from")
+    if to_raw and from_raw:  # both bounds' errors at once
+        errors = []
+        for raw, name, is_end in ((from_raw, "from", False), (to_raw, "to", True)):
+            try:
+                _bound(raw, name, zone, is_end)
+            except InvalidInput as exc:
+                errors += exc.errors
+        if errors:
+            raise InvalidInput("; ".join(f"{e.field}: {e.message}" for e in errors), errors)
     end = _bound(to_raw, "to", zone, True) if to_raw else _bound(
         now.astimezone(zone).date().isoformat(), "to", zone, True)
     if from_raw:
         start = _bound(from_raw, "from", zone, False)
     else:
         last_day = (end - timedelta(milliseconds=1)).astimezone(zone).date()
-        start = _bound((last_day - timedelta(days=DEFAULT_DAYS - 1)).isoformat(), "from", zone, False)
+        first_day = max(FIRST_DAY, last_day - timedelta(days=DEFAULT_DAYS - 1))
+        start = _bound(first_day.isoformat(), "from", zone, False)
     if start >= end:
         raise InvalidInput.field("from", "must not be after 'to'")
     if end - start > timedelta(days=max_range_days + 1):
         raise InvalidInput.field("to", f"the range may span at most {max_range_days} days")
     event_type = one(params, "event_type")
-    if event_type is not None and not 1 <= len(event_type) <= 128:
+    if event_type is not None and not 1 <= len(check_text("event_type", event_type)) <= 128:
         raise InvalidInput.field("event_type", "must be 1 to 128 characters")
-    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
+    bots = (one(params, "include_bots") or "false").lower()
+    if bots not in ("true", "false"):
+        raise InvalidInput.field("include_bots", "must be true or false")
+    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type,
+                   bots == "true")
 
 
 def condition(filters: Filters, prefix: str = "f",
@@ -157,7 +206,9 @@ def condition(filters: Filters, prefix: str = "f",
     columns, whose time column is named; ``None`` for one without, where the
     range is applied otherwise) and its bound parameters. Every value,
     property keys included, is a parameter; only fixed column names from
-    ``SEGMENT_COLUMNS`` appear in the text."""
+    ``SEGMENT_COLUMNS`` appear in the text. Over the events table (time column
+    ``occurred_at``) bots are left out unless ``include_bots``; the rollups
+    hold none."""
     params: dict[str, Any] = {
         f"{prefix}_project": filters.project_id,
         f"{prefix}_start": filters.start.replace(tzinfo=None),
@@ -167,27 +218,35 @@ def condition(filters: Filters, prefix: str = "f",
     if time_column is not None:
         parts += [f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
                   f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}"]
+    if time_column == "occurred_at" and not filters.include_bots:
+        parts.append("bot = 0")
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")
-    segment_parts, segment_params = segment_condition(filters.segments, prefix)
+    segment_parts, segment_params = segment_condition(filters.segments, prefix, f"{prefix}_project")
     params.update(segment_params)
     return " AND ".join(parts + segment_parts), params
 
 
-def segment_condition(segments: Sequence[Segment], prefix: str) -> tuple[list[str], dict[str, Any]]:
-    """One SQL term per segment (to be ANDed) and their bound parameters."""
+def segment_condition(segments: Sequence[Segment], prefix: str,
+                      project_param: str = "f_project") -> tuple[list[str], dict[str, Any]]:
+    """One SQL term per segment (to be ANDed) and their bound parameters.
+    ``project_param`` names the bound project id (person segments read the
+    project's person properties)."""
     parts: list[str] = []
     params: dict[str, Any] = {}
     for index, segment in enumerate(segments):
         value = f"{prefix}_sv{index}"
         params[value] = segment.value
-        if segment.field.startswith("properties."):
+        if segment.field.startswith(("properties.", "person.")):
             key = f"{prefix}_sk{index}"
-            params[key] = segment.field[len("properties."):]
-            parts.append(
-                f"(JSONExtractString(properties, {{{key}:String}}) = {{{value}:String}}"
-                f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
+            params[key] = segment.field.partition(".")[2]
+            matches = (f"(JSONExtractString(properties, {{{key}:String}}) = {{{value}:String}}"
+                       f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
+            if segment.field.startswith("person."):
+                matches = (f"{PERSON} IN (SELECT person_key FROM person_properties FINAL"
+                           f" WHERE project_id = {{{project_param}:UUID}} AND {matches})")
+            parts.append(matches)
         else:
             parts.append(f"{SEGMENT_COLUMNS[segment.field]} = {{{value}:String}}")
     return parts, params

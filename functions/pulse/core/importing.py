@@ -17,6 +17,14 @@ is recorded in Postgres (``imports``) once its rows are all submitted:
 - two concurrent imports of one file both submit; the ledger keeps one copy of
   each event and only one of them records the file, the other answers
   ``duplicate``.
+
+A file is bounded as it is read (``Limits``): the bytes it inflates to, its
+lines (empty ones too: a gzip of newlines is tiny on the wire and costly to
+walk) and the time it takes. Past a limit the rest is not read: the rows
+validated so far are submitted, and the answer is 413 naming the limit, with
+the ``rows`` and ``accepted`` so far. The file is not recorded as imported;
+sending the whole file again (within the limit) adds only the rows not yet
+stored, since each row's id comes from the bytes before it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import binascii
 import csv
 import hashlib
 import io
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -37,7 +46,7 @@ import orjson
 
 from pulse.core.events import EventInvalid, normalize_event
 from pulse.core.ingestion import Ingestor
-from pulse.errors import FieldError, InvalidInput, UnsupportedMediaType
+from pulse.errors import FieldError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from pulse.settings import Limits
 from pulse.storage.postgres import Database
 
@@ -140,36 +149,60 @@ def body_stream(stream: IO[bytes], content_encoding: str | None) -> IO[bytes]:
 
 class _Lines:
     """Physical lines of the body, hashing every byte read; an overlong line is
-    consumed and reported as ``None``."""
+    consumed and reported as ``None``. Past a limit of ``Limits`` (bytes,
+    lines, time) it raises ``PayloadTooLarge`` naming that limit."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], limits: Limits) -> None:
         self.stream = stream
+        self.limits = limits
         self.hasher = hashlib.sha256()
         self.number = 0
+        self.size = 0
+        self.deadline = time.monotonic() + limits.max_import_seconds
+
+    def _count(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.size += len(data)
+        if self.size > self.limits.max_import_bytes:
+            raise _over("bytes", f"the file inflates to more than {self.limits.max_import_bytes} bytes "
+                        "(PULSE_MAX_IMPORT_BYTES)")
+        if time.monotonic() > self.deadline:
+            raise _over("duration", f"the import took more than {self.limits.max_import_seconds} s "
+                        "(PULSE_MAX_IMPORT_SECONDS)")
 
     def __iter__(self) -> Iterator[bytes | None]:
-        read, update = self.stream.readline, self.hasher.update
+        read, count, max_lines = self.stream.readline, self._count, self.limits.max_import_lines
         while True:
             line = read(MAX_LINE_BYTES + 1)
             if not line:
                 return
-            update(line)
             self.number += 1
+            if self.number > max_lines:
+                raise _over("lines", f"the file has more than {max_lines} lines (PULSE_MAX_IMPORT_LINES)")
+            count(line)
             if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                 while line and not line.endswith(b"\n"):
                     line = read(READ_CHUNK)
-                    update(line)
+                    count(line)
                 yield None
                 continue
             yield line
 
     def drain(self) -> str:
         while chunk := self.stream.read(READ_CHUNK):
-            self.hasher.update(chunk)
+            self.number += chunk.count(b"\n")
+            if self.number > self.limits.max_import_lines:
+                raise _over("lines", f"the file has more than {self.limits.max_import_lines} lines "
+                            "(PULSE_MAX_IMPORT_LINES)")
+            self._count(chunk)
         return self.hasher.hexdigest()
 
     def row_id(self, namespace: uuid.UUID) -> str:
         return str(uuid.uuid5(namespace, self.hasher.copy().hexdigest()))
+
+
+def _over(limit: str, detail: str) -> PayloadTooLarge:
+    return PayloadTooLarge(detail, [FieldError(limit, detail)])
 
 
 def csv_header(line: bytes) -> list[str]:
@@ -245,7 +278,7 @@ class Importer:
         self.limits = limits
 
     def run(self, project_id: str, stream: IO[bytes], fmt: str, declared: str | None = None) -> ImportResult:
-        lines = _Lines(stream)
+        lines = _Lines(stream, self.limits)
         if declared is not None:
             known = self.ledger.find(project_id, declared)
             if known is not None:
@@ -263,9 +296,19 @@ class Importer:
 
     def _ingest(self, project_id: str, lines: _Lines, fmt: str) -> ImportResult:
         result = ImportResult()
+        pending: list[dict[str, str]] = []
+        try:
+            return self._read(project_id, lines, fmt, result, pending)
+        except PayloadTooLarge as exc:  # a limit: keep what was read, say how much
+            if pending:
+                self._submit(project_id, pending, result)
+            exc.extensions.update({"rows": result.rows, "accepted": result.accepted, "rejected": result.rejected})
+            raise
+
+    def _read(self, project_id: str, lines: _Lines, fmt: str, result: ImportResult,
+              pending: list[dict[str, str]]) -> ImportResult:
         namespace = uuid.UUID(project_id)
         names: list[str] | None = None
-        pending: list[dict[str, str]] = []
         now = datetime.now(UTC)
         for line in lines:
             if line is None:
@@ -294,17 +337,18 @@ class Importer:
                 continue
             if len(pending) >= self.limits.max_batch_events:
                 self._submit(project_id, pending, result)
-                pending = []
+                pending.clear()
                 now = datetime.now(UTC)
         if fmt == "csv" and names is None:
             raise InvalidInput.field("header", "the file is empty: the first line must be a CSV header")
         if pending:
             self._submit(project_id, pending, result)
+            pending.clear()
         result.sha256 = lines.hasher.hexdigest()
         return result
 
     def _submit(self, project_id: str, rows: list[dict[str, str]], result: ImportResult) -> None:
-        self.ingestor.submit(project_id, rows, "import")
+        self.ingestor.submit(project_id, list(rows), "import")
         result.accepted += len(rows)
 
     @staticmethod

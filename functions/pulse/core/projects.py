@@ -8,18 +8,30 @@ from datetime import datetime
 from pulse.errors import InvalidInput
 from pulse.storage.postgres import Database
 
+MAX_TEXT = 200
+
+
+def check_text(field: str, value: object, required: bool = False) -> str | None:
+    """A name people give something (a project, a key, their own): at most
+    ``MAX_TEXT`` characters, no control characters (no NUL, no line breaks)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise InvalidInput.field(field, "is required" if required else "must be a string")
+    if len(value) > MAX_TEXT:
+        raise InvalidInput.field(field, f"must be at most {MAX_TEXT} characters")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise InvalidInput.field(field, "must not contain control characters")
+    return value.strip() or None
+
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput.field("name", "is required")
-    if len(name) > 200:
-        raise InvalidInput.field("name", "must be at most 200 characters")
-    return name.strip()
+    return check_text("name", name, required=True) or ""
 
 
-def create_project(db: Database, name: str) -> dict[str, object]:
-    project_id = str(uuid.uuid4())
+def create_project(db: Database, name: object) -> dict[str, object]:
+    project_id, checked = str(uuid.uuid4()), check_name(name)
     created: datetime = db.run(
         "INSERT INTO projects (project_id, name) VALUES (CAST(:p AS uuid), :n) RETURNING created_at",
-        p=project_id, n=check_name(name))[0][0]
-    return {"project_id": project_id, "name": name.strip(), "created_at": created.isoformat()}
+        p=project_id, n=checked)[0][0]
+    return {"project_id": project_id, "name": checked, "created_at": created.isoformat()}

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -82,6 +82,8 @@ class Subscription:
     filter: tuple[tuple[str, str], ...] = ()
     reply_to: str | None = None  # a Trigger's Broker topic; None for a source
     source_uri: str = ""
+    # The sender's OIDC token for the target's audience (pulse.security.eventauth).
+    token: Callable[[], str] | None = None
 
     def matches(self, event: CloudEvent) -> bool:
         return all(event.get(name) == value for name, value in self.filter)
@@ -244,6 +246,8 @@ class Worker:
         traceparent = telemetry.current_traceparent() or event.get("traceparent")
         if traceparent:
             headers["traceparent"] = traceparent
+        if self.sub.token is not None:
+            headers["Authorization"] = f"Bearer {self.sub.token()}"
         code, answer = 0, b""
         for attempt in range(spec.retry + 1):
             if attempt and self._stop.wait(spec.delay(attempt)):

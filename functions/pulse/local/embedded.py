@@ -18,11 +18,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pulse.settings import Settings
+from pulse.settings import Settings, SettingsError
 
 log = logging.getLogger("pulse.embedded")
 
@@ -120,7 +121,11 @@ class Postgres:
 
     @classmethod
     def start(cls, data_dir: Path) -> Postgres:
-        import pgserver
+        try:
+            import pgserver
+        except ImportError as exc:  # no wheel for Linux on aarch64 (pyproject.toml)
+            raise SettingsError("embedded Postgres needs the pgserver wheel, which this platform lacks: "
+                                "set PULSE_POSTGRES_URL to a Postgres of your own") from exc
 
         data_dir.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
@@ -142,6 +147,26 @@ class Postgres:
             with contextlib.suppress(Exception):
                 pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user,
                        timeout=30)
+
+
+@contextlib.contextmanager
+def embedded_postgres(url: str | None, state_dir: Path) -> Iterator[str]:
+    """``url``, or else the embedded Postgres of ``state_dir`` for the duration:
+    shared with a running ``pulse up`` (pgserver counts the processes using it,
+    and stops it only when the last one is done), started if none runs."""
+    if url:
+        yield url
+        return
+    import pgserver
+
+    data = (state_dir / "postgres").resolve()
+    if not data.is_dir():
+        raise SettingsError(f"no embedded Postgres under {state_dir} (set PULSE_POSTGRES_URL or --state-dir)")
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        yield f"postgresql://postgres@/postgres?host={server.get_postmaster_info().socket_dir}"
+    finally:
+        server.cleanup()
 
 
 @dataclass

@@ -9,6 +9,13 @@ dispatcher subscriptions on that topic.
 ``PingScheduler`` fires each PingSource's CloudEvent at its cron schedule
 (minute resolution, the five standard fields, evaluated in UTC as Knative does
 by default).
+
+Sender identity (pulse.security.eventauth) is played as Knative plays it with
+``authentication-oidc`` enabled: each sender resource (KafkaSource, Trigger,
+PingSource, SinkBinding) presents a token for its destination's audience, as
+the OIDC identity Knative would give it; each function accepts exactly the
+senders the chart points at it, and the Broker ingress any sender of its
+namespace (Knative's default ``allow-same-namespace``).
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from pulse.bus.cloudevents import CloudEvent, receive
 from pulse.bus.kafka import Producer
 from pulse.errors import InvalidInput
 from pulse.local.dispatcher import DeliverySpec, Subscription
-from pulse.local.wiring import Broker, Delivery, Destination, Wiring
-from pulse.web.http import HttpFunction, Route
+from pulse.local.wiring import RELEASE_NAMESPACE, Broker, Delivery, Destination, Wiring, WiringError
+from pulse.security.eventauth import EventAuth, LocalIssuer, TokenSource, knative_oidc_subject
+from pulse.web.http import EventCheck, HttpFunction, Route
 
 log = logging.getLogger("pulse.eventing")
 
@@ -42,15 +50,50 @@ def delivery_spec(delivery: Delivery) -> DeliverySpec:
                         dead_letter_topic=delivery.dead_letter_topic)
 
 
-def subscriptions(wiring: Wiring, address: Callable[[Destination], str]) -> list[Subscription]:
+SENDER_GROUPS = {"KafkaSource": "sources.knative.dev", "PingSource": "sources.knative.dev",
+                 "SinkBinding": "sources.knative.dev", "Trigger": "eventing.knative.dev"}
+
+
+def sender(kind: str, name: str) -> str:
+    """The token subject Knative gives the sender resource ``kind``/``name``."""
+    return knative_oidc_subject(RELEASE_NAMESPACE, name, SENDER_GROUPS[kind], kind)
+
+
+def function_senders(wiring: Wiring) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """(audience, allowed senders) of each function that takes internal events."""
+    audiences: dict[str, str] = {}
+    senders: dict[str, set[str]] = {}
+    pairs = ([(s.sink, sender("KafkaSource", s.name)) for s in wiring.sources]
+             + [(t.subscriber, sender("Trigger", t.name)) for t in wiring.triggers])
+    for destination, subject in pairs:
+        if destination.function is None:
+            continue
+        if not destination.audience:
+            raise WiringError(f"the events to {destination.function}{destination.path} name no OIDC audience")
+        if audiences.setdefault(destination.function, destination.audience) != destination.audience:
+            raise WiringError(f"{destination.function} is given two audiences")
+        senders.setdefault(destination.function, set()).add(subject)
+    return audiences, {k: tuple(sorted(v)) for k, v in senders.items()}
+
+
+def token_for(issuer: LocalIssuer | None, destination: Destination, subject: str) -> TokenSource | None:
+    if issuer is None or not destination.audience:
+        return None
+    return issuer.source(destination.audience, subject)
+
+
+def subscriptions(wiring: Wiring, address: Callable[[Destination], str],
+                  issuer: LocalIssuer | None = None) -> list[Subscription]:
     """The dispatcher's work as the chart describes it: one subscription per
     KafkaSource and one per Trigger (its own consumer group on the Broker's
-    topic, its exact attribute filter, replies back into the Broker)."""
+    topic, its exact attribute filter, replies back into the Broker), each
+    presenting its sender's token when an issuer is given."""
     subs = [Subscription(
         name=source.name, topics=source.topics, group=source.consumer_group,
         target=address(source.sink), delivery=delivery_spec(source.delivery),
         initial_offset=source.initial_offset, ordered=source.ordering == "ordered",
         source_uri=f"/apis/v1/namespaces/pulse/kafkasources/{source.name}",
+        token=token_for(issuer, source.sink, sender("KafkaSource", source.name)),
     ) for source in wiring.sources]
     brokers = {b.name: b for b in wiring.brokers}
     for trigger in wiring.triggers:
@@ -61,21 +104,32 @@ def subscriptions(wiring: Wiring, address: Callable[[Destination], str]) -> list
             # A Trigger reads from when it was created; the embedded Broker's topic is
             # created with it, so "earliest" is that moment and loses nothing to a slow join.
             initial_offset="earliest", ordered=False, filter=trigger.filter, reply_to=topic,
+            token=token_for(issuer, trigger.subscriber, sender("Trigger", trigger.name)),
         ))
     return subs
 
 
+def broker_check(issuer: LocalIssuer, broker: Broker) -> EventAuth:
+    """What a Broker's ingress accepts: a token for its audience from any
+    sender of its namespace (Knative's default authorization mode)."""
+    return EventAuth(issuer, issuer.issuer, f"eventing.knative.dev/broker/{RELEASE_NAMESPACE}/{broker.name}",
+                     (f"system:serviceaccount:{RELEASE_NAMESPACE}:*",))
+
+
 class BrokerIngress(HttpFunction):
-    def __init__(self, broker: str, topic: str, producer: Producer) -> None:
+    def __init__(self, broker: str, topic: str, producer: Producer, check: EventCheck | None = None) -> None:
         self.name = f"broker-{broker}"
         self.topic = topic
         self.producer = producer
+        self.check = check
         super().__init__()
 
     def routes(self) -> Iterable[Route]:
         return [Route("POST", "/", self.ingress, "ingress")]
 
     def ingress(self, request: Request) -> Response:
+        if self.check is not None:
+            self.check.verify(request.headers.get("Authorization"))
         events = receive(request.headers, request.get_data())
         for event in events:
             self.append(event)

@@ -27,6 +27,9 @@ access = logging.getLogger("pulse.access")
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def version_string(self) -> str:
+        return "Pulse"  # not werkzeug's and Python's versions
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 

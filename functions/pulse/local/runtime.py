@@ -34,15 +34,20 @@ from pulse.local.eventing import (
     BrokerIngress,
     Cron,
     PingScheduler,
+    broker_check,
     broker_topic,
+    function_senders,
     ping_event,
+    sender,
     subscriptions,
+    token_for,
 )
 from pulse.local.gateway import Gateway, Proxy, Server, WSGIApp
 from pulse.local.worker import FunctionProcess
 from pulse.persist import Persist
+from pulse.security.eventauth import LocalIssuer
 from pulse.security.tokens import generate_key_file
-from pulse.services import Services
+from pulse.services import NEEDS, Services
 from pulse.settings import Settings, SettingsError
 from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 from pulse.web.http import HttpFunction
@@ -71,19 +76,25 @@ class Runtime:
         started = time.monotonic()
         self.stack = EmbeddedStack(self.settings)
         try:
-            self.settings = with_signing_key(self.stack.start())
+            self.settings = with_event_key(with_signing_key(self.stack.start()))
             services = self.services = Services(self.settings)
-            services.verify(("postgres", "clickhouse", "kafka"))
+            services.verify(sorted({need for needs in NEEDS.values() for need in needs}))
             migrate_postgres(services.db)
             migrate_clickhouse(services.ch, self.settings)
             wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)
             self._check(wiring)
             kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", self._topics(wiring))
             host = self.settings.host
+            issuer = self.issuer
             for broker in wiring.brokers:
-                ingress = BrokerIngress(broker.name, broker_topic(broker), services.producer)
+                ingress = BrokerIngress(broker.name, broker_topic(broker), services.producer,
+                                        broker_check(issuer, broker))
                 self.brokers[broker.name] = Server(ingress.name, ingress.wsgi, host, 0).start()
             services.sinks.update({b.function: self._address(b.sink) for b in wiring.sink_bindings})
+            # Internal events carry tokens as in a cluster with authentication-oidc (pulse.local.eventing).
+            services.ce_audiences, services.ce_senders = function_senders(wiring)
+            services.sink_tokens.update({b.function: issuer.source(b.sink.audience or "", sender("SinkBinding", b.name))
+                                         for b in wiring.sink_bindings})
             # ingest in processes of its own unless settings say 0 (pulse.local.worker).
             self.processes = [FunctionProcess("ingest", self.settings).start()
                               for _ in range(self.settings.ingest_processes)]
@@ -98,9 +109,11 @@ class Runtime:
                 self.servers[name] = Server(name, function.wsgi, host, 0).start()
             self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions())
             self.dispatcher.start()
+            ping_tokens = {self._address(p.sink): token_for(issuer, p.sink, sender("PingSource", p.name))
+                           for p in wiring.pings}
             self.pings = PingScheduler(
                 [(p.name, Cron(p.schedule), ping_event(p.name, p.ce_type, p.data), self._address(p.sink))
-                 for p in wiring.pings], sink.publish)
+                 for p in wiring.pings], lambda url, event: sink.publish(url, event, token=ping_tokens.get(url)))
             self.pings.start()
             apps: dict[str, WSGIApp] = {name: f.wsgi for name, f in self.functions.items()}
             if self.processes:
@@ -134,10 +147,20 @@ class Runtime:
             return self.brokers[destination.broker].url + "/"
         return self.url(destination.function or "") + destination.path
 
+    @property
+    def issuer(self) -> LocalIssuer:
+        """The embedded run's event-token issuer (pulse.security.eventauth)."""
+        if self.services is None:
+            raise RuntimeError("the runtime is not started")
+        keys = self.services.event_keys
+        if not isinstance(keys, LocalIssuer):
+            raise SettingsError("the embedded run signs its own event tokens: PULSE_CE_TOKEN_KEY_FILE")
+        return keys
+
     def subscriptions(self) -> list[Subscription]:
         if self.wiring is None:
             raise RuntimeError("the runtime is not started")
-        return subscriptions(self.wiring, self._address)
+        return subscriptions(self.wiring, self._address, self.issuer)
 
     def function_readiness(self) -> dict[str, bool]:
         """Each function's readiness, for the host's /readyz: in process, asked
@@ -202,6 +225,17 @@ class Runtime:
             functions = {"ingest": self.processes[0].url, **functions}
         return {"gateway": self.gateway_url, "functions": functions,
                 "embedded": self.stack.started if self.stack else []}
+
+
+def with_event_key(settings: Settings) -> Settings:
+    """Embedded mode signs internal events' tokens with a key of its own under
+    the state directory (made on first start), as the cluster's issuer would."""
+    if settings.ce_token_key_file:
+        return settings
+    path = settings.state_dir / "eventing" / "oidc.pem"
+    if not path.exists():
+        generate_key_file(path)
+    return settings.with_(ce_token_key_file=str(path))
 
 
 def with_signing_key(settings: Settings) -> Settings:

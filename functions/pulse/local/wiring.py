@@ -12,6 +12,8 @@ Mapping rules:
   ``Destination(function=<component>, path=<uri or "/">, broker=None)``, the
   component read from the Service's ``app.kubernetes.io/component`` label;
 - a reference to a Broker becomes ``Destination(None, "/", broker=<name>)``;
+- a destination's OIDC ``audience`` is the one the chart sets on it; a
+  Broker's is the one Knative announces, ``eventing.knative.dev/broker/<ns>/<name>``;
 - a delivery's ``deadLetterSink`` reference to a KafkaSink becomes that
   sink's topic; ISO-8601 durations become seconds;
 - a Trigger without its own ``delivery`` inherits its Broker's, as Knative does;
@@ -79,6 +81,7 @@ class Destination:
     function: str | None  # component name, e.g. "persist"
     path: str
     broker: str | None  # set instead of function when the sink is a Broker
+    audience: str | None = None  # the OIDC audience a sender's token is for
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Trigger:
 class SinkBinding:
     function: str
     sink: Destination
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,8 @@ def wiring_from_objects(objects: Iterable[Mapping[str, Any]]) -> Wiring:
         ))
 
     sink_bindings = tuple(
-        SinkBinding(function=resolver.function(o["spec"]["subject"]), sink=resolver.destination(o["spec"]["sink"]))
+        SinkBinding(function=resolver.function(o["spec"]["subject"]), sink=resolver.destination(o["spec"]["sink"]),
+                    name=_name(o))
         for o in sorted(by_kind.get("SinkBinding", []), key=_name)
     )
 
@@ -354,13 +359,16 @@ class _Resolver:
     def destination(self, dest: Mapping[str, Any]) -> Destination:
         ref = dest.get("ref")
         uri = str(dest.get("uri") or "")
+        audience = str(dest["audience"]) if dest.get("audience") else None
         if not ref:
             if not uri:
                 raise WiringError("a destination has neither ref nor uri")
-            return Destination(function=None, path=uri, broker=None)
+            return Destination(function=None, path=uri, broker=None, audience=audience)
         if ref.get("kind") == "Broker":
-            return Destination(function=None, path=uri or "/", broker=str(ref["name"]))
-        return Destination(function=self.function(ref), path=uri or "/", broker=None)
+            name = str(ref["name"])
+            return Destination(function=None, path=uri or "/", broker=name,
+                               audience=audience or f"eventing.knative.dev/broker/{RELEASE_NAMESPACE}/{name}")
+        return Destination(function=self.function(ref), path=uri or "/", broker=None, audience=audience)
 
     def delivery(self, spec: Mapping[str, Any] | None) -> Delivery:
         spec = spec or {}

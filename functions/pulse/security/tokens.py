@@ -253,7 +253,7 @@ class JwksKeys:
                 ring[key.kid] = key
         except (OSError, urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             if not self._ring:
-                raise Unavailable(f"cannot fetch the signing keys from {self.url}: {exc}") from exc
+                raise Unavailable("cannot fetch the signing keys (JWKS)") from exc
             self._fetched = time.monotonic() - self.ttl_s + JWKS_MIN_REFRESH_S  # keep the old keys, retry soon
             return
         self._ring = ring

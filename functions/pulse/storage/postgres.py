@@ -60,7 +60,7 @@ class Database:
         try:
             return pg8000.native.Connection(**self._kwargs)
         except (InterfaceError, OSError) as exc:
-            raise Unavailable(f"postgres is unreachable: {exc}") from exc
+            raise Unavailable("postgres is unreachable") from exc
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -95,7 +95,7 @@ class Database:
             except (InterfaceError, OSError) as exc:
                 self._drain()
                 if attempt == 2:
-                    raise Unavailable(f"postgres connection failed: {exc}") from exc
+                    raise Unavailable("postgres connection failed") from exc
             except DatabaseError as exc:
                 if _is_shutdown(exc) and attempt == 1:
                     self._drain()

@@ -22,9 +22,10 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from opentelemetry.trace import SpanKind
@@ -33,14 +34,28 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.errors import PulseError, RateLimited, Unavailable
-from pulse.web.openapi import OPENAPI_DIR
+from pulse.errors import PulseError, RateLimited, Unauthorized, Unavailable
+from pulse.web.openapi import INTERNAL_PREFIX, OPENAPI_DIR
 
 log = logging.getLogger("pulse.http")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PROBES = frozenset({"metrics", "healthz", "readyz", "openapi"})
 PROBLEM = "application/problem+json"
+# On every answer: no MIME sniffing, no framing, and (unless a page states its
+# own policy, as the dashboard does) nothing a browser may load or run.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 Handler = Callable[..., Response]
+
+
+class EventCheck(Protocol):
+    """Verifies a CloudEvent delivery's ``Authorization`` (pulse.security.eventauth)."""
+
+    def verify(self, authorization: str | None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,10 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 def problem(status: int, title: str, detail: str, slug: str, errors: list[dict[str, Any]] | None = None,
-            request_id: str = "", headers: Mapping[str, str] | None = None) -> Response:
+            request_id: str = "", headers: Mapping[str, str] | None = None,
+            extensions: Mapping[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": f"https://pulse.dev/problems/{slug}",
         "title": title,
         "status": status,
@@ -75,7 +92,7 @@ def problem_from(exc: PulseError, request_id: str) -> Response:
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after_s)))
     return problem(exc.status, exc.title, exc.detail, exc.slug,
-                   [e.as_dict() for e in exc.errors], request_id, headers)
+                   [e.as_dict() for e in exc.errors], request_id, headers, exc.extensions)
 
 
 # Python's cyclic garbage collector, tuned for a server: a 1000-event request
@@ -100,13 +117,23 @@ class HttpFunction:
     """Base of the five functions. Subclasses set ``name`` and return their routes."""
 
     name = "function"
+    _built: weakref.WeakSet[HttpFunction] = weakref.WeakSet()
+
+    @classmethod
+    def built(cls) -> list[HttpFunction]:
+        """Every function this process has built (and still holds)."""
+        return list(cls._built)
     serves_metrics = True
 
-    def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None) -> None:
+    def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None,
+                 event_check: EventCheck | None = None) -> None:
+        HttpFunction._built.add(self)
         telemetry.configure_tracing()
         telemetry.ensure_logging()
         tune_gc()
         self._readiness = readiness or (lambda: {})
+        # Every /_ce/* route verifies its sender first; without a check, none is served.
+        self.event_check = event_check
         self._in_flight = 0
         self._idle = threading.Condition()
         self.retry_after_s = 2
@@ -151,11 +178,17 @@ class HttpFunction:
                     current.set_attribute("http.route", route.path)
                     if self.stopping and route_name not in PROBES:
                         raise Unavailable(f"{self.name} is shutting down", self.retry_after_s)
+                    if route.path.startswith(INTERNAL_PREFIX):
+                        if self.event_check is None:
+                            raise Unauthorized("this function takes no internal events")
+                        current.set_attribute("pulse.sender",
+                                              self.event_check.verify(request.headers.get("Authorization")))
                     response = route.handler(request, **params)
                 except PulseError as exc:
                     response = problem_from(exc, request_id)
-                    if exc.status >= 500:
-                        log.warning("%s %s: %s", request.method, request.path, exc.detail)
+                    if exc.status >= 500:  # the cause (addresses, a store's own words) is logged, never answered
+                        log.warning("%s %s: %s%s", request.method, request.path, exc.detail,
+                                    f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else "")
                 except MethodNotAllowed as exc:
                     response = problem(405, "Method not allowed", f"{request.method} is not allowed here",
                                        "method-not-allowed", request_id=request_id,
@@ -173,6 +206,8 @@ class HttpFunction:
                                        f"something failed on our side; request id {request_id}",
                                        "internal", request_id=request_id)
                 response.headers["X-Request-ID"] = request_id
+                for header, value in SECURITY_HEADERS.items():
+                    response.headers.setdefault(header, value)
                 current.set_attribute("http.status_code", response.status_code)
                 elapsed = time.perf_counter() - started
                 if route_name not in PROBES:
