@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import ROOT, Api, make_event, wait_persisted
 from tests.integration import stats_oracle as oracle
+from tests.integration.test_stats import send_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -139,10 +140,7 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     email, _, (busy, quiet) = account(pulse, "Shop", "Empty app")
     now = datetime.now(UTC)
     data = oracle.build(now, seed=4242)
-    api = Api(pulse.gateway_url, busy["key"])
-    for start in range(0, len(data.sent), 500):
-        assert api.post("/v1/events", {"events": data.sent[start:start + 500]}).status == 202
-    wait_persisted(pulse)
+    send_dataset(pulse, Api(pulse.gateway_url, busy["key"]), data)  # events, identity links, late events
 
     tab = tabs()
     page = tab.open("/dashboard")
@@ -198,7 +196,7 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     page.wait_for_function("n => document.querySelectorAll('#funnel tbody tr').length === n", arg=len(funnel))
     assert rows(page, "funnel") == [{k: text(v) for k, v in s.items()} for s in funnel]
 
-    overview = oracle.overview(events)
+    overview = oracle.overview(oracle.select(data, first, last, "UTC", include_bots=True))  # bots counted apart
     shown_overview = dict(page.eval_on_selector_all("#overview dd", "ds => ds.map(d => [d.dataset.field, d.textContent])"))
     assert shown_overview == {k: str(v) for k, v in overview.items()}
     tab.shot("dashboard-stats")
@@ -255,7 +253,7 @@ def test_each_panel_loads_and_fails_on_its_own(pulse: Any, tabs: Any) -> None:
 
 
 def test_keys_members_refresh_and_sign_out(pulse: Any, tabs: Any) -> None:
-    email, _, (project,) = account(pulse, "Team app")
+    email, owner_token, (project,) = account(pulse, "Team app")
     viewer_email, _, _ = account(pulse)
     tab = tabs()
     page = tab.page
@@ -290,11 +288,17 @@ def test_keys_members_refresh_and_sign_out(pulse: Any, tabs: Any) -> None:
 
     page.click("#nav a[data-view=members]")
     page.wait_for_function("() => document.querySelector('#members-view').dataset.state === 'ready'")
-    page.fill("#member-email", viewer_email)
-    page.click("#member-add button[type=submit]")
-    page.wait_for_selector(f"#members tr[data-email='{viewer_email}']")
-    assert "is now a member" in page.inner_text("#members-status")
+    for invited in (viewer_email, "nobody-yet@example.com"):  # the same answer, account or not
+        page.fill("#member-email", invited)
+        page.click("#member-add button[type=submit]")
+        page.wait_for_selector(f"#invitations tr[data-email='{invited}']")
+        assert f"Invitation sent to {invited}" in page.inner_text("#members-status")
+    assert not page.is_visible(f"#members tr[data-email='{viewer_email}']"), "a member only once they accept"
     tab.shot("dashboard-members")
+    withdraw = page.locator("#invitations tr[data-email='nobody-yet@example.com'] button")
+    withdraw.click()
+    withdraw.click()
+    page.wait_for_selector("#invitations tr[data-email='nobody-yet@example.com']", state="detached")
 
     # the access token lives 15 minutes: the page refreshes it before then, and keeps working
     tokens: list[str] = []
@@ -317,12 +321,22 @@ def test_keys_members_refresh_and_sign_out(pulse: Any, tabs: Any) -> None:
     assert page.evaluate("() => sessionStorage.getItem('pulse-session')") is None
     assert Api(pulse.gateway_url).post("/v1/auth/refresh", {"refresh_token": spent_before}).status == 401
 
-    viewer = tabs()  # a viewer sees the stats and the members, not the keys
+    viewer = tabs()  # the invited person accepts; as a viewer they see the stats and the members, not the keys
     page2 = viewer.open(f"/dashboard#view=keys&project={project['project_id']}")
     sign_in(page2, viewer_email)
+    page2.wait_for_selector(f"#my-invitations tr[data-project='{project['project_id']}']")
+    viewer.shot("dashboard-invitation")
+    page2.click(f"#my-invitations tr[data-project='{project['project_id']}'] button")
+    page2.wait_for_selector("#my-invitations", state="hidden")
+    assert page2.input_value("#project") == project["project_id"]
     page2.wait_for_function("() => document.querySelector('#keys-view').dataset.state === 'error'")
     assert "Only the project's owners" in page2.inner_text("#keys-status")
-    assert not page2.is_visible("#nav a[data-view=keys]")
+    assert not page2.is_visible("#nav a[data-view=keys]") and not page2.is_visible("#nav a[data-view=members]")
+    page2.click("#nav a[data-view=stats]")
+    viewer.wait_panels()
+    members = Api(pulse.gateway_url).get(f"/v1/projects/{project['project_id']}/members",
+                                         headers={"Authorization": f"Bearer {owner_token}"}).json
+    assert {m["email"]: m["role"] for m in members} == {email: "owner", viewer_email: "viewer"}
     tab.clean()
     viewer.errors = [e for e in viewer.errors if "403" not in e]
     viewer.clean()
@@ -333,7 +347,8 @@ def test_the_api_reference_page_renders_every_operation(pulse: Any, tabs: Any) -
     page = tab.open("/docs")
     page.wait_for_selector(".opblock", timeout=60_000)
     doc = Api(pulse.gateway_url).get("/openapi.json").json
-    operations = sum(1 for item in doc["paths"].values() for op in item if op in ("get", "post", "delete", "put"))
+    operations = sum(1 for item in doc["paths"].values() for op in item
+                     if op in ("get", "post", "delete", "put", "patch"))
     assert page.locator(".opblock").count() == operations
     assert page.get_attribute("#swagger-ui .servers select option", "value") == pulse.gateway_url
     tab.shot("api-docs")
