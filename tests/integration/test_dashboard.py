@@ -1,10 +1,11 @@
 """The dashboard and the API reference page in headless Chromium (Debian's
 ``chromium``, driven by Playwright), used as a person would: sign in, choose a
 project, read the stats (checked against a plain-Python computation over the
-same events), share the view's URL, make and revoke an API key, add a member,
-stay signed in past the access token's lifetime, sign out. Pages run under a
-strict Content-Security-Policy (no inline script or style) and must reach no
-other host; a screenshot of each view is kept in test-artifacts/."""
+same events), share the view's URL, make and revoke an API key, invite a
+member who accepts, stay signed in past the access token's lifetime, sign
+out. Pages run under the Content-Security-Policy Pulse sends (no inline
+script or style) and must reach no other host; a screenshot of each view is
+kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ from tests.integration.test_stats import send_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
-STRICT = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-          "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PASSWORD = "correct-horse-battery"
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"), pytest.mark.slow]
 
@@ -41,8 +40,9 @@ def browser() -> Iterator[Any]:
 
 
 class Tab:
-    """A page of a fresh browser context that records console errors and every
-    request to another origin, and serves the dashboard under a strict CSP."""
+    """A page of a fresh browser context that records console errors (a script
+    or style the page's Content-Security-Policy refuses is one) and every
+    request to another origin."""
 
     def __init__(self, browser: Any, base: str) -> None:
         self.base = base
@@ -50,15 +50,9 @@ class Tab:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.foreign: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("console", lambda m: self.errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: None if r.url.startswith(base) else self.foreign.append(r.url))
-        self.page.route(f"{base}/dashboard**", self._strict)
-
-    @staticmethod
-    def _strict(route: Any) -> None:
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT})
 
     def open(self, path: str) -> Any:
         self.page.goto(self.base + path)
@@ -361,6 +355,8 @@ def test_the_dashboard_files_are_served_by_pulse(project: Any) -> None:
     html = page.body.decode()
     assert "http://" not in html and "https://" not in html, "no CDN: every script is served by Pulse"
     assert "<script>" not in html and "style=" not in html, "nothing inline"
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "unsafe-eval" not in policy
     for name in ("app.js", "api.js", "panels.js", "stats.js", "charts.js", "style.css"):
         assert f"/dashboard/{name}" in html
         assert project.api.get(f"/dashboard/{name}", key="").status == 200
