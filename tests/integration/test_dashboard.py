@@ -47,6 +47,7 @@ class Tab:
     def __init__(self, browser: Any, base: str) -> None:
         self.base = base
         self.context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        self.context.set_default_timeout(90_000)  # a shared, loaded machine answers slowly at times
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.foreign: list[str] = []
