@@ -323,7 +323,7 @@ def test_keys_members_refresh_and_sign_out(pulse: Any, tabs: Any) -> None:
     viewer.shot("dashboard-invitation")
     page2.click(f"#my-invitations tr[data-project='{project['project_id']}'] button")
     page2.wait_for_selector("#my-invitations", state="hidden")
-    assert page2.input_value("#project") == project["project_id"]
+    page2.wait_for_function("p => document.querySelector('#project').value === p", arg=project["project_id"])
     page2.wait_for_function("() => document.querySelector('#keys-view').dataset.state === 'error'")
     assert "Only the project's owners" in page2.inner_text("#keys-status")
     assert not page2.is_visible("#nav a[data-view=keys]") and not page2.is_visible("#nav a[data-view=members]")
