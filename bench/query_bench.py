@@ -115,6 +115,19 @@ def counting_actors() -> Iterator[None]:
             m.resolver = r  # type: ignore[assignment]
 
 
+def print_storage(ch: ClickHouse) -> None:
+    """Bytes on disk of every table (system.parts), per event stored, with events merged."""
+    ch.command("OPTIMIZE TABLE events FINAL")
+    rows = ch.rows("SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts"
+                   " WHERE active AND database = currentDatabase() GROUP BY table ORDER BY sum(bytes_on_disk) DESC")
+    events = next(int(r[1]) for r in rows if r[0] == "events")
+    print(f"storage after merges, {events:,} events (all projects):")
+    for table, n, disk, raw in rows:
+        print(f"  {table:<20}{int(n):>12,} rows{int(disk):>14,} B on disk{int(raw):>15,} B raw"
+              f"{int(disk) / events:>8.1f} B/event")
+    print(f"  {'all tables':<20}{sum(int(r[2]) for r in rows) / events:>58.1f} B/event")
+
+
 def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float]:
     """(median ms, p95 ms, median CPU ms of this process: chDB's threads run in it,
     so the CPU figure holds up better than wall time on a shared machine)."""
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                              " background merges reach on a quiet system; without it, parts are as loaded")
     parser.add_argument("--as-loaded", action="store_true",
                         help="time the tables as loaded, without waiting for the span tables to merge")
+    parser.add_argument("--storage-only", action="store_true",
+                        help="print the bytes on disk per event of every table (after merges) and stop")
     parser.add_argument("--recent", type=int, default=0,
                         help="then insert this many batches of 2,000 recent events (fresh small parts)")
     args = parser.parse_args(argv)
@@ -191,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = {t: ch.rows("SELECT count() FROM system.parts WHERE active AND database = currentDatabase()"
                         " AND table = {t:String}", {"t": t})[0][0] for t in rollup_tables}
     print("active parts: " + ", ".join(f"{t} {n}" for t, n in sorted(parts.items())))
+    print_storage(ch)
+    if args.storage_only:
+        return 0
     total, users = ch.rows("SELECT count(), uniqExact(actor) FROM events WHERE project_id = {p:UUID}",
                            {"p": PROJECT})[0]
     links = ch.rows("SELECT count() FROM person_links WHERE project_id = {p:UUID}", {"p": PROJECT})[0][0]

@@ -58,12 +58,13 @@ SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:
 # holds across every project (its parts' min/max of ``hour``, seconds since
 # the epoch; 0 when unknown) and how many parts it has: a cheap first check.
 # On a cluster, the parts of every node (each holds some users' rows): a
-# span table is then in several parts, read without FINAL.
+# span table is then in several parts, read without FINAL. The database is
+# named, not currentDatabase(), which another node would answer for itself.
 SPAN_STATE = (
     "SELECT countIf(table = '{type_spans}'), countIf(table = '{page_spans}'),"
     " toUnixTimestamp(minIf(min_time, table = '{type_hours}')),"
     " toUnixTimestamp(maxIf(max_time, table = '{type_hours}')),"
-    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = currentDatabase()"
+    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = {{database:String}}"
     " AND table IN ('{type_spans}', '{page_spans}', '{type_hours}')")
 
 
