@@ -14,7 +14,7 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from pulse.bus.cloudevents import PERSISTED, receive
-from pulse.core import funnel, retention, stats
+from pulse.core import breakdowns, funnel, retention, stats
 from pulse.core.filters import Filters, one, parse_filters
 from pulse.errors import InvalidInput, NotFound
 from pulse.services import Services
@@ -74,24 +74,31 @@ class Aggregate(HttpFunction):
         return parse_filters(params, project_id, max_days)
 
     def events(self, request: Request) -> Response:
-        group_by = stats.parse_group_by(one(request.args.to_dict(flat=False), "group_by"))
-        return json_response(stats.events(self.services.ch, self.filters(request), group_by))
+        params = request.args.to_dict(flat=False)
+        group_by = stats.parse_group_by(one(params, "group_by"))
+        bd = breakdowns.parse(params)
+        return json_response(stats.events(self.services.ch, self.filters(request), group_by, bd=bd))
 
     def dau(self, request: Request) -> Response:
         return json_response(stats.dau(self.services.ch, self.filters(request)))
 
     def active_users(self, request: Request) -> Response:
-        interval = stats.parse_interval(one(request.args.to_dict(flat=False), "interval"))
-        return json_response(stats.active_users(self.services.ch, self.filters(request), interval))
+        params = request.args.to_dict(flat=False)
+        interval = stats.parse_interval(one(params, "interval"))
+        bd = breakdowns.parse(params)
+        return json_response(stats.active_users(self.services.ch, self.filters(request), interval, bd=bd))
 
     def top_events(self, request: Request) -> Response:
         limit = stats.parse_limit(request.args.getlist("limit"))
-        return json_response(stats.top_events(self.services.ch, self.filters(request), limit))
+        bd = breakdowns.parse(request.args.to_dict(flat=False))
+        return json_response(stats.top_events(self.services.ch, self.filters(request), limit, bd=bd))
 
     def retention(self, request: Request) -> Response:
         filters = self.filters(request)
-        spec = retention.parse_retention(request.args.to_dict(flat=False), filters.tz)
-        return json_response(retention.retention(self.services.ch, filters, spec))
+        params = request.args.to_dict(flat=False)
+        spec = retention.parse_retention(params, filters.tz)
+        bd = breakdowns.parse(params)
+        return json_response(retention.retention(self.services.ch, filters, spec, bd=bd))
 
     def pages(self, request: Request) -> Response:
         limit = stats.parse_limit(request.args.getlist("limit"))

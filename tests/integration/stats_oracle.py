@@ -10,6 +10,7 @@ identifier's person with a union-find of its own."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections import Counter, defaultdict
@@ -113,6 +114,8 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         props = extra.pop("properties", None)
         if props is None:
             props = {"plan": rng.choice(PLANS), "n": rng.randint(1, 3)} if rng.random() < 0.6 else {}
+            if rng.random() < 0.3:  # breakdowns: a null, an empty string, a number and a boolean are values too
+                props["ref"] = rng.choice([None, "", "ads", "mail", 7, True])
         event = Event(
             event_id=str(uuid.UUID(int=rng.getrandbits(128))), event_type=event_type,
             user_id=actor[0], anonymous_id=actor[1],
@@ -489,3 +492,131 @@ def funnel(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]],
                        "conversion_from_start": 100.0 if k == 0 else pct(users[k], users[0]),
                        "conversion_from_previous": 100.0 if k == 0 else pct(users[k], users[k - 1])}
                       for k in range(len(steps))]}
+
+
+# Breakdowns ------------------------------------------------------------------
+
+NONE, OTHER = "$none", "$other"
+
+
+def json_text(value: Any) -> str:
+    """A property's value as the answer names it: a string as is, anything else
+    as compact JSON text (what the stored JSON holds)."""
+    if isinstance(value, str):
+        return value
+    if value is True or value is False:
+        return "true" if value else "false"
+    return json.dumps(value, separators=(",", ":"))
+
+
+def field_value(event: Event, name: str) -> str:
+    """The event's value of a breakdown field; missing, null and '' are "$none"."""
+    if name.startswith(("properties.", "person.")):
+        source = event.person_properties if name.startswith("person.") else event.properties
+        value = source.get(name.partition(".")[2])
+        text = "" if value is None else json_text(value)
+    else:
+        text = str(getattr(event, name))
+    return text or NONE
+
+
+def values_of(event: Event, fields: list[str]) -> tuple[str, ...]:
+    return tuple(field_value(event, f) for f in fields)
+
+
+def top_values(counts: dict[tuple[str, ...], int], limit: int) -> dict[tuple[str, ...], int]:
+    """value -> rank (1-based) of the ``limit`` values with most persons (ties: value ascending)."""
+    order = sorted(counts, key=lambda v: (-counts[v], list(v)))[:limit]
+    return {v: i + 1 for i, v in enumerate(order)}
+
+
+def split(events: list[Event], key: Any, fields: list[str], limit: int) -> list[tuple[Any, list[str], int, int, int]]:
+    """(key, breakdown, rank, events, users) per key and kept value, the rest as "$other"."""
+    persons: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for e in events:
+        persons[values_of(e, fields)].add(e.person)
+    ranks = top_values({v: len(p) for v, p in persons.items()}, limit)
+    other = tuple([OTHER] * len(fields))
+    counts: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+    users: dict[tuple[Any, tuple[str, ...]], set[str]] = defaultdict(set)
+    for e in events:
+        value = values_of(e, fields)
+        value = value if value in ranks else other
+        counts[(key(e), value)] += 1
+        users[(key(e), value)].add(e.person)
+    return [(k, list(v), ranks.get(v, limit + 1), n, len(users[(k, v)])) for (k, v), n in counts.items()]
+
+
+def events_split(events: list[Event], group_by: str, tz: str, fields: list[str], limit: int = 10) -> list[dict[str, Any]]:
+    rows = split(events, lambda e: bucket(e, group_by, tz), fields, limit)
+    if group_by == "hour":
+        rows.sort(key=lambda r: (datetime.fromisoformat(r[0]), r[2]))
+    elif group_by in ("day", "week", "month"):
+        rows.sort(key=lambda r: (r[0], r[2]))
+    else:
+        totals: Counter[Any] = Counter()
+        for r in rows:
+            totals[r[0]] += r[3]
+        rows.sort(key=lambda r: (-totals[r[0]], r[0] is None, r[0] or "", r[2]))
+    return [{"bucket": b, "breakdown": v, "events": n, "users": u} for b, v, _, n, u in rows]
+
+
+def active_split(events: list[Event], interval: str, tz: str, fields: list[str], limit: int = 10) -> list[dict[str, Any]]:
+    return [{"bucket": r["bucket"], "breakdown": r["breakdown"], "unique_users": r["users"]}
+            for r in events_split(events, interval, tz, fields, limit)]
+
+
+def top_events_split(events: list[Event], limit: int, fields: list[str], bd_limit: int = 10) -> list[dict[str, Any]]:
+    rows = split(events, lambda e: e.event_type, fields, bd_limit)
+    totals: Counter[str] = Counter()
+    for r in rows:
+        totals[r[0]] += r[3]
+    kept = set(sorted(totals, key=lambda t: (-totals[t], t))[:limit])
+    rows = sorted((r for r in rows if r[0] in kept), key=lambda r: (-totals[r[0]], r[0], r[2]))
+    return [{"event_type": t, "breakdown": v, "count": n, "users": u} for t, v, _, n, u in rows]
+
+
+def retention_split(data: Dataset, start: date, windows: int, tz: str, today: date, fields: list[str],
+                    limit: int = 10, segments: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """Retention per value of the person's first event ever (ties: the smaller
+    value) or, for person.<key>, of the person."""
+    segs = list(segments)
+
+    def monday(moment: datetime) -> date:
+        d = local(moment, tz).date()
+        return d - timedelta(days=d.weekday())
+
+    humans = [e for e in data.events if not e.bot]
+    first: dict[str, tuple[datetime, tuple[str, ...]]] = {}
+    for e in humans:
+        mark = (e.at, values_of(e, fields))
+        if e.person not in first or (mark[0], list(mark[1])) < (first[e.person][0], list(first[e.person][1])):
+            first[e.person] = mark
+    weeks: dict[str, set[date]] = defaultdict(set)
+    for e in humans:
+        if matches(e, segs):
+            weeks[e.person].add(monday(e.at))
+    first_week = start - timedelta(days=start.weekday())
+    last_week = first_week + timedelta(weeks=windows)
+    members = {p: (monday(at), v) for p, (at, v) in first.items()
+               if first_week <= monday(at) <= last_week and monday(at) in weeks[p]}
+    ranks = top_values(Counter(v for _, v in members.values()), limit)
+    other = tuple([OTHER] * len(fields))
+    rows = []
+    for value in [*sorted(ranks, key=ranks.get), other]:
+        chosen = {p: cw for p, (cw, v) in members.items() if (v if v in ranks else other) == value}
+        if value == other and not chosen:
+            continue
+        for c in range(windows + 1):
+            week = first_week + timedelta(weeks=c)
+            if week > today:
+                break
+            cohort = [p for p, cw in chosen.items() if cw == week]
+            row: dict[str, Any] = {"cohort_week": week.isoformat(), "breakdown": list(value), "week_0": len(cohort)}
+            for k in range(1, windows + 1):
+                target = week + timedelta(weeks=k)
+                if target > today:
+                    break
+                row[f"week_{k}"] = pct(sum(1 for p in cohort if target in weeks[p]), len(cohort))
+            rows.append(row)
+    return rows
