@@ -19,6 +19,7 @@ from pulse.core.filters import Filters, one, parse_filters
 from pulse.errors import InvalidInput, NotFound
 from pulse.services import Services
 from pulse.settings import Settings
+from pulse.storage.persons import described
 from pulse.web.body import read_body
 from pulse.web.credentials import extract
 from pulse.web.http import HttpFunction, Route, json_response
@@ -54,6 +55,7 @@ class Aggregate(HttpFunction):
             Route("GET", "/v1/stats/summary", self.summary, "summary"),
             Route("GET", "/v1/stats/live", self.live, "live"),
             Route("POST", "/v1/stats/funnel", self.funnel, "funnel"),
+            Route("POST", "/v1/stats/funnel/people", self.funnel_people, "funnel-people"),
             Route("GET", "/dashboard", self.dashboard, "dashboard"),
             Route("GET", "/dashboard/<name>", self.dashboard_file, "dashboard-file"),
             Route("POST", "/_ce/persisted", self.persisted, "ce-persisted"),
@@ -131,12 +133,21 @@ class Aggregate(HttpFunction):
 
     def funnel(self, request: Request) -> Response:
         project_id = self.project(request)
+        spec = funnel.parse_funnel(self.body(request), project_id, self.services.settings.max_range_days)
+        return json_response(funnel.funnel(self.services.ch, spec))
+
+    def funnel_people(self, request: Request) -> Response:
+        project_id = self.project(request)
+        spec = funnel.parse_people(self.body(request), project_id, self.services.settings.max_range_days)
+        found = funnel.people(self.services.ch, spec)
+        return json_response(described(self.services.db, project_id, [actors for _, actors in found]))
+
+    @staticmethod
+    def body(request: Request) -> object:
         try:
-            body = orjson.loads(read_body(request, MAX_FUNNEL_BODY) or b"null")
+            return orjson.loads(read_body(request, MAX_FUNNEL_BODY) or b"null")
         except orjson.JSONDecodeError as exc:
             raise InvalidInput.field("body", "is not valid JSON") from exc
-        spec = funnel.parse_funnel(body, project_id, self.services.settings.max_range_days)
-        return json_response(funnel.funnel(self.services.ch, spec))
 
     def persisted(self, request: Request) -> Response:
         """Trigger on ``dev.pulse.events.persisted``: the rollups are kept by

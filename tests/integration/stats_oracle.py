@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -99,6 +100,7 @@ class Dataset:
     calls: list[Call] = field(default_factory=list)
     late: list[dict[str, Any]] = field(default_factory=list)  # events sent after every call
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)  # person representative -> properties
+    roots: dict[str, str] = field(default_factory=dict)  # identifier named by a call -> its person
 
 
 def _ms(moment: datetime) -> datetime:
@@ -163,6 +165,7 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         who = (f"g{n}", "")
         add("activate", who, base + timedelta(minutes=1))
         add("signup", who, base + timedelta(minutes=2))
+    _funnel_modes(add, start_of_today)
     # Today and the last minutes (summary, live).
     for seconds in (20, 40, 100, 170, 230, 500, 900):
         at = now - timedelta(seconds=seconds)
@@ -184,6 +187,40 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         data.sent.append(event.payload())
     resolve(data)
     return data
+
+
+def _funnel_modes(add: Any, start_of_today: datetime) -> None:
+    """Sequences that tell the funnel orders, exclusions and the counted attempt apart."""
+    base = start_of_today - timedelta(days=6, hours=-9)
+    minute = timedelta(minutes=1)
+    sequences = {
+        "m0": ["signup", "click", "activate", "purchase"],  # strict stops at the click
+        "m1": ["signup", "activate", "purchase"],  # every order: 3
+        "m2": ["purchase", "activate", "signup"],  # any order: 3; ordered: 1
+        "m3": ["signup", "support", "activate", "purchase"],  # excluded between steps 1 and 2
+        "m4": ["signup", "activate", "support", "purchase"],  # excluded between steps 2 and 3
+        "m5": ["signup", "activate"],  # support long after: within from_step + window or not
+        "m6": ["signup", "activate"],  # then a second attempt, two hours later, reaches 3
+        "m7": ["signup", "signup", "activate", "activate", "purchase"],  # repeats
+        "m8": ["activate", "purchase", "click", "signup", "purchase"],  # any order starts at activate
+    }
+    for n, (who, kinds) in enumerate(sequences.items()):
+        at = base + timedelta(minutes=37 * n)
+        for k, kind in enumerate(kinds):
+            add(kind, (who, ""), at + (k * (k + 3) + n) * minute, path="/pricing" if kind == "page_view" else "")
+    add("support", ("m5", ""), base + timedelta(hours=30))
+    for k, kind in enumerate(["signup", "activate", "purchase"]):
+        add(kind, ("m6", ""), base + timedelta(hours=6, minutes=7 * k))
+    # Same millisecond: the order of these two is by event id.
+    tie = base + timedelta(hours=8)
+    add("signup", ("m9", ""), tie)
+    add("activate", ("m9", ""), tie)
+    add("purchase", ("m9", ""), tie + 10 * minute)
+    add("activate", ("m9", ""), tie + 20 * minute)
+    # A day-long window: purchase a day and a half later.
+    add("signup", ("m10", ""), base + timedelta(hours=2))
+    add("activate", ("m10", ""), base + timedelta(hours=3))
+    add("purchase", ("m10", ""), base + timedelta(hours=38))
 
 
 def _persons(data: Dataset, add: Any, start_of_today: datetime) -> list[Event]:
@@ -285,6 +322,7 @@ def resolve(data: Dataset) -> None:
         if traits:
             props.setdefault(root(call.user_id), {}).update(traits)
     data.traits = props
+    data.roots = {x: root(x) for c in data.calls for x in (c.anonymous_id, c.user_id)}
     for event in data.events:
         event.person = root(event.actor)
         event.person_properties = props.get(event.person, {})
@@ -463,35 +501,8 @@ def retention(data: Dataset, start: date, windows: int, tz: str, today: date,
 
 def funnel(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]],
            window_s: int) -> dict[str, Any]:
-    by_actor: dict[str, list[Event]] = defaultdict(list)
-    for e in events:
-        by_actor[e.person].append(e)
-    window = timedelta(seconds=window_s)
-
-    def is_step(e: Event, k: int) -> bool:
-        return e.event_type == steps[k][0] and matches(e, steps[k][1])
-
-    reached: Counter[int] = Counter()
-    for mine in by_actor.values():
-        mine.sort(key=lambda e: e.at)
-        best = 0
-        for i, first in enumerate(mine):
-            if not is_step(first, 0):
-                continue
-            level, last = 1, first.at
-            for e in mine[i + 1:]:
-                if e.at - first.at > window or level == len(steps):
-                    break
-                if e.at >= last and is_step(e, level):
-                    level, last = level + 1, e.at
-            best = max(best, level)
-        for k in range(1, best + 1):
-            reached[k] += 1
-    users = [reached[k] for k in range(1, len(steps) + 1)]
-    return {"steps": [{"event_type": steps[k][0], "users": users[k],
-                       "conversion_from_start": 100.0 if k == 0 else pct(users[k], users[0]),
-                       "conversion_from_previous": 100.0 if k == 0 else pct(users[k], users[k - 1])}
-                      for k in range(len(steps))]}
+    """The ordered funnel (ClickHouse ``windowFunnel`` semantics); see ``funnel_full``."""
+    return funnel_full(events, steps, window_s)
 
 
 # Breakdowns ------------------------------------------------------------------
@@ -620,3 +631,143 @@ def retention_split(data: Dataset, start: date, windows: int, tz: str, today: da
                 row[f"week_{k}"] = pct(sum(1 for p in cohort if target in weeks[p]), len(cohort))
             rows.append(row)
     return rows
+
+
+# Funnels, complete -----------------------------------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HISTOGRAM_S = [0, 10, 60, 300, 1800, 3600, 21_600, 86_400, 259_200, 604_800]
+
+
+def ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+@dataclass
+class Walk:
+    level: int
+    times: list[int]  # ms of each step reached by the counted attempt
+    value: tuple[str, ...] = ()
+
+
+def funnel_walks(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]], window_s: int,
+                 order: str = "ordered", exclusions: Iterable[tuple[str, int, int]] = (),
+                 fields: list[str] | None = None) -> dict[str, Walk]:
+    """Each person in the funnel (reached step 1, not excluded): the counted
+    attempt (the earliest start among those reaching the highest level)."""
+    n, window = len(steps), window_s * 1000
+    by_person: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_person[e.person].append(e)
+
+    def is_step(e: Event, k: int) -> bool:
+        return e.event_type == steps[k][0] and matches(e, steps[k][1])
+
+    walks = {}
+    for person, mine in by_person.items():
+        mine.sort(key=lambda e: (e.at, e.event_id))
+        attempts: list[tuple[int, list[int]]] = []
+        for i, first in enumerate(mine):
+            t0 = ms(first.at)
+            if order in ("ordered", "strict") and is_step(first, 0):
+                level, times = 1, [t0]
+                following = mine[i + 1:] if order == "ordered" else mine[i + 1:i + n]
+                for e in following:
+                    if level < n and ms(e.at) - t0 <= window and is_step(e, level):
+                        level, times = level + 1, times + [ms(e.at)]
+                    elif order == "strict":
+                        break
+                attempts.append((level, times))
+            elif order == "any" and any(is_step(first, k) for k in range(n)):
+                inside = [e for e in mine[i:] if ms(e.at) - t0 <= window]
+                firsts = [next(ms(e.at) for e in inside if is_step(e, k))
+                          for k in range(n) if any(is_step(e, k) for e in inside)]
+                attempts.append((len(firsts), sorted(firsts)))
+        if not attempts:
+            continue
+        best = max(a[0] for a in attempts)
+        level, times = next(a for a in attempts if a[0] == best)
+        out = False
+        for kind, low, high in exclusions:
+            if level >= low:
+                until = times[high - 1] if level >= high else times[low - 1] + window
+                out = out or any(e.event_type == kind and times[low - 1] < ms(e.at) < until for e in mine)
+        if out:
+            continue
+        value: tuple[str, ...] = ()
+        if fields:
+            can_start = [e for e in mine if (is_step(e, 0) if order != "any" else any(is_step(e, k) for k in range(n)))]
+            value = min(((e.at, list(values_of(e, fields))) for e in can_start))[1]
+            value = tuple(value)
+        walks[person] = Walk(level, times, value)
+    return walks
+
+
+def funnel_steps(walks: Iterable[Walk], steps: list[tuple[str, list[tuple[str, str]]]],
+                 extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    walks = list(walks)
+    users = [sum(1 for w in walks if w.level >= k + 1) for k in range(len(steps))]
+    rows = []
+    for k in range(len(steps)):
+        row: dict[str, Any] = {"event_type": steps[k][0], **(extra or {}), "users": users[k],
+                               "conversion_from_start": 100.0 if k == 0 else pct(users[k], users[0]),
+                               "conversion_from_previous": 100.0 if k == 0 else pct(users[k], users[k - 1]),
+                               "median_seconds_to_convert": None, "mean_seconds_to_convert": None,
+                               "seconds_to_convert_histogram": None}
+        if k > 0:
+            took = [w.times[k] - w.times[k - 1] for w in walks if w.level >= k + 1]
+            if took:
+                row["median_seconds_to_convert"] = round(statistics.median(took) / 1000, 3)
+                row["mean_seconds_to_convert"] = round(sum(took) / len(took) / 1000, 3)
+            edges = [*HISTOGRAM_S, None]
+            row["seconds_to_convert_histogram"] = [
+                {"from_seconds": lo, "to_seconds": hi,
+                 "users": sum(1 for d in took if d >= lo * 1000 and (hi is None or d < hi * 1000))}
+                for lo, hi in zip(edges[:-1], edges[1:])]
+        rows.append(row)
+    return rows
+
+
+def funnel_full(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]], window_s: int,
+                order: str = "ordered", exclusions: Iterable[tuple[str, int, int]] = (),
+                fields: list[str] | None = None, limit: int = 10) -> dict[str, Any]:
+    walks = funnel_walks(events, steps, window_s, order, exclusions, fields)
+    if not fields:
+        return {"steps": funnel_steps(walks.values(), steps)}
+    ranks = top_values(Counter(w.value for w in walks.values()), limit)
+    other = tuple([OTHER] * len(fields))
+    out = []
+    for value in [*sorted(ranks, key=ranks.get), other]:
+        chosen = [w for w in walks.values() if (w.value if w.value in ranks else other) == value]
+        if chosen:
+            out += funnel_steps(chosen, steps, {"breakdown": list(value)})
+    return {"steps": out}
+
+
+def funnel_people(data: Dataset, project_id: str, walks: dict[str, Walk], step: int, status: str,
+                  value: tuple[str, ...] | None = None, ranks: dict[tuple[str, ...], int] | None = None
+                  ) -> list[dict[str, Any]]:
+    """The persons converted at ``step`` (or dropped there), as {person_id, distinct_ids}, sorted by person_id."""
+    other = tuple([OTHER] * len(value)) if value else ()
+
+    def kept(w: Walk) -> bool:
+        if value is None:
+            return True
+        return (w.value if ranks and w.value in ranks else other) == value
+
+    chosen = [p for p, w in walks.items() if kept(w) and (w.level >= step if status == "converted" else w.level == step - 1)]
+    return sorted(({"person_id": str(uuid.uuid5(uuid.UUID(project_id), p)),
+                    "distinct_ids": sorted(distinct_ids(data, p))} for p in chosen), key=lambda r: r["person_id"])
+
+
+def distinct_ids(data: Dataset, person: str) -> set[str]:
+    """Every identifier of the person: in its events and in the identity calls that linked it."""
+    named = {e.actor for e in data.events} | {c.anonymous_id for c in data.calls} | {c.user_id for c in data.calls}
+    return {x for x in named if _root(data, x) == person}
+
+
+def _root(data: Dataset, identifier: str) -> str:
+    for e in data.events:
+        if e.actor == identifier:
+            return e.person
+    return data.roots.get(identifier, identifier)
