@@ -723,7 +723,7 @@ def funnel_steps(walks: Iterable[Walk], steps: list[tuple[str, list[tuple[str, s
             row["seconds_to_convert_histogram"] = [
                 {"from_seconds": lo, "to_seconds": hi,
                  "users": sum(1 for d in took if d >= lo * 1000 and (hi is None or d < hi * 1000))}
-                for lo, hi in zip(edges[:-1], edges[1:])]
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
         rows.append(row)
     return rows
 
