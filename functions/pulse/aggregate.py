@@ -14,7 +14,7 @@ import orjson
 from werkzeug.wrappers import Request, Response
 
 from pulse.bus.cloudevents import PERSISTED, receive
-from pulse.core import breakdowns, funnel, retention, stats
+from pulse.core import breakdowns, funnel, lifecycle, paths, retention, stats, stickiness
 from pulse.core.filters import Filters, one, parse_filters
 from pulse.errors import InvalidInput, NotFound
 from pulse.services import Services
@@ -56,6 +56,9 @@ class Aggregate(HttpFunction):
             Route("GET", "/v1/stats/live", self.live, "live"),
             Route("POST", "/v1/stats/funnel", self.funnel, "funnel"),
             Route("POST", "/v1/stats/funnel/people", self.funnel_people, "funnel-people"),
+            Route("GET", "/v1/stats/paths", self.paths, "paths"),
+            Route("GET", "/v1/stats/stickiness", self.stickiness, "stickiness"),
+            Route("GET", "/v1/stats/lifecycle", self.lifecycle, "lifecycle"),
             Route("GET", "/dashboard", self.dashboard, "dashboard"),
             Route("GET", "/dashboard/<name>", self.dashboard_file, "dashboard-file"),
             Route("POST", "/_ce/persisted", self.persisted, "ce-persisted"),
@@ -148,6 +151,19 @@ class Aggregate(HttpFunction):
             return orjson.loads(read_body(request, MAX_FUNNEL_BODY) or b"null")
         except orjson.JSONDecodeError as exc:
             raise InvalidInput.field("body", "is not valid JSON") from exc
+
+    def paths(self, request: Request) -> Response:
+        filters = self.filters(request)
+        spec = paths.parse_paths(request.args.to_dict(flat=False), filters)
+        return json_response(paths.paths(self.services.ch, spec))
+
+    def stickiness(self, request: Request) -> Response:
+        interval = stats.parse_interval(one(request.args.to_dict(flat=False), "interval"))
+        return json_response(stickiness.stickiness(self.services.ch, self.filters(request), interval))
+
+    def lifecycle(self, request: Request) -> Response:
+        interval = stats.parse_interval(one(request.args.to_dict(flat=False), "interval"))
+        return json_response(lifecycle.lifecycle(self.services.ch, self.filters(request), interval))
 
     def persisted(self, request: Request) -> Response:
         """Trigger on ``dev.pulse.events.persisted``: the rollups are kept by

@@ -771,3 +771,109 @@ def _root(data: Dataset, identifier: str) -> str:
         if e.actor == identifier:
             return e.person
     return data.roots.get(identifier, identifier)
+
+
+# Paths, stickiness, lifecycle --------------------------------------------------
+
+def paths(events: list[Event], anchor: str, forward: bool = True, steps: int = 3, min_users: int = 1,
+          pages: bool = False) -> dict[str, Any]:
+    by_person: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_person[e.person].append(e)
+
+    def name(e: Event) -> tuple[str, str]:
+        return (e.event_type, e.path if pages and e.event_type == "page_view" else "")
+
+    def is_anchor(e: Event) -> bool:
+        return e.event_type == anchor or (pages and e.event_type == "page_view" and e.path == anchor)
+
+    def node_id(step: int, n: tuple[str, str]) -> str:
+        return f"{step}:{n[1] or n[0]}"
+
+    node_users: Counter[tuple[int, tuple[str, str]]] = Counter()
+    node_events: Counter[tuple[int, tuple[str, str]]] = Counter()
+    edge_users: Counter[tuple[str, str]] = Counter()
+    for mine in by_person.values():
+        mine.sort(key=lambda e: (e.at, e.event_id))
+        marks = [i for i, e in enumerate(mine) if is_anchor(e)]
+        if not marks:
+            continue
+        seq = [name(e) for e in (mine[marks[0]:] if forward else reversed(mine[:marks[-1] + 1]))]
+        runs: list[list[Any]] = []
+        for n in seq:
+            if runs and runs[-1][0] == n:
+                runs[-1][1] += 1
+            else:
+                runs.append([n, 1])
+        runs = runs[:steps + 1]
+        sign = 1 if forward else -1
+        for k, (n, count) in enumerate(runs):
+            node_users[(sign * k, n)] += 1
+            node_events[(sign * k, n)] += count
+        for k in range(len(runs) - 1):
+            here, there = (sign * k, runs[k][0]), (sign * (k + 1), runs[k + 1][0])
+            edge_users[(node_id(*here), node_id(*there)) if forward else (node_id(*there), node_id(*here))] += 1
+    nodes = []
+    for (step, n), users in node_users.items():
+        if users >= min_users:
+            node: dict[str, Any] = {"id": node_id(step, n), "step": step, "event_type": n[0], "users": users,
+                                    "events": node_events[(step, n)]}
+            if pages:
+                node["path"] = n[1] or None
+            nodes.append(node)
+    step_of = {n["id"]: n["step"] for n in nodes}
+    nodes.sort(key=lambda n: (n["step"], -n["users"], n["id"]))
+    edges = sorted(({"from": a, "to": b, "users": u} for (a, b), u in edge_users.items() if u >= min_users),
+                   key=lambda e: (step_of[e["from"]], -e["users"], e["from"], e["to"]))
+    return {"nodes": nodes, "edges": edges}
+
+
+def bucket_day(moment: datetime, interval: str, tz: str) -> date:
+    d = local(moment, tz).date()
+    if interval == "week":
+        return d - timedelta(days=d.weekday())
+    return d.replace(day=1) if interval == "month" else d
+
+
+def stickiness(events: list[Event], interval: str, tz: str) -> list[dict[str, Any]]:
+    active: dict[str, set[date]] = defaultdict(set)
+    for e in events:
+        active[e.person].add(bucket_day(e.at, interval, tz))
+    counts = Counter(len(b) for b in active.values())
+    return [{"intervals": n, "users": counts[n]} for n in sorted(counts)]
+
+
+def lifecycle(data: Dataset, first: date, last: date, interval: str, tz: str,
+              segments: Iterable[tuple[str, str]] = (), event_type: str | None = None) -> list[dict[str, Any]]:
+    """Every bucket from first's to last's; history before the range counts."""
+    segs = list(segments)
+    kept = [e for e in data.events if not e.bot and matches(e, segs) and (event_type is None or e.event_type == event_type)]
+    active: dict[str, set[date]] = defaultdict(set)
+    for e in kept:
+        active[e.person].add(bucket_day(e.at, interval, tz))
+
+    def shift(d: date, n: int) -> date:
+        if interval == "day":
+            return d + timedelta(days=n)
+        if interval == "week":
+            return d + timedelta(weeks=n)
+        months = d.year * 12 + d.month - 1 + n
+        return date(months // 12, months % 12 + 1, 1)
+
+    def bucket_of(d: date) -> date:
+        return d - timedelta(days=d.weekday()) if interval == "week" else d.replace(day=1) if interval == "month" else d
+
+    rows = []
+    b, end = bucket_of(first), bucket_of(last)
+    while b <= end:
+        before = shift(b, -1)
+        row = {"bucket": b.isoformat(), "new": 0, "returning": 0, "resurrecting": 0, "dormant": 0}
+        for buckets in active.values():
+            if b in buckets:
+                kind = "new" if min(buckets) == b else "returning" if before in buckets else "resurrecting"
+                row[kind] += 1
+            elif before in buckets:
+                row["dormant"] += 1
+        rows.append(row)
+        b = shift(b, 1)
+    return rows

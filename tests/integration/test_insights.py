@@ -239,3 +239,89 @@ def test_bad_people_requests_name_the_field(seeded: Seeded, extra: dict[str, Any
     answer = seeded.api.post("/v1/stats/funnel/people", {"steps": FUNNEL_STEPS, **extra})
     assert answer.status == 400, answer.body[:300]
     assert answer.json["errors"][0]["field"] == field
+
+
+# Paths, stickiness, lifecycle --------------------------------------------------
+
+PATHS = [{"start": "signup"}, {"start": "page_view", "steps": "5"}, {"end": "purchase", "steps": "2"},
+         {"start": "signup", "min_users": "3"}, {"start": "/pricing", "pages": "true", "steps": "4"},
+         {"end": "signup", "pages": "true", "min_users": "2"}, {"start": "click", "steps": "1"}]
+
+
+@pytest.mark.parametrize("params", PATHS)
+@pytest.mark.parametrize("segments", [[], [("country", "DE")]])
+def test_paths(seeded: Seeded, params: dict[str, str], segments: list[tuple[str, str]]) -> None:
+    got = seeded.get("/v1/stats/paths", segment=segs(segments), **params, **seeded.range("UTC"))
+    anchor = params.get("start") or params["end"]
+    want = oracle.paths(seeded.select("UTC", segments), anchor, "start" in params, int(params.get("steps", 3)),
+                        int(params.get("min_users", 1)), params.get("pages") == "true")
+    assert got == want
+    assert got["nodes"] and (got["edges"] or params.get("steps") == "1")
+
+
+def test_paths_collapse_repeats_and_cut_below_min_users(seeded: Seeded) -> None:
+    events = seeded.select("UTC")
+    full = oracle.paths(events, "page_view", steps=5)
+    assert any(n["events"] > n["users"] for n in full["nodes"]), "repeats collapsed into one node"
+    cut = oracle.paths(events, "page_view", steps=5, min_users=5)
+    assert len(cut["nodes"]) < len(full["nodes"]) and len(cut["edges"]) < len(full["edges"])
+
+
+@pytest.mark.parametrize(("interval", "tz", "event_type", "segments"), [
+    ("day", "UTC", None, []), ("week", "Europe/Kyiv", "page_view", []), ("month", "UTC", "click", [("country", "UA")]),
+    ("day", "Europe/Kyiv", None, [("properties.plan", "pro")])])
+def test_stickiness(seeded: Seeded, interval: str, tz: str, event_type: str | None,
+                    segments: list[tuple[str, str]]) -> None:
+    params: dict[str, Any] = {"interval": interval, "segment": segs(segments), **seeded.range(tz)}
+    if event_type:
+        params["event_type"] = event_type
+    got = seeded.get("/v1/stats/stickiness", **params)
+    assert got == oracle.stickiness(seeded.select(tz, segments, event_type), interval, tz)
+    assert len(got) > 1
+
+
+@pytest.mark.parametrize(("interval", "tz", "days", "event_type", "segments"), [
+    ("day", "UTC", 20, None, []), ("week", "Europe/Kyiv", 70, None, []), ("month", "UTC", 80, "page_view", []),
+    ("week", "UTC", 40, "click", [("country", "DE")]), ("day", "Europe/Kyiv", 9, None, [("properties.plan", "free")])])
+def test_lifecycle(seeded: Seeded, interval: str, tz: str, days: int, event_type: str | None,
+                   segments: list[tuple[str, str]]) -> None:
+    last = datetime.now(ZoneInfo(tz)).date()
+    first = last - timedelta(days=days)
+    params: dict[str, Any] = {"interval": interval, "segment": segs(segments), "from": first.isoformat(),
+                              "to": last.isoformat(), "tz": tz}
+    if event_type:
+        params["event_type"] = event_type
+    got = seeded.get("/v1/stats/lifecycle", **params)
+    assert got == oracle.lifecycle(seeded.data, first, last, interval, tz, segments, event_type)
+    kinds = ("new", "returning", "resurrecting", "dormant")
+    assert sum(r[k] for r in got for k in kinds) > 0
+    if interval == "week" and not segments:  # every kind occurs
+        assert all(sum(r[k] for r in got) > 0 for k in kinds), got
+
+
+def test_rollups_answer_stickiness_and_lifecycle_as_the_events_table(pulse: Any, seeded: Seeded) -> None:
+    from pulse.core import lifecycle, stickiness
+    from pulse.core.filters import parse_filters
+
+    ch = pulse.services.ch
+    for segment in ([], ["country:UA"], ["event_type:click"]):
+        filters = parse_filters({**{k: [v] for k, v in seeded.range("Europe/Kyiv").items()}, "segment": segment},
+                                seeded.project_id, 731)
+        for interval in ("day", "week", "month"):
+            assert stickiness.stickiness(ch, filters, interval) == stickiness.stickiness(ch, filters, interval, False)
+            assert lifecycle.lifecycle(ch, filters, interval) == lifecycle.lifecycle(ch, filters, interval, False)
+
+
+@pytest.mark.parametrize(("path", "params", "field"), [
+    ("/v1/stats/paths", {}, "start"), ("/v1/stats/paths", {"start": "a", "end": "b"}, "start"),
+    ("/v1/stats/paths", {"start": "a", "steps": "6"}, "steps"), ("/v1/stats/paths", {"start": "a", "steps": "0"}, "steps"),
+    ("/v1/stats/paths", {"start": "a", "min_users": "x"}, "min_users"),
+    ("/v1/stats/paths", {"start": "a", "pages": "maybe"}, "pages"),
+    ("/v1/stats/stickiness", {"interval": "year"}, "interval"), ("/v1/stats/lifecycle", {"interval": "hour"}, "interval"),
+])
+def test_bad_parameters_name_the_field(seeded: Seeded, path: str, params: dict[str, str], field: str) -> None:
+    from urllib.parse import urlencode
+
+    answer = seeded.api.get(path + "?" + urlencode(params))
+    assert answer.status == 400, answer.body[:300]
+    assert answer.json["errors"][0]["field"] == field
