@@ -877,3 +877,30 @@ def lifecycle(data: Dataset, first: date, last: date, interval: str, tz: str,
         rows.append(row)
         b = shift(b, 1)
     return rows
+
+
+# Cohorts ---------------------------------------------------------------------
+
+def person_of_id(data: Dataset, identifier: str) -> str:
+    return _root(data, identifier)
+
+
+def static_cohort(data: Dataset, identifiers: Iterable[str]) -> set[str]:
+    return {person_of_id(data, x) for x in identifiers}
+
+
+def behavioural_cohort(data: Dataset, now: datetime, event_type: str, min_count: int, days: int,
+                       segments: Iterable[tuple[str, str]] = (), negate: bool = False) -> set[str]:
+    """Persons with at least ``min_count`` such events in the ``days`` up to ``now``
+    (negated: every other person)."""
+    segs = list(segments)
+    counts = Counter(e.person for e in data.events if not e.bot and e.event_type == event_type
+                     and now - timedelta(days=days) <= e.at <= now and matches(e, segs))
+    did = {p for p, n in counts.items() if n >= min_count}
+    return {e.person for e in data.events} - did if negate else did
+
+
+def within(data: Dataset, persons: set[str]) -> Dataset:
+    """The dataset with only these persons' events (every one of them: history included)."""
+    return Dataset(now=data.now, events=[e for e in data.events if e.person in persons], calls=data.calls,
+                   traits=data.traits, roots=data.roots)

@@ -341,15 +341,23 @@ def funnel_query(spec: Funnel, who: Resolver) -> tuple[str, dict[str, Any]]:
             " arrayEnumerate(times)) AS d GROUP BY breakdown, rank, k", params)
 
 
-def people_query(request: People, who: Resolver) -> tuple[str, dict[str, Any]]:
-    """``person, actors`` of the persons at the step, in order, one page."""
-    persons, params = persons_query(request.funnel, who, actors=True)
-    params.update(step=request.step, limit=request.limit, offset=request.offset)
+def at_step_query(request: People, who: Resolver, actors: bool = False) -> tuple[str, dict[str, Any]]:
+    """``person, times[, actors]`` of every person at the step (pulse.core.cohorts
+    keeps them as a static cohort)."""
+    persons, params = persons_query(request.funnel, who, actors)
+    params["step"] = request.step
     at = "level >= {step:UInt8}" if request.status == "converted" else "level = {step:UInt8} - 1"
     if request.breakdown_value is not None:
         params["value"] = list(request.breakdown_value)
         at += " AND breakdown = {value:Array(String)}"
-    return (f"SELECT person, actors FROM ({persons}) WHERE {at} ORDER BY times[1], person"
+    return f"SELECT person, times{', actors' if actors else ''} FROM ({persons}) WHERE {at}", params
+
+
+def people_query(request: People, who: Resolver) -> tuple[str, dict[str, Any]]:
+    """``person, actors`` of the persons at the step, in order, one page."""
+    persons, params = at_step_query(request, who, actors=True)
+    params.update(limit=request.limit, offset=request.offset)
+    return (f"SELECT person, actors FROM ({persons}) ORDER BY times[1], person"
             " LIMIT {limit:UInt32} OFFSET {offset:UInt32}", params)
 
 
