@@ -93,7 +93,8 @@ class BehaviouralCohort:
                                  f"event_type = {{{prefix}_type:String}}",
                                  f"occurred_at >= {{{prefix}_since:DateTime64(3, 'UTC')}}",
                                  f"occurred_at <= {{{prefix}_now:DateTime64(3, 'UTC')}}", *parts])
-        return (f"{PERSON} {'NOT ' if b.negate else ''}IN (SELECT {PERSON} AS p FROM events WHERE {matching}"
+        # GLOBAL: on a cluster the set is made once, over every shard, and sent to each
+        return (f"{PERSON} {'NOT ' if b.negate else ''}GLOBAL IN (SELECT {PERSON} AS p FROM events WHERE {matching}"
                 f" GROUP BY p HAVING count() >= {{{prefix}_min:UInt32}})", params)
 
 

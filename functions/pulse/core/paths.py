@@ -105,7 +105,7 @@ def paths_query(spec: Paths, who: Resolver) -> tuple[str, dict[str, Any]]:
                            arrayMap(x -> x.3, ev) AS names,
                            {find}(x -> x.4, ev) AS i
                     FROM events WHERE {where}
-                      AND {who.key} IN (SELECT {who.key} FROM events WHERE {where} AND {anchored})
+                      AND {who.key} GLOBAL IN (SELECT {who.key} FROM events WHERE {where} AND {anchored})
                     GROUP BY {who.key}
                     HAVING i > 0
                 )
