@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import ROOT, Api, make_event, wait_persisted
 from tests.integration import stats_oracle as oracle
+from tests.integration.test_stats import send_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -140,9 +141,7 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     now = datetime.now(UTC)
     data = oracle.build(now, seed=4242)
     api = Api(pulse.gateway_url, busy["key"])
-    for start in range(0, len(data.sent), 500):
-        assert api.post("/v1/events", {"events": data.sent[start:start + 500]}).status == 202
-    wait_persisted(pulse)
+    send_dataset(pulse, api, data)  # the events, identity calls and late events
 
     tab = tabs()
     page = tab.open("/dashboard")

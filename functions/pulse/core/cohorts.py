@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pulse.core.filters import Segment, check_text, parse_segments, segment_condition
-from pulse.core.persons import OVERRIDES, PERSON
+from pulse.core.persons import PERSON
 from pulse.errors import InvalidInput
 
 MAX_NAME = 200
@@ -47,8 +47,8 @@ MAX_USERS = 10_000
 MAX_ID_CHARS = 256
 MAX_DAYS = 731
 MAX_MIN_COUNT = 1_000_000
-# A stored key resolved to its person now (the key may have been absorbed since).
-RESOLVED = f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key', project_id, actor_key), actor_key)"
+# A stored key resolved to its person now (the key may have been absorbed since): the same lookup.
+RESOLVED = PERSON
 
 
 @dataclass(frozen=True)
