@@ -654,8 +654,10 @@ def funnel_walks(events: list[Event], steps: list[tuple[str, list[tuple[str, str
                  order: str = "ordered", exclusions: Iterable[tuple[str, int, int]] = (),
                  fields: list[str] | None = None) -> dict[str, Walk]:
     """Each person in the funnel (reached step 1, not excluded): the counted
-    attempt (the earliest start among those reaching the highest level)."""
+    attempt (the earliest start among those reaching the highest level).
+    Events of one millisecond are taken in the order of the steps they match."""
     n, window = len(steps), window_s * 1000
+    exclusions = list(exclusions)
     by_person: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_person[e.person].append(e)
@@ -663,9 +665,16 @@ def funnel_walks(events: list[Event], steps: list[tuple[str, list[tuple[str, str
     def is_step(e: Event, k: int) -> bool:
         return e.event_type == steps[k][0] and matches(e, steps[k][1])
 
+    kinds = [kind for kind, _, _ in exclusions]
+
+    def mask(e: Event) -> int:
+        """The steps (bit k-1) and exclusions (bit n+j-1) the event matches: events of one millisecond go by it."""
+        return sum(1 << k for k in range(n) if is_step(e, k)) + sum(
+            1 << (n + j) for j, kind in enumerate(kinds) if e.event_type == kind)
+
     walks = {}
     for person, mine in by_person.items():
-        mine.sort(key=lambda e: (e.at, e.event_id))
+        mine.sort(key=lambda e: (e.at, mask(e)))
         attempts: list[tuple[int, list[int]]] = []
         for i, first in enumerate(mine):
             t0 = ms(first.at)

@@ -251,23 +251,50 @@ def _step(raw: Any, index: int) -> Step:
 
 # SQL --------------------------------------------------------------------------
 
-def _attempts(order: int | str, n: int) -> str:
-    """Each attempt of a person as ``(level, times)``, from ``ts`` (ms) and ``ms``
-    (bit k: step k+1; bit n+j: exclusion j+1), sorted; ``W`` the window."""
-    if order == "ordered":
-        return ("arrayMap(i -> arrayFold((acc, t, m) -> if(acc.1 < n AND t - ts[i] <= W AND bitTest(m, acc.1),"
-                " (toUInt8(acc.1 + 1), arrayPushBack(acc.2, t)), acc), arraySlice(ts, i + 1), arraySlice(ms, i + 1),"
-                " (toUInt8(1), [ts[i]])), arrayFilter(i -> bitTest(ms[i], 0), arrayEnumerate(ms)))")
-    if order == "strict":
-        return ("arrayMap(a -> (a.1, a.2), arrayMap(i -> arrayFold((acc, t, m) -> if(acc.3 = 0 AND acc.1 < n"
-                " AND t - ts[i] <= W AND bitTest(m, acc.1), (toUInt8(acc.1 + 1), arrayPushBack(acc.2, t), toUInt8(0)),"
-                " (acc.1, acc.2, toUInt8(1))), arraySlice(ts, i + 1, n - 1), arraySlice(ms, i + 1, n - 1),"
-                " (toUInt8(1), [ts[i]], toUInt8(0))), arrayFilter(i -> bitTest(ms[i], 0), arrayEnumerate(ms))))")
-    any_step = (1 << n) - 1
-    return ("arrayMap(x -> (toUInt8(length(x)), x), arrayMap(i -> arraySort(arrayMap(s -> ts[i - 1 +"
-            " arrayFirstIndex((t, m) -> bitTest(m, s) AND t - ts[i] <= W, arraySlice(ts, i), arraySlice(ms, i))],"
-            " arrayFilter(s -> arrayExists((t, m) -> bitTest(m, s) AND t - ts[i] <= W, arraySlice(ts, i),"
-            f" arraySlice(ms, i)), range(n)))), arrayFilter(i -> bitAnd(ms[i], {any_step}) != 0, arrayEnumerate(ms))))")
+PACK_BITS = 16  # an event is one UInt64: its time (ms) above, the steps and exclusions it matches below
+SENTINEL = "toUInt64(18446744073709551615)"  # after every event, matching everything, beyond any window
+
+
+def _t(packed: str) -> str:
+    """The time (ms) of a packed event."""
+    return f"toInt64(bitShiftRight({packed}, {PACK_BITS}))"
+
+
+def _nexts(steps: range) -> str:
+    """``nx<k>``: for each position, the first position at or after it whose event is step k+1's."""
+    return "".join(f", arrayReverseFill((j, x) -> bitTest(x, {k}), arrayEnumerate(e1), e1) AS nx{k}" for k in steps)
+
+
+def _counted(order: str, n: int) -> str:
+    """``level`` and ``times`` of the counted attempt, from ``e1`` (the person's packed
+    events in order, then the sentinel) and ``last`` (the sentinel's position)."""
+    if order == "ordered":  # each next step: the first such event after the previous one
+        chain = "".join(f", arrayMap(j -> nx{k}[least(j + 1, last)], p{k}) AS p{k + 1}" for k in range(1, n))
+        args = ", ".join(f"a{k}" for k in range(1, n + 1))
+        inside = " + ".join(f"({_t(f'e1[a{k}]')} - {_t('e1[a1]')} <= W)" for k in range(2, n + 1))
+        times = ", ".join(_t(f"e1[p{k}[c]]") for k in range(1, n + 1))
+        return (f"{_nexts(range(1, n))},"
+                " arrayFilter((j, x) -> bitTest(x, 0) AND j < last, arrayEnumerate(e1), e1) AS p1"
+                f"{chain}, arrayMap(({args}) -> toUInt8(1 + {inside}), {', '.join(f'p{k}' for k in range(1, n + 1))})"
+                " AS levels, arrayMax(levels) AS full_level, arrayFirstIndex(x -> x = full_level, levels) AS c,"
+                f" arraySlice([{times}], 1, full_level) AS full_times")
+    if order == "strict":  # the events right after the start must be the next steps
+        def step(k: int) -> str:
+            return f"(bitTest(e1[s + {k}], {k}) AND {_t(f'e1[s + {k}]')} - {_t('e1[s]')} <= W)"
+        inside = " + ".join("(" + " AND ".join(step(j) for j in range(1, k + 1)) + ")" for k in range(1, n))
+        times = ", ".join(_t(f"e1[p1[c] + {k}]") for k in range(n))
+        return (", arrayFilter((j, x) -> bitTest(x, 0) AND j < last, arrayEnumerate(e1), e1) AS p1,"
+                f" arrayMap(s -> toUInt8(1 + {inside}), p1) AS levels, arrayMax(levels) AS full_level,"
+                " arrayFirstIndex(x -> x = full_level, levels) AS c,"
+                f" arraySlice([{times}], 1, full_level) AS full_times")
+    # any: from the start, the first event of each step within the window
+    within = [f"({_t(f'e1[nx{k}[s]]')} - {_t('e1[s]')} <= W)" for k in range(n)]
+    times = ", ".join(f"if({_t(f'e1[nx{k}[p1[c]]]')} - {_t('e1[p1[c]]')} <= W, {_t(f'e1[nx{k}[p1[c]]]')}, -1)"
+                      for k in range(n))
+    return (f"{_nexts(range(n))}, arrayFilter((j, x) -> bitAnd(x, {(1 << n) - 1}) != 0 AND j < last,"
+            f" arrayEnumerate(e1), e1) AS p1, arrayMap(s -> toUInt8({' + '.join(within)}), p1) AS levels,"
+            " arrayMax(levels) AS full_level, arrayFirstIndex(x -> x = full_level, levels) AS c,"
+            f" arraySort(arrayFilter(x -> x >= 0, [{times}])) AS full_times")
 
 
 def exprs_of(bd: Breakdown | None) -> list[int]:
@@ -278,7 +305,14 @@ def exprs_of(bd: Breakdown | None) -> list[int]:
 def persons_query(spec: Funnel, who: Resolver, actors: bool = False) -> tuple[str, dict[str, Any]]:
     """One row per person in the funnel (level >= 1, not excluded):
     ``person, level, times`` (ms of each step reached), ``bd<i>`` with a
-    breakdown, ``actors`` (their identifiers in the funnel's events) if asked."""
+    breakdown, ``actors`` (their identifiers in the funnel's events) if asked.
+
+    A person's events are packed into one UInt64 each (time, then the mask
+    of the steps and exclusions it matches), so sorting them is sorting
+    numbers: events of one millisecond are taken in the order of their masks.
+    Persons who cannot go past step 1 (``ordered``, ``strict``: no event of
+    step 2; ``any``: events of a single step) and no exclusion to check skip
+    the per-attempt work: their level is 1 and their start the first."""
     where, params = condition(spec.filters)
     n = len(spec.steps)
     terms = []
@@ -290,30 +324,39 @@ def persons_query(spec: Funnel, who: Resolver, actors: bool = False) -> tuple[st
     for index, exclusion in enumerate(spec.exclusions):
         params[f"x{index}"] = exclusion.event_type
         terms.append(f"event_type = {{x{index}:String}}")
-    mask = " + ".join(f"toUInt32({term}) * {1 << bit}" for bit, term in enumerate(terms))
+    mask = " + ".join(f"toUInt64({term}) * {1 << bit}" for bit, term in enumerate(terms))
     relevant = "" if spec.order == "strict" else " AND (" + " OR ".join(f"({t})" for t in terms) + ")"
     starts = " OR ".join(f"({t})" for t in (terms[:1] if spec.order != "any" else terms[:n]))
-    params.update(n=n, window=spec.window_seconds * 1000)
+    params.update(window=spec.window_seconds * 1000)
     firsts = ""
     if spec.breakdown is not None:
         exprs, value_params = breakdowns.event_exprs(spec.breakdown)
         params.update(value_params)
         firsts = "".join(f", minIf((occurred_at, {expr}), {starts}).2 AS bd{i}" for i, expr in exprs.items())
-    collect = ", groupUniqArray(actor) AS actors" if actors else ""
+    presence = "".join(f", countIf({t}) > 0 AS has{k}" for k, t in enumerate(terms[:n]))
+    if spec.exclusions:
+        needs, trivial = "1", "0"
+    elif spec.order == "any":
+        needs, trivial = " + ".join(f"has{k}" for k in range(n)) + " >= 2", "1"
+    else:
+        needs, trivial = "has0 AND has1", "has0"
     excluded = " OR ".join(
-        f"(level >= {x.from_step} AND arrayExists((t, m) -> bitTest(m, {n + j}) AND t > times[{x.from_step}]"
-        f" AND t < if(level >= {x.to_step}, times[{x.to_step}], times[{x.from_step}] + W), ts, ms))"
+        f"(level >= {x.from_step} AND arrayExists(x -> bitTest(x, {n + j}) AND {_t('x')} > times[{x.from_step}]"
+        f" AND {_t('x')} < if(level >= {x.to_step}, times[{x.to_step}], times[{x.from_step}] + W), ev))"
         for j, x in enumerate(spec.exclusions)) or "0"
     kept = (", actors" if actors else "") + "".join(f", bd{i}" for i in exprs_of(spec.breakdown))
+    collect = ", groupUniqArray(actor) AS actors" if actors else ""
     sql = f"""
         SELECT person, level, times{kept} FROM (
-            SELECT *, {{n:UInt8}} AS n, toInt64({{window:UInt64}}) AS W, {_attempts(spec.order, n)} AS attempts,
-                   arrayMax(arrayMap(a -> a.1, attempts)) AS level,
-                   arrayFirst(a -> a.1 = level, attempts).2 AS times
+            SELECT *, toInt64({{window:UInt64}}) AS W, if({needs}, packed, []) AS ev,
+                   arrayPushBack(ev, {SENTINEL}) AS e1, length(e1) AS last{_counted(spec.order, n)},
+                   if({needs}, full_level, toUInt8({trivial})) AS level,
+                   if({needs}, full_times, [first_start]) AS times
             FROM (
                 SELECT {who.key} AS person,
-                       arraySort(groupArray((toUnixTimestamp64Milli(occurred_at), toString(event_id), {mask}))) AS ev,
-                       arrayMap(x -> x.1, ev) AS ts, arrayMap(x -> x.3, ev) AS ms{firsts}
+                       arraySort(groupArray(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(occurred_at)), {PACK_BITS})
+                                            + {mask})) AS packed,
+                       minIf(toInt64(toUnixTimestamp64Milli(occurred_at)), {starts}) AS first_start{presence}{firsts}
                        {collect}
                 FROM events WHERE {where}{relevant}
                 GROUP BY person
