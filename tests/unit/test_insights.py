@@ -212,7 +212,7 @@ def test_a_cohort_is_one_term_anded_with_the_segments() -> None:
     doers = cohorts.BehaviouralCohort(cohorts.Behaviour(HOSTILE, 3, 7, negate=True), NOW)
     term, params = doers.term("f_c", "f_project")
     only_bound(term, {**params, "f_project": PROJECT}, HOSTILE)
-    assert f"{PERSON} NOT GLOBAL IN" in term and params["f_c_since"] == datetime(2026, 11, 15, 12, 0)
+    assert f"{PERSON} GLOBAL NOT IN" in term and params["f_c_since"] == datetime(2026, 11, 15, 12, 0)
     assert params["f_c_now"] == datetime(2026, 11, 22, 12, 0) and params["f_c_min"] == 3
     sql, params = cohorts.members_from_ids(PROJECT, static.cohort_id, [HOSTILE])
     only_bound(sql, params, HOSTILE)

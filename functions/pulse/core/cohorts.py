@@ -94,7 +94,7 @@ class BehaviouralCohort:
                                  f"occurred_at >= {{{prefix}_since:DateTime64(3, 'UTC')}}",
                                  f"occurred_at <= {{{prefix}_now:DateTime64(3, 'UTC')}}", *parts])
         # GLOBAL: on a cluster the set is made once, over every shard, and sent to each
-        return (f"{PERSON} {'NOT ' if b.negate else ''}GLOBAL IN (SELECT {PERSON} AS p FROM events WHERE {matching}"
+        return (f"{PERSON} GLOBAL {'NOT ' if b.negate else ''}IN (SELECT {PERSON} AS p FROM events WHERE {matching}"
                 f" GROUP BY p HAVING count() >= {{{prefix}_min:UInt32}})", params)
 
 
