@@ -8,6 +8,12 @@ const PulseCohorts = (() => {
   const {el, table, chart, labelled, choice, projectQuery} = PulseStats;
   let known = [];
 
+  function folded(summary, content) {  // a long table, closed until asked for
+    const box = el("details");
+    box.append(el("summary", {}, summary), content);
+    return box;
+  }
+
   // The cohort filter (in the filters form): "everyone", then each cohort.
   function fill(ctx) {
     const select = document.getElementById("cohort");
@@ -62,8 +68,8 @@ const PulseCohorts = (() => {
       })}));
       const box = el("div", {id: "breakdown-chart", className: "chart"});
       PulseCharts.lines(box, labels, series);
-      body.append(box, table(["bucket", "breakdown", "events", "users"],
-                             rows.map(r => ({...r, breakdown: r.breakdown.join(" / ")})), "breakdown"));
+      body.append(box, folded(`Table: ${rows.length} rows`, table(["bucket", "breakdown", "events", "users"],
+                                   rows.map(r => ({...r, breakdown: r.breakdown.join(" / ")})), "breakdown")));
     },
     isEmpty: rows => rows.length === 0,
   });
@@ -137,7 +143,7 @@ const PulseCohorts = (() => {
       const unit = ctx.state.sinterval || "day";
       body.append(chart("stickiness-chart", PulseCharts.bars, rows.map(r => ({label: `${r.intervals} ${unit}${r.intervals === 1 ? "" : "s"}`,
                                                                              value: r.users}))),
-                  table(["intervals", "users"], rows, "stickiness"));
+                  folded("Table", table(["intervals", "users"], rows, "stickiness")));
     },
     isEmpty: rows => rows.length === 0,
   });
@@ -169,7 +175,7 @@ const PulseCohorts = (() => {
       body.append(box, el("p", {className: "hint"},
                           "new: first event ever; returning: active in the period before too; resurrecting: back"
                           + " after a gap; dormant: active the period before, not in this one."),
-                  table(["bucket", ...KINDS], rows, "lifecycle"));
+                  folded("Table", table(["bucket", ...KINDS], rows, "lifecycle")));
     },
     isEmpty: rows => !rows.some(r => KINDS.some(k => r[k] > 0)),
   });
@@ -183,8 +189,8 @@ const PulseCohorts = (() => {
     const kind = choice("cohort-kind", [["users", "a list of users"], ["definition", "who did an event"]], "users");
     const users = el("textarea", {id: "cohort-users", rows: 2, cols: 30, placeholder: "user ids, one per line"});
     const event = el("input", {id: "cohort-event", size: 12, placeholder: "purchase"});
-    const count = el("input", {id: "cohort-count", type: "number", min: "1", value: "1", size: 3});
-    const days = el("input", {id: "cohort-days", type: "number", min: "1", max: "731", value: "30", size: 3});
+    const count = el("input", {id: "cohort-count", type: "number", min: "1", defaultValue: "1", size: 3});
+    const days = el("input", {id: "cohort-days", type: "number", min: "1", max: "731", defaultValue: "30", size: 3});
     const negate = el("input", {id: "cohort-negate", type: "checkbox"});
     const not = el("label", {className: "check"});
     not.append(negate, " did not");
