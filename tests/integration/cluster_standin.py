@@ -42,7 +42,7 @@ from xml.sax.saxutils import escape
 import chdb
 import orjson
 
-from pulse.core import funnel, retention, stats
+from pulse.core import breakdowns, cohorts, funnel, lifecycle, paths, retention, stats, stickiness
 from pulse.core.filters import Filters, parse_segments
 from pulse.core.persisting import INSERT_COLUMNS, Persister
 from pulse.settings import Settings
@@ -183,6 +183,44 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
     return out
 
 
+COHORT = str(uuid.UUID(int=9, version=4))
+PROJECTS = (str(uuid.UUID(int=7, version=4)), str(uuid.UUID(int=8, version=4)))
+
+
+def insights(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, Any]:
+    """The insight kernels (breakdowns, funnel orders and people, paths, stickiness,
+    lifecycle, cohorts as filters); the first project's persons have identifiers on both shards."""
+    out: dict[str, Any] = {}
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), last + timedelta(days=1)
+    country, plan = breakdowns.make(["country"], 2), breakdowns.make(["properties.plan", "event_type"], 3)
+    for project in projects:
+        ch.command(*cohorts.members_from_ids(project, COHORT, [f"u{n}" for n in range(0, 400, 3)]))
+        doers = cohorts.BehaviouralCohort(cohorts.Behaviour("purchase", 2, 40), last)
+        for cname, cohort in (("all", None), ("static", cohorts.StaticCohort(COHORT)), ("doers", doers)):
+            for sname, segment in (("all", ()), ("de", parse_segments(["country:DE"])))[:2 if cohort is None else 1]:
+                f = Filters(project, start, end, "Europe/Berlin", segment, cohort=cohort)
+                key = f"{project[:4]}/{cname}/{sname}"
+                for rollups in (True, False):
+                    k = f"{key}/{'rollups' if rollups else 'events'}"
+                    out[f"events/{k}"] = stats.events(ch, f, "week", rollups, country)
+                    out[f"active/{k}"] = stats.active_users(ch, f, "month", rollups, bd=plan)
+                    out[f"top/{k}"] = stats.top_events(ch, f, 3, rollups, country)
+                    out[f"stickiness/{k}"] = stickiness.stickiness(ch, f, "week", rollups)
+                    out[f"lifecycle/{k}"] = lifecycle.lifecycle(ch, f, "week", rollups)
+                out[f"retention/{key}"] = retention.retention(ch, f, retention.Retention(date(2026, 3, 2), 6),
+                                                              date(2026, 6, 1), bd=plan)
+                steps = (funnel.Step("page_view", ()), funnel.Step("click", ()), funnel.Step("purchase", ()))
+                for order in funnel.ORDERS:
+                    spec = funnel.Funnel(steps, 3 * 86400, f, order, (funnel.Exclusion("signup", 1, 2),), country)
+                    out[f"funnel/{order}/{key}"] = funnel.funnel(ch, spec)
+                    people = funnel.people(ch, funnel.People(spec, 2, "converted", limit=1000))
+                    out[f"people/{order}/{key}"] = sorted([str(p), sorted(a)] for p, a in people)
+                for anchor, forward in (("signup", True), ("purchase", False)):
+                    spec_p = paths.Paths(f, anchor, forward, 3, 2, pages=True)
+                    out[f"paths/{anchor}/{key}"] = paths.paths(ch, spec_p)
+    return out
+
+
 LINKS = ("INSERT INTO person_links (link_key, project_id, actor_key, person_key)"
          " SELECT bitXor(a, reinterpretAsUInt128({p:UUID})), {p:UUID}, a, u FROM (SELECT"
          " reinterpretAsUInt128(sipHash128('a' || toString(number))) AS a,"
@@ -230,7 +268,7 @@ def main(state: Path) -> None:
         if path.name >= "0003":
             path.rename(held / path.name)
     first = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
-    projects = [str(uuid.UUID(int=7, version=4)), str(uuid.UUID(int=8, version=4))]
+    projects = list(PROJECTS)
     start = datetime(2026, 3, 1, tzinfo=UTC)
     early = make_events(1, 8000, projects, start)
     for row in early:
@@ -274,6 +312,7 @@ def main(state: Path) -> None:
         "users_per_shard": rows(two, "SELECT _shard_num, uniqExact(actor_key) FROM events GROUP BY 1"),
         "stored": stored, "batch_events": sum(1 for r in early if r["batch_id"] == batch),
         "answers": [json.loads(json.dumps(answers(ch, projects, last), default=str)) for ch in (one, two)],
+        "insights": [json.loads(json.dumps(insights(ch, projects, last), default=str)) for ch in (one, two)],
     }))
     for ch in (one, two, setup):
         ch.close()

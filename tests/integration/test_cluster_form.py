@@ -200,6 +200,16 @@ def test_every_answer_is_the_same_over_distributed_tables(standin: dict[str, Any
     assert two["overview/p0/whole/all"]["bot_events_excluded"] > 0
 
 
+def test_insights_are_the_same_over_distributed_tables(standin: dict[str, Any]) -> None:
+    """Breakdowns, funnel orders and their persons, paths, stickiness, lifecycle and
+    cohort filters, with persons whose identifiers sit on both shards."""
+    one, two = standin["insights"]
+    assert len(one) == 76
+    assert [k for k in one if one[k] != two[k]] == []
+    assert sum(1 for k in one if k.startswith("people/") and one[k]) >= 6
+    assert sum(1 for k in one if k.startswith("paths/") and one[k]["edges"]) >= 6
+
+
 def test_persist_finds_a_batch_stored_on_any_replica(standin: dict[str, Any]) -> None:
     assert standin["stored"]["one"] == standin["stored"]["two"]
     assert len(standin["stored"]["two"]) == standin["batch_events"] > 0

@@ -131,6 +131,22 @@ def text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+FUNNEL_SHOWN = ("event_type", "users", "conversion_from_start", "conversion_from_previous")
+
+
+def funnel_shown(page: Any) -> list[dict[str, Any]]:
+    """The funnel table's figures, the times to convert as the seconds each cell holds."""
+    seconds = page.eval_on_selector_all(
+        "#funnel tbody tr", """trs => trs.map(tr => [...tr.querySelectorAll('td[data-field$="_seconds_to_convert"]')]
+        .map(td => td.dataset.seconds === undefined ? null : Number(td.dataset.seconds)))""")
+    return [{**{k: r[k] for k in FUNNEL_SHOWN}, "seconds": s} for r, s in zip(rows(page, "funnel"), seconds, strict=True)]
+
+
+def funnel_wanted(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**{k: text(s[k]) for k in FUNNEL_SHOWN},
+             "seconds": [s["median_seconds_to_convert"], s["mean_seconds_to_convert"]]} for s in steps]
+
+
 def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: Any) -> None:
     email, _, (busy, quiet) = account(pulse, "Shop", "Empty app")
     now = datetime.now(UTC)
@@ -180,16 +196,17 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     options = page.eval_on_selector("#funnel-steps select", "s => [...s.options].map(o => o.value).filter(Boolean)")
     assert sorted(options) == sorted(r["event_type"] for r in oracle.top_events(events, 100))
     funnel = oracle.funnel(events, [(t, []) for t in offered], 86400)["steps"]
-    assert rows(page, "funnel") == [{k: text(v) for k, v in s.items()} for s in funnel]
-    # choose other steps: the URL keeps them
+    assert funnel_shown(page) == funnel_wanted(funnel)
+    # choose other steps and a window of one hour: the URL keeps them
     page.select_option("#funnel-steps select >> nth=1", "activate")
-    page.fill("#funnel-window", "3600")
+    page.fill("#funnel-window", "1")
+    page.select_option("#funnel-unit", "hour")
     page.click("#funnel-form button[type=submit]")
     page.wait_for_function("() => document.querySelector('#panel-funnel').dataset.state === 'ready'")
     steps = [offered[0], "activate", offered[2]]
     funnel = oracle.funnel(events, [(t, []) for t in steps], 3600)["steps"]
     page.wait_for_function("n => document.querySelectorAll('#funnel tbody tr').length === n", arg=len(funnel))
-    assert rows(page, "funnel") == [{k: text(v) for k, v in s.items()} for s in funnel]
+    assert funnel_shown(page) == funnel_wanted(funnel)
 
     overview = oracle.overview(oracle.select(data, first, last, "UTC", include_bots=True))  # bots counted apart
     shown_overview = dict(page.eval_on_selector_all("#overview dd", "ds => ds.map(d => [d.dataset.field, d.textContent])"))
@@ -199,7 +216,7 @@ def test_sign_in_choose_a_project_and_read_the_right_numbers(pulse: Any, tabs: A
     shared = page.url
     state = parse_qs(urlsplit(shared).fragment)
     assert state["project"] == [busy["project_id"]] and state["from"] == [first.isoformat()]
-    assert state["funnel"] == [",".join(steps)] and state["window"] == ["3600"]
+    assert state["funnel"] == [",".join(steps)] and state["window"] == ["1"] and state["unit"] == ["hour"]
     assert busy["key"] not in shared and "token" not in shared
 
     other = tabs()  # someone opening the shared link: signs in, lands on the same view

@@ -18,7 +18,7 @@ identifiers until it is done and moves through stages:
 2. ``counted`` → ``deleted``: ``ALTER TABLE ... DELETE`` (synchronous) of the
    identifiers' rows from ``events`` and every table keyed by actor
    (``actor_hours``, ``actor_type_hours``, ``page_hours``, ``type_spans``,
-   ``page_spans``), their overrides and person properties; then the rows of
+   ``page_spans``, ``cohort_members``), their overrides and person properties; then the rows of
    ``type_hours`` and ``path_hours`` (counts without actors) for the stored
    hours are deleted and rebuilt from the events that remain.
 3. ``deleted`` → done: one transaction removes the events' ledger rows, the
@@ -70,7 +70,8 @@ from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
 KEYS = "arrayMap(x -> reinterpretAsUInt128(sipHash128(x)), {ids:Array(String)})"
-ACTOR_TABLES = ("events", "actor_hours", "actor_type_hours", "page_hours", "type_spans", "page_spans")
+ACTOR_TABLES = ("events", "actor_hours", "actor_type_hours", "page_hours", "type_spans", "page_spans",
+                "cohort_members")
 HOURLY_TABLES = ("actor_hours", "actor_type_hours", "page_hours", "type_hours", "path_hours")
 SPANS = {"type_spans": ("event_type", ""), "page_spans": ("path", " AND event_type = 'page_view'")}
 SYNC = " SETTINGS mutations_sync = 2"

@@ -7,7 +7,7 @@
 
 (() => {
   const $ = id => document.getElementById(id);
-  const VIEWS = ["stats", "keys", "members"];
+  const VIEWS = ["stats", "cohorts", "keys", "members"];
   let projects = [];
   let state = {};
 
@@ -46,6 +46,7 @@
       q.set("to", state.to);
       q.set("tz", state.tz || "UTC");
       for (const s of ctx.segments()) q.append("segment", s);
+      if (state.cohort) q.set("cohort", state.cohort);
       for (const [k, v] of Object.entries(extra)) q.set(k, v);
       return q.toString();
     },
@@ -133,7 +134,8 @@
 
   $("filters").addEventListener("submit", e => {
     e.preventDefault();
-    writeState({from: $("from").value, to: $("to").value, tz: $("tz").value.trim(), segment: $("segment").value.trim()});
+    writeState({from: $("from").value, to: $("to").value, tz: $("tz").value.trim(), segment: $("segment").value.trim(),
+                cohort: $("cohort").value});
     PulsePanels.loadAll(ctx);
   });
 
@@ -142,6 +144,7 @@
     $("to").value = state.to;
     $("tz").value = state.tz || "";
     $("segment").value = state.segment || "";
+    PulseCohorts.fill(ctx);
     PulsePanels.mount($("panels"), ctx);
     return PulsePanels.loadAll(ctx);
   }
@@ -338,6 +341,7 @@
     const view = keyOnly ? "stats" : state.view;
     show(view);
     if (view === "stats") await showStats();
+    else if (view === "cohorts") await PulseCohorts.show(ctx);
     else if (view === "keys") await showKeys();
     else if (view === "members") await showMembers();
   }

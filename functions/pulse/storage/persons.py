@@ -236,3 +236,20 @@ def export_lines(db: Database, ch: ClickHouse, project_id: str, distinct_id: str
     yield orjson.dumps({"person": found}) + b"\n"
     yield from ch.stream(f"SELECT {EVENT_FIELDS} FROM events WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
                          " ORDER BY occurred_at", {"p": project_id, "ids": found["distinct_ids"]}, "JSONEachRow")
+
+
+def described(db: Database, project_id: str, groups: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """``{person_id, distinct_ids}`` for each group of identifiers that belong
+    to one person (as a query grouped them by person key): the stored person's
+    identifiers, or the group's own for a person no link names."""
+    seen = sorted({i for ids in groups for i in ids})
+    stored = db.call(lambda conn: load(conn, project_id, seen)) if seen else []
+    by_id = {m: p for p in stored for m in p.members}
+    out = []
+    for ids in groups:
+        person = next((by_id[i] for i in sorted(ids) if i in by_id), None)
+        if person is None:
+            first = sorted(ids)[0]
+            person = Person(persons.person_id(project_id, first), first, False, {}, set(ids), stored=False)
+        out.append({"person_id": person.person_id, "distinct_ids": sorted(person.members | set(ids))})
+    return out
