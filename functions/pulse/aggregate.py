@@ -39,7 +39,7 @@ class Aggregate(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.access = services.access
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")), services.event_auth(self.name))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

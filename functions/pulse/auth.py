@@ -35,7 +35,7 @@ class Auth(HttpFunction):
         self.services = services
         self.settings = services.settings
         self.trusted = services.settings.trusted_networks
-        super().__init__(lambda: services.checks(("postgres",)))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         project = "/v1/projects/<project_id>"

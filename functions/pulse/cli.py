@@ -20,17 +20,8 @@ import threading
 from pathlib import Path
 
 from pulse.settings import Settings, SettingsError
-from pulse.telemetry import configure_logging, configure_tracing
 
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
-NEEDS = {
-    "host": (),
-    "ingest": ("postgres", "kafka"),
-    "auth": ("postgres", "signing_key"),
-    "persist": ("postgres", "clickhouse"),
-    "aggregate": ("postgres", "clickhouse", "token_keys"),
-    "export": ("postgres", "clickhouse", "token_keys"),
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "import":
         return _import(args)
+    if args.command == "serve" and int(os.environ.get("WORKERS", "1")) > 1 \
+            and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several gunicorn workers: each writes its metrics here, /metrics sums them
+        # (set before prometheus_client is first imported)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{args.function}-metrics-")
+    from pulse.telemetry import configure_logging, configure_tracing
+
     try:
         settings = Settings.load()
     except SettingsError as exc:
@@ -269,7 +267,11 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve(settings: Settings, function: str | None) -> int:
-    from pulse.services import Services
+    """One function under functions-framework's gunicorn. SIGTERM (after
+    Knative's queue-proxy drained the pod) stops the server taking connections,
+    lets each worker finish the requests it holds, then ``shut_down`` closes
+    the function's clients (pulse.services)."""
+    from pulse.services import NEEDS, Services, shut_down
 
     if not function:
         print("pulse serve: name a function or set FUNCTION_TARGET", file=sys.stderr)
@@ -279,17 +281,18 @@ def _serve(settings: Settings, function: str | None) -> int:
         services.verify(NEEDS[function])  # fail fast, naming the dependency
     finally:
         services.close()
-    source = Path(__file__).with_name(f"{function}.py")
-    env = dict(os.environ)
-    if int(env.get("WORKERS", "1")) > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        # several gunicorn workers: each writes its metrics here, /metrics sums them
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"pulse-{function}-metrics-")
-    os.execve(sys.executable, [  # noqa: S606 - this process becomes the server
-        sys.executable, "-m", "functions_framework", "--target", function, "--source", str(source),
-        "--signature-type", "http",
-        "--host", env.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
-        "--port", env.get("PORT", "8080"),
-    ], env)
+    from functions_framework import create_app
+    from functions_framework._http import create_server
+
+    app = create_app(function, str(Path(__file__).with_name(f"{function}.py")), "http")
+    bound_s = settings.shutdown_timeout_s
+
+    def worker_exit(server: object, worker: object) -> None:
+        shut_down(bound_s)
+
+    create_server(app, False, graceful_timeout=max(1, int(bound_s)), worker_exit=worker_exit).run(
+        os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
+        int(os.environ.get("PORT", "8080")))
     return 0
 
 

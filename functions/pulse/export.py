@@ -40,7 +40,7 @@ class Export(HttpFunction):
         self.settings = services.settings
         self.access = services.access
         self.jobs = exporting.Jobs(services.db)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")), services.event_auth(self.name))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

@@ -37,7 +37,7 @@ class Ingest(HttpFunction):
         self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
                                  services.settings.limits.max_record_bytes)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
-        super().__init__(lambda: services.checks(("postgres", "kafka")))
+        super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

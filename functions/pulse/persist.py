@@ -50,7 +50,7 @@ class Persist(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.persister = Persister(services.db, services.ch)
-        super().__init__(lambda: services.checks(("postgres", "clickhouse")), services.event_auth(self.name))
+        super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
         return [

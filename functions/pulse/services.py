@@ -7,12 +7,12 @@ embedded runtime builds one and lets the five functions share it.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pulse.bus import kafka
-from pulse.bus.kafka import Producer
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
 from pulse.security.eventauth import ClusterIssuer, EventAuth, LocalIssuer, TokenFile, TokenSource, subjects_of
 from pulse.security.keys import KeyStore
@@ -26,8 +26,27 @@ from pulse.security.tokens import (
     load_signing_key,
 )
 from pulse.settings import Settings, SettingsError, redact
-from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Database
+
+if TYPE_CHECKING:  # imported where first used: a function loads only the clients it needs (cold start)
+    from pulse.bus.kafka import Producer
+    from pulse.storage.clickhouse import ClickHouse
+
+log = logging.getLogger("pulse.services")
+
+# What each function depends on, declared once. `pulse serve` and the embedded
+# runtime check these before serving (``Services.verify`` names the one that
+# does not answer), /readyz probes the reachable ones (``Services.readiness``),
+# and ``shut_down`` closes them when the function stops.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "host": (),
+    "ingest": ("postgres", "kafka"),
+    "auth": ("postgres", "signing_key"),
+    "persist": ("postgres", "clickhouse"),
+    "aggregate": ("postgres", "clickhouse", "token_keys"),
+    "export": ("postgres", "clickhouse", "token_keys"),
+}
+PROBED = ("postgres", "clickhouse", "kafka")
 
 
 class Services:
@@ -96,6 +115,8 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
+                from pulse.storage.clickhouse import ClickHouse
+
                 self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
             return self._ch
 
@@ -103,7 +124,9 @@ class Services:
     def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
+                from pulse.bus import kafka
+
+                self._producer = kafka.Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
                                           self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
                                           self.settings.kafka_max_in_flight,
                                           self.settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES)
@@ -171,6 +194,11 @@ class Services:
                 self._access = ReadAccess(keys, bearer)
             return self._access
 
+    def readiness(self, function: str) -> Callable[[], dict[str, bool]]:
+        """The /readyz checks of ``function``: its reachable dependencies."""
+        probed = [need for need in NEEDS[function] if need in PROBED]
+        return lambda: self.checks(probed)
+
     def checks(self, needs: Iterable[str]) -> dict[str, bool]:
         probes = {
             "postgres": lambda: self.db.ping(),
@@ -198,6 +226,8 @@ class Services:
                     raise SettingsError("set PULSE_JWKS_URL or PULSE_JWT_PUBLIC_KEY_FILE to verify access tokens")
                 continue
             if need == "kafka":
+                from pulse.bus import kafka
+
                 ok = kafka.reachable(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"))
             else:
                 ok = self.checks([need])[need]
@@ -230,3 +260,25 @@ def _required(value: str | None, name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set (run `pulse up` for embedded services, or set it)")
     return value
+
+
+def shut_down(timeout_s: float) -> bool:
+    """The end of a function process in the cluster (``pulse serve`` calls it in
+    each worker once SIGTERM stopped the server taking connections): every
+    function the process built refuses new work, finishes the requests it holds
+    (within ``timeout_s``), then its clients close, the Kafka producer flushing
+    what it still holds. False if some request outlived the bound."""
+    from pulse.web.http import HttpFunction
+
+    idle = True
+    for function in HttpFunction.built():
+        function.begin_stop()
+        in_flight = function.in_flight
+        done = function.wait_idle(timeout_s)
+        services = getattr(function, "services", None)
+        if isinstance(services, Services):
+            services.close()
+        log.info("%s stopped", function.name, extra={"fields": {
+            "function": function.name, "in_flight_at_stop": in_flight, "finished": done, "clients_closed": True}})
+        idle = idle and done
+    return idle

@@ -121,7 +121,11 @@ class Postgres:
 
     @classmethod
     def start(cls, data_dir: Path) -> Postgres:
-        import pgserver
+        try:
+            import pgserver
+        except ImportError as exc:  # no wheel for Linux on aarch64 (pyproject.toml)
+            raise SettingsError("embedded Postgres needs the pgserver wheel, which this platform lacks: "
+                                "set PULSE_POSTGRES_URL to a Postgres of your own") from exc
 
         data_dir.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")

@@ -47,7 +47,7 @@ from pulse.local.worker import FunctionProcess
 from pulse.persist import Persist
 from pulse.security.eventauth import LocalIssuer
 from pulse.security.tokens import generate_key_file
-from pulse.services import Services
+from pulse.services import NEEDS, Services
 from pulse.settings import Settings, SettingsError
 from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 from pulse.web.http import HttpFunction
@@ -78,7 +78,7 @@ class Runtime:
         try:
             self.settings = with_event_key(with_signing_key(self.stack.start()))
             services = self.services = Services(self.settings)
-            services.verify(("postgres", "clickhouse", "kafka"))
+            services.verify(sorted({need for needs in NEEDS.values() for need in needs}))
             migrate_postgres(services.db)
             migrate_clickhouse(services.ch, self.settings)
             wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -116,10 +117,17 @@ class HttpFunction:
     """Base of the five functions. Subclasses set ``name`` and return their routes."""
 
     name = "function"
+    _built: weakref.WeakSet[HttpFunction] = weakref.WeakSet()
+
+    @classmethod
+    def built(cls) -> list[HttpFunction]:
+        """Every function this process has built (and still holds)."""
+        return list(cls._built)
     serves_metrics = True
 
     def __init__(self, readiness: Callable[[], Mapping[str, bool]] | None = None,
                  event_check: EventCheck | None = None) -> None:
+        HttpFunction._built.add(self)
         telemetry.configure_tracing()
         telemetry.ensure_logging()
         tune_gc()
