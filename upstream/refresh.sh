@@ -128,6 +128,10 @@ vendor strimzi strimzi/strimzi-kafka-operator STRIMZI_VERSION Apache-2.0 \
 vendor prometheus-operator prometheus-operator/prometheus-operator PROMETHEUS_OPERATOR_VERSION Apache-2.0 \
   'example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml' \
   'example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml'
+vendor clickhouse-operator Altinity/clickhouse-operator CLICKHOUSE_OPERATOR_VERSION Apache-2.0 \
+  'deploy/helm/clickhouse-operator/crds/*.yaml'
+vendor cloudnative-pg cloudnative-pg/cloudnative-pg CNPG_VERSION Apache-2.0 \
+  'config/crd/bases/postgresql.cnpg.io_clusters.yaml'
 
 {
   echo "# Where every file under upstream/ comes from. Written by upstream/refresh.sh:"

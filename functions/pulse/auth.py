@@ -47,6 +47,7 @@ class Auth(HttpFunction):
             Route("GET", "/.well-known/jwks.json", self.jwks, "jwks"),
             Route("POST", "/v1/projects", self.create_project, "create-project"),
             Route("GET", "/v1/projects", self.list_projects, "list-projects"),
+            Route("PATCH", project, self.update_project, "update-project"),
             Route("POST", f"{project}/api-keys", self.create_key, "create-key"),
             Route("GET", f"{project}/api-keys", self.list_keys, "list-keys"),
             Route("DELETE", f"{project}/api-keys/<key_id>", self.revoke_key, "revoke-key"),
@@ -130,6 +131,10 @@ class Auth(HttpFunction):
 
     def list_projects(self, request: Request) -> Response:
         return json_response(accounts.projects_of(self.services.db, self.user(request)))
+
+    def update_project(self, request: Request, project_id: str) -> Response:
+        _, project = self.member(request, project_id, "owner")
+        return json_response(accounts.update_project(self.services.db, project, self.body(request)))
 
     def create_key(self, request: Request, project_id: str) -> Response:
         _, project = self.member(request, project_id, "owner")

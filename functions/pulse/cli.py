@@ -4,7 +4,8 @@
   pulse migrate                                          apply pending migrations to both stores
   pulse serve [FUNCTION]                                 one function under functions-framework (containers)
   pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
-  pulse import FILE --url URL --key KEY                  bulk import of a CSV or NDJSON file (docs/clients.md)
+  pulse import FILE [--url URL] [--key KEY]              import a CSV or NDJSON file, resumable (docs/clients.md)
+  pulse export [--format csv] [--from D] [--to D] [-o F]  download events into a file
   pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
   pulse admin grant|revoke USER_ID | list               instance admins (docs/security.md)
 """
@@ -17,9 +18,14 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pulse.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pulse.telemetry import ConsoleHandler
 
 FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
 
@@ -33,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, help="gateway port (default 8080, PULSE_GATEWAY_PORT)")
     up.add_argument("--state-dir", type=Path, help="where embedded data lives (default .pulse)")
     up.add_argument("--demo-events", type=int, default=5000, help="sample events to load with --demo")
+    up.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
+                    help="console: a short line per request (default on a terminal); "
+                         "json: JSON lines on stderr (default otherwise, or PULSE_LOG_FORMAT)")
+    up.add_argument("--quiet", action="store_true", help="print only the banner, warnings and errors")
 
     sub.add_parser("migrate", help="apply pending migrations to Postgres and ClickHouse")
 
@@ -46,13 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--baseline-events", type=int, default=5_000,
                        help="events posted one per request for the baseline")
 
-    imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import")
+    imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import, resumably")
     imp.add_argument("file", type=Path)
-    imp.add_argument("--url", default=os.environ.get("PULSE_URL", "http://127.0.0.1:8080"),
-                     help="Pulse's address (default $PULSE_URL or http://127.0.0.1:8080)")
-    imp.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help="an ingest API key ($PULSE_API_KEY)")
+    _remote(imp, "an ingest API key")
     imp.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
-    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--part-bytes", type=int, default=None,
+                     help="size of each request (default 8 MiB); resume with the same value")
+
+    exp = sub.add_parser("export", help="download events through GET /v1/export into a file")
+    _remote(exp, "a read API key")
+    exp.add_argument("--format", choices=("csv", "json", "ndjson", "parquet"), default="csv")
+    exp.add_argument("--from", dest="start", help="first day (YYYY-MM-DD) or RFC 3339 time")
+    exp.add_argument("--to", dest="end", help="last day (inclusive) or RFC 3339 time")
+    exp.add_argument("--tz", help="IANA time zone of the days (default UTC)")
+    exp.add_argument("--event-type", help="only this event type")
+    exp.add_argument("--segment", action="append", default=[], help="field:value (repeatable, ANDed)")
+    exp.add_argument("-o", "--output", help="the file to write (default: the name Pulse gives; - for stdout)")
+
     dlq = sub.add_parser("dlq", help="dead-lettered records: list them, replay them after a fix")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, text in (("list", "show the records on the dead-letter topic"),
@@ -80,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "import":
         return _import(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "serve" and int(os.environ.get("WORKERS", "1")) > 1 \
             and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # several gunicorn workers: each writes its metrics here, /metrics sums them
@@ -92,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"pulse: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    if args.command == "up":
+        fmt = args.log_format if args.log_format != "auto" else (
+            "console" if sys.stdout.isatty() else settings.log_format)
+        settings = settings.with_(log_format=fmt)
+    console = configure_logging(settings.log_level, settings.log_format, getattr(args, "quiet", False))
     configure_tracing(f"pulse-{args.command}")
     try:
         if args.command == "up":
-            return _up(settings, args)
+            return _up(settings, args, console)
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "serve":
@@ -115,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from pulse.local.demo import create_demo_account, sample_events, send_events
+def _up(settings: Settings, args: argparse.Namespace, console: ConsoleHandler | None) -> int:
     from pulse.local.runtime import Runtime
 
+    def plain(text: str) -> None:
+        print(text, flush=True)
+
+    say = (lambda _text: None) if args.quiet else (console.note if console else plain)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, on a server
     changes = {}
     if args.port is not None:
         changes["gateway_port"] = args.port
@@ -128,48 +158,71 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    say("Starting Pulse: Postgres, ClickHouse, Kafka, the five functions" + (" and demo data" if args.demo else ""))
     runtime.start()
     try:
-        url = runtime.gateway_url
-        print(f"Pulse is up: {url}", flush=True)
-        print(f"  dashboard  {url}/dashboard")
-        for name, function_url in runtime.describe()["functions"].items():
-            print(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
-        if args.demo:
-            demo = create_demo_account(url)
-            sent = send_events(url, demo.api_key, sample_events(args.demo_events))
-            runtime.drain(60)
-            print(f"\nDemo user {demo.email} / password {demo.password}")
-            print(f"Demo project {demo.project_id}: {sent} sample events loaded.")
-            print(f"API key (ingest + read): {demo.api_key}\n")
-            print("Try:")
-            print(f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'")
-            print(f"  curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\")
-            print(f"       -d '{{\"email\": \"{demo.email}\", \"password\": \"{demo.password}\"}}'")
-            print(f"  curl -s '{url}/v1/stats/dau?project_id={demo.project_id}'"
-                  " -H 'Authorization: Bearer <access_token>'")
-            print(f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}'"
-                  " -H 'Content-Type: application/json' \\")
-            print("       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'")
-        else:
-            print("\nStart with an account (or run `pulse up --demo` for one with sample data):")
-            print(f"  curl -s -X POST {url}/v1/auth/register -H 'Content-Type: application/json' \\")
-            print("       -d '{\"email\": \"you@example.com\", \"password\": \"a-long-password\"}'")
-            print(f"  then POST {url}/v1/auth/login, POST {url}/v1/projects and"
-                  " POST /v1/projects/<project_id>/api-keys (README, docs/security.md)")
-        print("\nCtrl-C stops Pulse (it first delivers every accepted event).", flush=True)
+        (console.banner if console else plain)(_banner(runtime, args))
         stop.wait()
     finally:
-        print("Stopping: draining accepted events...", flush=True)
+        say("Stopping: draining accepted events...")
         runtime.stop()
-        print("Stopped.", flush=True)
+        say("Stopped.")
     return 0
+
+
+def _banner(runtime: Any, args: argparse.Namespace) -> str:
+    """Where to look and what to try, printed once everything is up (demo data included)."""
+    from pulse.local.demo import create_demo_account, sample_events, send_events
+
+    url = runtime.gateway_url
+    lines = [f"Pulse is up: {url}",
+             f"  dashboard  {url}/dashboard",
+             f"  API docs   {url}/docs  (OpenAPI: {url}/openapi.json)"]
+    for name, function_url in runtime.describe()["functions"].items():
+        lines.append(f"  {name:<10} {function_url}  (/healthz /readyz /metrics)")
+    if args.demo:
+        demo = create_demo_account(url)
+        sent = send_events(url, demo.api_key, sample_events(args.demo_events))
+        runtime.drain(60)
+        lines += [
+            "",
+            f"Demo user {demo.email} / password {demo.password}  (sign in at {url}/dashboard)",
+            f"Demo project {demo.project_id}: {sent} sample events loaded.",
+            f"API key (ingest + read): {demo.api_key}",
+            "",
+            "Try:",
+            f"  curl -s {url}/v1/stats/top-events -H 'X-API-Key: {demo.api_key}'",
+            f"  curl -s -X POST {url}/v1/events -H 'X-API-Key: {demo.api_key}' -H 'Content-Type: application/json' \\",
+            "       -d '{\"event_type\": \"signup\", \"user_id\": \"u1\"}'",
+            f"  pulse export --url {url} --key {demo.api_key} --format csv -o events.csv",
+        ]
+    else:
+        lines += [
+            "",
+            f"Start with an account: register at {url}/dashboard (or run `pulse up --demo` for one with",
+            "sample data), or through the API:",
+            f"  curl -s -X POST {url}/v1/auth/register -H 'Content-Type: application/json' \\",
+            "       -d '{\"email\": \"you@example.com\", \"password\": \"a-long-password\"}'",
+        ]
+    lines += ["", "Ctrl-C stops Pulse (it first delivers every accepted event)."]
+    return "\n".join(lines)
+
+
+def _remote(parser: argparse.ArgumentParser, key: str) -> None:
+    parser.add_argument("--url", default=os.environ.get("PULSE_URL", "http://127.0.0.1:8080"),
+                        help="Pulse's address (default $PULSE_URL or http://127.0.0.1:8080)")
+    parser.add_argument("--key", default=os.environ.get("PULSE_API_KEY"), help=f"{key} (default $PULSE_API_KEY)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from pulse.client.upload import import_file, progress_bar
+    import urllib3
+
+    from pulse.client.progress import TransferBar
+    from pulse.client.upload import PART_BYTES, Checkpoint, checkpoint_path, guess_format, import_parts, plan
 
     if not args.key:
         print("pulse import: an ingest API key is required (--key or PULSE_API_KEY)", file=sys.stderr)
@@ -178,13 +231,94 @@ def _import(args: argparse.Namespace) -> int:
         print(f"pulse import: {args.file}: no such file", file=sys.stderr)
         return 2
     try:
-        progress = None if args.quiet else progress_bar(args.file.stat().st_size)
-        status, answer = import_file(args.file, args.url, args.key, args.format, progress)
+        the_plan = plan(args.file, args.format or guess_format(args.file), args.part_bytes or PART_BYTES)
     except (ValueError, OSError) as exc:
         print(f"pulse import: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(answer, indent=2))
-    return 0 if status == 200 else 1
+    checkpoint = Checkpoint(checkpoint_path(the_plan, args.url, args.key), the_plan)
+    if checkpoint.done and not args.quiet:
+        print(f"Resuming: {len(checkpoint.done)} of {len(the_plan.parts)} parts were imported before.",
+              file=sys.stderr)
+    bar = TransferBar(f"import {args.file.name}", the_plan.size, the_plan.rows, enabled=not args.quiet)
+    done_rows = 0
+    try:
+        with bar:
+            def part_done(part: Any) -> None:
+                nonlocal done_rows
+                done_rows += part.lines - (1 if the_plan.fmt == "csv" and part.index == 0 else 0)
+                bar.progress.update(bar.task, completed=part.end, rows=done_rows)
+
+            def sent(data: bytes) -> None:
+                bar.advance(len(data), data.count(b"\n"))
+
+            outcome = import_parts(the_plan, args.url, args.key, checkpoint, sent, part_done)
+    except KeyboardInterrupt:
+        print(f"\npulse import: interrupted; run the same command again to resume ({checkpoint.path})",
+              file=sys.stderr)
+        return 130
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        print(f"\npulse import: {exc}; run the same command again to resume", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(outcome.as_dict(), indent=2))
+    else:
+        print(_import_summary(args.file, outcome, bar.seconds))
+    return 0 if outcome.status != "failed" else 1
+
+
+def _import_summary(path: Path, outcome: Any, seconds: float) -> str:
+    if outcome.status == "failed":
+        return f"{path}: import stopped at {outcome.failure}; run the same command again to resume"
+    if outcome.status == "duplicate":
+        head = f"{path}: already imported ({outcome.accepted:,} rows accepted then); nothing was sent again"
+    else:
+        head = (f"{path}: {outcome.rows:,} rows, {outcome.accepted:,} accepted, {outcome.rejected:,} rejected"
+                f" in {seconds:.1f} s")
+        if outcome.resumed_parts:
+            head += f" (resumed: {outcome.resumed_parts} part(s) were done before)"
+    lines = [head]
+    for error in outcome.errors[:10]:
+        lines.append(f"  line {error['line']}: {error.get('error', '')}")
+    if len(outcome.errors) > 10:
+        lines.append(f"  ... and {len(outcome.errors) - 10} more (--json lists them)")
+    return "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    import urllib3
+
+    from pulse.client.download import ExportFailed, export_file
+    from pulse.client.progress import TransferBar
+
+    if not args.key:
+        print("pulse export: a read API key is required (--key or PULSE_API_KEY)", file=sys.stderr)
+        return 2
+    params = [("format", args.format)]
+    for name, value in (("from", args.start), ("to", args.end), ("tz", args.tz), ("event_type", args.event_type)):
+        if value:
+            params.append((name, value))
+    params += [("segment", s) for s in args.segment]
+    bar = TransferBar(f"export {args.format}", None, None, enabled=not args.quiet)
+    try:
+        with bar:
+            done = export_file(args.url, args.key, params, args.output, lambda n, rows: bar.advance(n, rows))
+    except KeyboardInterrupt:
+        print("\npulse export: interrupted; nothing was kept", file=sys.stderr)
+        return 130
+    except (ExportFailed, OSError, urllib3.exceptions.HTTPError) as exc:
+        print(f"pulse export: {exc}", file=sys.stderr)
+        return 1
+    summary = {"file": done.path, "rows": done.rows, "bytes": done.bytes, "seconds": round(bar.seconds, 2)}
+    if args.json:
+        print(json.dumps(summary, indent=2), file=sys.stderr if done.path == "-" else sys.stdout)
+    else:
+        print(f"{done.path}: {done.rows:,} rows, {done.bytes / 1e6:,.1f} MB in {bar.seconds:.1f} s",
+              file=sys.stderr if done.path == "-" else sys.stdout)
+    return 0
+
+
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 

@@ -1,11 +1,15 @@
 """export — HTTP function: streamed downloads, and async export jobs run on a
-``dev.pulse.export.requested`` CloudEvent (routes per API.md)."""
+``dev.pulse.export.requested`` CloudEvent; the persons API (profiles, lists,
+what is held about a person, deletion on request as a job run on a
+``dev.pulse.person.deletion.requested`` CloudEvent: pulse.core.erasure)."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,13 +20,15 @@ from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
 from pulse.bus import sink
-from pulse.bus.cloudevents import EXPORT_REQUESTED, CloudEvent, receive
-from pulse.core import exporting
+from pulse.bus.cloudevents import EXPORT_REQUESTED, PERSON_DELETION_REQUESTED, CloudEvent, receive
+from pulse.core import erasure, exporting
 from pulse.core.filters import one
-from pulse.errors import Conflict, InvalidInput, PulseError, public_reason
+from pulse.core.stats import parse_limit
+from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, PulseError, public_reason
 from pulse.security.access import Reader
 from pulse.services import Services
 from pulse.settings import Settings
+from pulse.storage import persons
 from pulse.web.body import read_body
 from pulse.web.credentials import extract
 from pulse.web.http import HttpFunction, Route, json_response
@@ -40,6 +46,7 @@ class Export(HttpFunction):
         self.settings = services.settings
         self.access = services.access
         self.jobs = exporting.Jobs(services.db)
+        self.deletions = erasure.Deletions(services.db)
         super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
@@ -49,6 +56,12 @@ class Export(HttpFunction):
             Route("GET", "/v1/exports/<export_id>", self.status, "exports-status"),
             Route("GET", "/v1/exports/<export_id>/file", self.file, "exports-file"),
             Route("POST", "/_ce/export-requested", self.export_requested, "ce-export-requested"),
+            Route("GET", "/v1/persons", self.persons, "persons"),
+            Route("GET", "/v1/persons/<distinct_id>", self.person, "person"),
+            Route("DELETE", "/v1/persons/<distinct_id>", self.delete_person, "person-delete"),
+            Route("GET", "/v1/persons/<distinct_id>/export", self.person_export, "person-export"),
+            Route("GET", "/v1/deletions/<deletion_id>", self.deletion, "deletion"),
+            Route("POST", "/_ce/deletion-requested", self.deletion_requested, "ce-deletion-requested"),
         ]
 
     @property
@@ -78,6 +91,73 @@ class Export(HttpFunction):
         return json_response({"export_id": export_id, "status": "queued"}, 202,
                              {"Location": f"/v1/exports/{export_id}"})
 
+    # Persons ---------------------------------------------------------------
+
+    def identifier(self, value: str) -> str:
+        if not 1 <= len(value) <= self.settings.limits.max_id_chars:
+            raise InvalidInput.field("id", f"must be 1 to {self.settings.limits.max_id_chars} characters")
+        return value
+
+    def persons(self, request: Request) -> Response:
+        reader = self.reader(request)
+        search = request.args.get("search") or None
+        if search is not None and len(search) > self.settings.limits.max_id_chars:
+            raise InvalidInput.field("search", f"must be at most {self.settings.limits.max_id_chars} characters")
+        limit = parse_limit(request.args.getlist("limit"), 100)
+        return json_response(persons.listing(self.services.db, self.services.ch, reader.project_id, search, limit))
+
+    def person(self, request: Request, distinct_id: str) -> Response:
+        reader = self.reader(request)
+        found = persons.profile(self.services.db, self.services.ch, reader.project_id, self.identifier(distinct_id))
+        if found is None:
+            raise NotFound(f"nothing is known of {distinct_id[:80]!r} in this project")
+        return json_response(found)
+
+    def person_export(self, request: Request, distinct_id: str) -> Response:
+        reader = self.reader(request)
+        lines = persons.export_lines(self.services.db, self.services.ch, reader.project_id,
+                                     self.identifier(distinct_id))
+        first = next(lines)  # raises NotFound before the answer starts
+        return Response(itertools.chain([first], lines), content_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="pulse-person.ndjson"'},
+                        direct_passthrough=True)
+
+    def delete_person(self, request: Request, distinct_id: str) -> Response:
+        reader = self.reader(request)
+        if reader.role != "owner":
+            raise Forbidden("only a project owner (signed in) may delete a person")
+        suppress = (request.args.get("suppress") or "false").lower()
+        if suppress not in ("true", "false"):
+            raise InvalidInput.field("suppress", "must be true or false")
+        found = persons.profile(self.services.db, self.services.ch, reader.project_id, self.identifier(distinct_id))
+        if found is None:
+            raise NotFound(f"nothing is known of {distinct_id[:80]!r} in this project")
+        deletion_id = self.deletions.create(reader.project_id, found["person_id"], found["distinct_ids"],
+                                            reader.subject, suppress == "true")
+        self.dispatch(CloudEvent.new(PERSON_DELETION_REQUESTED, SOURCE,
+                                     orjson.dumps({"deletion_id": deletion_id, "project_id": reader.project_id}),
+                                     partitionkey=reader.project_id, traceparent=telemetry.current_traceparent()))
+        return json_response({"deletion_id": deletion_id, "status": "queued"}, 202,
+                             {"Location": f"/v1/deletions/{deletion_id}"})
+
+    def deletion(self, request: Request, deletion_id: str) -> Response:
+        reader = self.reader(request)
+        try:
+            deletion_id = str(uuid.UUID(deletion_id))
+        except ValueError as exc:
+            raise InvalidInput.field("deletion_id", "must be a UUID") from exc
+        return json_response(self.deletions.get(reader.project_id, deletion_id).as_dict())
+
+    def deletion_requested(self, request: Request) -> Response:
+        events = receive(request.headers, request.get_data())
+        unexpected = [e.type for e in events if e.type != PERSON_DELETION_REQUESTED]
+        if unexpected:
+            raise InvalidInput.field("type", f"expected {PERSON_DELETION_REQUESTED}, got {unexpected[0]}")
+        return json_response({"ran": self.run_jobs(events)})
+
+    def run_deletion(self, project_id: str, deletion_id: str) -> bool:
+        return erasure.run_deletion(self.services.db, self.services.ch, project_id, deletion_id)
+
     def dispatch(self, notice: CloudEvent) -> None:
         """Send the request to the Broker (K_SINK); its Trigger brings it back to
         /_ce/export-requested. The one fallback, for an export function run
@@ -98,10 +178,11 @@ class Export(HttpFunction):
         ran = 0
         for event in events:
             data = event.json()
-            if not isinstance(data, Mapping) or not all(isinstance(data.get(k), str)
-                                                        for k in ("export_id", "project_id")):
-                raise InvalidInput.field("data", "must name export_id and project_id")
-            if self.run_job(data["project_id"], data["export_id"]):
+            job = "deletion_id" if event.type == PERSON_DELETION_REQUESTED else "export_id"
+            if not isinstance(data, Mapping) or not all(isinstance(data.get(k), str) for k in (job, "project_id")):
+                raise InvalidInput.field("data", f"must name {job} and project_id")
+            run = self.run_deletion if job == "deletion_id" else self.run_job
+            if run(data["project_id"], data[job]):
                 ran += 1
         return ran
 

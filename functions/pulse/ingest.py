@@ -8,8 +8,10 @@ from collections.abc import Iterable, Sequence
 
 from werkzeug.wrappers import Request, Response
 
+from pulse import telemetry
 from pulse.bus.cloudevents import receive
 from pulse.core import compat
+from pulse.core.erasure import Suppressions
 from pulse.core.events import Batch, parse_batch
 from pulse.core.importing import (
     Importer,
@@ -37,6 +39,7 @@ class Ingest(HttpFunction):
         self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
                                  services.settings.limits.max_record_bytes)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
+        self.suppressions = Suppressions(services.db, services.settings.key_cache_ttl_s)
         super().__init__(services.readiness(self.name))
 
     def routes(self) -> Iterable[Route]:
@@ -67,7 +70,9 @@ class Ingest(HttpFunction):
         count_rejections(batch.errors)
         if not batch.rows:
             raise InvalidInput("no valid event in the request", batch.errors)
-        self.ingestor.submit(key.project_id, batch.rows)
+        rows = self.kept(key.project_id, batch.rows)
+        if rows:
+            self.ingestor.submit(key.project_id, rows)
         return json_response({"accepted": len(batch.rows), "errors": batch.error_list()}, 202)
 
     # Compatible ingest --------------------------------------------------
@@ -88,8 +93,16 @@ class Ingest(HttpFunction):
         if not batch.rows:
             raise InvalidInput("no valid event in the request", batch.errors)
         size = self.settings.limits.max_batch_events
-        for start in range(0, len(batch.rows), size):
-            self.ingestor.submit(key.project_id, batch.rows[start:start + size], source)
+        rows = self.kept(key.project_id, batch.rows)
+        for start in range(0, len(rows), size):
+            self.ingestor.submit(key.project_id, rows[start:start + size], source)
+
+    def kept(self, project_id: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Rows of identifiers a deletion suppressed are dropped (answered as accepted)."""
+        kept = self.suppressions.kept(project_id, rows)
+        if len(kept) < len(rows):
+            telemetry.EVENTS_REJECTED.labels("suppressed").inc(len(rows) - len(kept))
+        return kept
 
     def segment(self, request: Request, kind: str | None = None) -> Response:
         try:
@@ -99,6 +112,9 @@ class Ingest(HttpFunction):
         doc = compat.load_json(body)
         credential = extract(request)
         key = self.api_key(request) if credential else self.key_named(compat.segment_write_key(doc))
+        if kind == "identify" and compat.is_native_identify(doc):
+            self.accept(key, compat.native_identify(doc, self.settings.limits), "identify")
+            return json_response({"accepted": 1}, 202)
         self.accept(key, compat.segment_batch(doc, kind, key.project_id, self.settings.limits), "segment")
         return json_response({"success": True})
 

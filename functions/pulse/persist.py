@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 from opentelemetry.trace import SpanKind
@@ -30,11 +30,13 @@ from pulse.bus.cloudevents import (
     CloudEvent,
     receive,
 )
+from pulse.core import erasure, persons
 from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Persister
 from pulse.errors import InvalidInput
 from pulse.services import Services
 from pulse.settings import Settings
+from pulse.storage.persons import PersonStore
 from pulse.web.body import read_body
 from pulse.web.http import HttpFunction, Route, json_response
 
@@ -49,7 +51,8 @@ class Persist(HttpFunction):
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.persister = Persister(services.db, services.ch)
+        self.persons = PersonStore(services.db, services.ch)
+        self.persister = Persister(services.db, services.ch, identity=self.identity)
         super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
@@ -65,6 +68,9 @@ class Persist(HttpFunction):
                 raise InvalidInput.field("type", f"expected {INGESTED}, got {event.type}")
             results.append(self.persist_one(event))
         return json_response({"results": results})
+
+    def identity(self, project_id: str, batch_id: str, rows: Sequence[dict[str, str]]) -> None:
+        self.persons.apply(project_id, batch_id, persons.operations(rows))
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
         project_id, received_at, rows = decode_batch(event)
@@ -84,8 +90,21 @@ class Persist(HttpFunction):
             if event.type not in MAINTENANCE_TYPES:
                 raise InvalidInput.field("type", f"expected {MAINTENANCE_REQUESTED}, got {event.type}")
         removed = self.persister.trim_ledger(self.services.settings.ledger_retention_days)
+        self.persons.trim(self.services.settings.ledger_retention_days)
         telemetry.event("ledger trimmed", removed=removed)
-        return json_response({"ledger_rows_removed": removed})
+        expired = self.expire()
+        return json_response({"ledger_rows_removed": removed, "events_expired": expired})
+
+    def expire(self) -> int:
+        """Each project's retention (pulse.core.erasure): events older than its
+        ``retention_days`` are removed with their rollup rows."""
+        total = 0
+        for project_id, days in self.services.db.run("SELECT project_id::text, retention_days FROM projects"):
+            gone = erasure.expire(self.services.db, self.services.ch, project_id, int(days))
+            if gone:
+                telemetry.event("events expired", project_id=project_id, retention_days=days, removed=gone)
+            total += gone
+        return total
 
 
 @functools.cache

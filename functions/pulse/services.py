@@ -115,9 +115,10 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
-                from pulse.storage.clickhouse import ClickHouse
+                from pulse.storage.clickhouse import ClickHouse, Layout
 
-                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"))
+                self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"),
+                                      layout=Layout(self.settings.clickhouse_cluster))
             return self._ch
 
     @property

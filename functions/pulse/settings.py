@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
 class SettingsError(ValueError):
@@ -55,6 +58,9 @@ class Settings:
     state_dir: Path = Path(".pulse")
     postgres_url: str | None = None
     clickhouse_url: str | None = None
+    # The ClickHouse cluster (remote_servers name) whose shards and replicas hold
+    # the tables in their cluster form (docs/scaling.md); empty: one node.
+    clickhouse_cluster: str = ""
     kafka_bootstrap: str | None = None
     raw_topic: str = "pulse.events.raw"
     dlq_topic: str = "pulse.events.dlq"
@@ -76,6 +82,9 @@ class Settings:
     # Where the export function writes async export files (default <state_dir>/exports).
     export_dir: str | None = None
     log_level: str = "INFO"
+    # json (one JSON object a line, on stderr) or console (short lines for a
+    # person at a terminal; `pulse up` picks it when stdout is a terminal).
+    log_format: str = "json"
     # The public host (pulse.host): its address as clients use it, for the
     # ``servers`` of /openapi.json (default: the address the request came to),
     # and, in the cluster, each function's address for /readyz (name=url,...).
@@ -169,8 +178,14 @@ class Settings:
             raise SettingsError("PULSE_POSTGRES_URL: scheme must be postgresql://")
         if self.clickhouse_url and urlsplit(self.clickhouse_url).scheme not in ("http", "https", "chdb"):
             raise SettingsError("PULSE_CLICKHOUSE_URL: scheme must be http://, https:// or chdb://")
+        if self.clickhouse_cluster and not CLUSTER_NAME.match(self.clickhouse_cluster):
+            raise SettingsError("PULSE_CLICKHOUSE_CLUSTER: letters, digits, '_', '-' and '.' only")
+        if self.clickhouse_cluster and self.clickhouse_url and self.clickhouse_url.startswith("chdb:"):
+            raise SettingsError("PULSE_CLICKHOUSE_CLUSTER: the embedded ClickHouse is one node")
         if self.events_ttl_days < 1:
             raise SettingsError("PULSE_EVENTS_TTL_DAYS: must be at least 1")
+        if self.log_format not in ("json", "console"):
+            raise SettingsError("PULSE_LOG_FORMAT: must be json or console")
         if self.limits.max_record_bytes < 256 * 1024:
             raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:

@@ -85,6 +85,10 @@ CONSUMER_LAG = Gauge(
     multiprocess_mode="mostrecent")
 HTTP_IN_FLIGHT = Gauge(
     "pulse_http_requests_in_flight", "Requests being answered", ["function"], multiprocess_mode="livesum")
+PERSON_LINKS = Counter(
+    "pulse_person_links_total", "Identity links applied by persist", ["outcome"])
+PERSON_DELETIONS = Counter(
+    "pulse_person_deletions_total", "Person deletion jobs finished", ["status"])
 KAFKA_PRODUCE_REFUSED = Counter(
     "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker",
     ["topic"])
@@ -144,14 +148,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+LOG_FORMATS = ("json", "console")
+ACCESS_LOGGER = "pulse.access"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", quiet: bool = False,
+                      stream: Any = None) -> ConsoleHandler | None:
+    """The process's one log handler. ``json``: JSON lines on stderr, one per
+    request from each function (``pulse.http``). ``console``: short human
+    lines on stdout, one per request the public host answers (``pulse.access``,
+    from the gateway), plus warnings and errors; the console handler is
+    returned, to print the banner through it. ``quiet`` keeps only warnings,
+    errors and failed (5xx) requests."""
     root = logging.getLogger()
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler: logging.Handler
+    if fmt == "console":
+        handler = console = ConsoleHandler(stream or sys.stdout, quiet)
+    elif fmt == "json":
+        handler, console = logging.StreamHandler(stream or sys.stderr), None
+        handler.setFormatter(JsonFormatter())
+    else:
+        raise ValueError(f"log format {fmt!r}: use one of {', '.join(LOG_FORMATS)}")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("kafka", "werkzeug", "urllib3", "clickhouse_connect", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the gateway's access lines are the console's; JSON logs have each function's own
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if console else logging.CRITICAL + 1)
+    return console
 
 
 def ensure_logging(level: str = "INFO") -> None:
@@ -159,6 +183,67 @@ def ensure_logging(level: str = "INFO") -> None:
     leaves an existing configuration (the CLI's, a test runner's) alone."""
     if not logging.getLogger().handlers:
         configure_logging(level)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log lines for a person at a terminal: ``12:04:31  POST /v1/events  202  3 ms  ingest``
+    for each request the public host answered, and warnings and errors. Request
+    lines start once the banner is printed (``banner``), so start-up (the demo
+    data loading included) does not bury it; all writes share one lock, so the
+    banner is never interleaved with a log line."""
+
+    def __init__(self, stream: Any, quiet: bool = False) -> None:
+        super().__init__()
+        self.stream = stream
+        self.quiet = quiet
+        self.opened = False
+
+    def wants(self, record: logging.LogRecord) -> bool:
+        if record.name == ACCESS_LOGGER:
+            failed = str(_fields(record).get("status", "")).startswith("5")
+            return failed if self.quiet else (self.opened or failed)
+        return record.levelno >= logging.WARNING
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.wants(record):
+            return
+        try:
+            self.write(scrub(self.line(record)))
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+    def line(self, record: logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = _fields(record)
+        if record.name == ACCESS_LOGGER:
+            ms = float(fields.get("duration_ms", 0))
+            return (f"{clock}  {fields.get('method', ''):<6} {fields.get('path', ''):<28} {fields.get('status', '')}"
+                    f" {ms:6.0f} ms  {fields.get('function', '')}")
+        text = f"{clock}  {record.levelname.lower()}  {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        return text
+
+    def write(self, text: str) -> None:
+        with self.lock or threading.Lock():
+            self.stream.write(text if text.endswith("\n") else text + "\n")
+            self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of the command's own (start, stop), not shown when quiet."""
+        if not self.quiet:
+            self.write(text)
+
+    def banner(self, text: str) -> None:
+        """Print ``text`` in one piece; request lines are shown from now on."""
+        with self.lock or threading.Lock():
+            self.write(text)
+            self.opened = True
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, Mapping) else {}
 
 
 def event(message: str, **fields: Any) -> None:

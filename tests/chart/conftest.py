@@ -14,7 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pulse"
 K8S_VERSION = "1.33.0"
-FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export")
+FUNCTIONS = ("ingest", "auth", "persist", "aggregate", "export", "host")
+MONITORED = FUNCTIONS[:-1]  # the public host serves no /metrics
 NAMESPACE = "pulse"
 
 DB_CREATE = {"database": {"create": True, "postgresUrl": "postgresql://pulse:x@postgres:5432/pulse",

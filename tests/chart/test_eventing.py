@@ -99,6 +99,7 @@ def test_triggers_filter_by_type(default_objects: list[dict[str, Any]]) -> None:
     assert routes == {
         "dev.pulse.events.persisted": ("pulse-aggregate", "/_ce/persisted"),
         "dev.pulse.export.requested": ("pulse-export", "/_ce/export-requested"),
+        "dev.pulse.person.deletion.requested": ("pulse-export", "/_ce/deletion-requested"),
         "dev.knative.sources.ping": ("pulse-persist", "/_ce/maintenance"),
     }
 
@@ -153,7 +154,8 @@ def test_every_topic_exists_as_a_kafka_topic(profile: str) -> None:
         named.add(broker["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"])
     for ksvc in ksvcs(objs):
         env = {e["name"]: e.get("value") for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]}
-        named.update({env["PULSE_RAW_TOPIC"], env["PULSE_DLQ_TOPIC"]})
+        if name(ksvc) != "pulse-host":  # the public host talks to no broker
+            named.update({env["PULSE_RAW_TOPIC"], env["PULSE_DLQ_TOPIC"]})
     assert named == {"pulse.events.raw", "pulse.events.dlq", "pulse.broker"}
     assert named <= set(topics)
 
@@ -180,3 +182,20 @@ def test_knative_config_enables_what_the_chart_uses() -> None:
     for flag in ("kubernetes.podspec-securitycontext", "kubernetes.podspec-volumes-emptydir",
                  "kubernetes.podspec-persistent-volume-claim", "kubernetes.podspec-persistent-volume-write"):
         assert features[flag] == "enabled", flag
+
+
+def test_the_public_host_route_set_is_the_hosts_own(default_objects: list[dict[str, Any]]) -> None:
+    """The same paths as the embedded gateway's (pulse.host.PATHS), plus "/" for
+    every path no function serves; its /readyz asks each of the five functions."""
+    from pulse.host import PATHS, function_urls
+
+    (route,) = [r for r in of_kind(default_objects, "HTTPRoute") if name(r) == "pulse-host"]
+    (rule,) = route["spec"]["rules"]
+    assert {m["path"]["value"] for m in rule["matches"]} == {*PATHS, "/"}
+    assert {m["path"]["type"] for m in rule["matches"]} == {"PathPrefix"}
+    host = next(k for k in ksvcs(default_objects) if name(k) == "pulse-host")
+    env = {e["name"]: e.get("value") for e in host["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert function_urls(env["PULSE_HOST_FUNCTIONS"]) == {
+        f: f"http://pulse-{f}.pulse.svc.cluster.local" for f in ("ingest", "auth", "persist", "aggregate", "export")}
+    assert env["PULSE_PUBLIC_URL"] == "http://pulse.127.0.0.1.sslip.io"
+    assert env["FUNCTION_TARGET"] == "host"

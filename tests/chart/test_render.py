@@ -6,7 +6,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 
-from .conftest import CHART, FUNCTIONS, K8S_VERSION, PROFILES, ksvcs, name, objects, of_kind, render
+from .conftest import CHART, FUNCTIONS, K8S_VERSION, MONITORED, PROFILES, ksvcs, name, objects, of_kind, render
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -74,7 +74,7 @@ def test_servicemonitor_selects_the_metrics_services() -> None:
     selector = monitor["spec"]["selector"]["matchLabels"]
     services = [o for o in of_kind(objs, "Service") if o["apiVersion"] == "v1"
                 and all(o["metadata"]["labels"].get(k) == v for k, v in selector.items())]
-    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == set(FUNCTIONS)
+    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == set(MONITORED)
     for svc in services:
         pods = [k for k in ksvcs(objs) if all(k["spec"]["template"]["metadata"]["labels"].get(a) == b
                                               for a, b in svc["spec"]["selector"].items())]
@@ -84,7 +84,7 @@ def test_servicemonitor_selects_the_metrics_services() -> None:
 def test_podmonitor_scrapes_every_function_on_the_user_port() -> None:
     monitor = of_kind(objects(PROFILES["podmonitor"]), "PodMonitor")[0]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == list(FUNCTIONS)
+    assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == list(MONITORED)
     assert monitor["spec"]["podMetricsEndpoints"][0] == {**monitor["spec"]["podMetricsEndpoints"][0],
                                                          "port": "user-port", "path": "/metrics"}
 

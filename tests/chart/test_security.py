@@ -48,9 +48,16 @@ def test_jwt_keys_are_mounted_in_auth_only() -> None:
         spec = ksvc["spec"]["template"]["spec"]
         env = {e["name"] for e in spec["containers"][0]["env"]}
         has_keys = any(v.get("secret") for v in spec["volumes"])
-        is_auth = name(ksvc) == "pulse-auth"
+        is_auth, is_host = name(ksvc) == "pulse-auth", name(ksvc) == "pulse-host"
         assert has_keys == is_auth == ("PULSE_JWT_PRIVATE_KEY_FILE" in env)
-        assert ("PULSE_JWKS_URL" in env) != is_auth
+        assert ("PULSE_JWKS_URL" in env) != (is_auth or is_host)
+
+
+def test_the_public_host_holds_no_credential() -> None:
+    host = next(k for k in ksvcs(objects()) if name(k) == "pulse-host")
+    env = host["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not [e for e in env if "valueFrom" in e], "no secret reaches the public host"
+    assert not {"PULSE_POSTGRES_URL", "PULSE_CLICKHOUSE_URL", "PULSE_KAFKA_BOOTSTRAP"} & {e["name"] for e in env}
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -77,7 +84,9 @@ def test_component_label_on_every_function_object(default_objects: list[dict[str
 def test_probes_and_autoscaling_annotations(default_objects: list[dict[str, Any]]) -> None:
     for ksvc in ksvcs(default_objects):
         container = ksvc["spec"]["template"]["spec"]["containers"][0]
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # the host's /readyz asks every function; its own readiness is being alive
+        ready = "/healthz" if name(ksvc) == "pulse-host" else "/readyz"
+        assert container["readinessProbe"]["httpGet"]["path"] == ready
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["ports"] == [{"name": "http1", "containerPort": 8080}]
         annotations = ksvc["spec"]["template"]["metadata"]["annotations"]

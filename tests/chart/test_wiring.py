@@ -33,6 +33,8 @@ def test_triggers_with_their_filters() -> None:
     assert triggers == {
         (("type", "dev.pulse.events.persisted"),): (Destination("aggregate", "/_ce/persisted", None, AUD + "aggregate"), 30.0),
         (("type", "dev.pulse.export.requested"),): (Destination("export", "/_ce/export-requested", None, AUD + "export"), 600.0),
+        (("type", "dev.pulse.person.deletion.requested"),): (Destination("export", "/_ce/deletion-requested", None, AUD + "export"),
+                                                             600.0),
         (("type", "dev.knative.sources.ping"),): (Destination("persist", "/_ce/maintenance", None, AUD + "persist"), 600.0),
     }
     assert w.triggers_for("elsewhere") == ()
@@ -75,7 +77,9 @@ def test_sink_bindings_and_ping() -> None:
     ("/v1/admin/users", "auth"), ("/v1/stats/dau", "aggregate"), ("/dashboard", "aggregate"),
     ("/static/app.js", "aggregate"), ("/v1/export", "export"), ("/v1/exports", "export"),
     ("/v1/exports/abc", "export"), ("/v1/export?format=csv", "export"),
-    ("/v1/exportsx", None), ("/events", None), ("/v1", None), ("/", None), ("/_ce/ingested", None),
+    ("/healthz", "host"), ("/readyz", "host"), ("/openapi.json", "host"), ("/docs", "host"), ("/docs/init.js", "host"),
+    # the public host answers every path no function serves (a problem+json 404)
+    ("/v1/exportsx", "host"), ("/events", "host"), ("/v1", "host"), ("/", "host"), ("/_ce/ingested", "host"),
 ])
 def test_route_for_matches_whole_segments(path: str, function: str | None) -> None:
     assert load_wiring().route_for(path) == function
@@ -85,7 +89,7 @@ def test_routes_follow_values_and_longest_prefix_wins() -> None:
     w = load_wiring({"functions": {"aggregate": {"routes": ["/v1/stats", "/v1/stats/live"]},
                                    "export": {"routes": ["/v1/export"]}}})
     assert w.route_for("/v1/stats/live") == "aggregate"
-    assert w.route_for("/v1/exports/1") is None
+    assert w.route_for("/v1/exports/1") == "host"
     moved = load_wiring({"functions": {"aggregate": {"routes": ["/v1/stats"]},
                                        "export": {"routes": ["/v1/export", "/v1/exports", "/v1/stats/export"]}}})
     assert moved.route_for("/v1/stats/export/x") == "export" and moved.route_for("/v1/stats/dau") == "aggregate"

@@ -1,5 +1,12 @@
 """A seeded event set for the stats tests, and every stats answer computed in
-plain Python over it: independent of the SQL under test."""
+plain Python over it: independent of the SQL under test.
+
+Users are persons: identity calls (native identify, Segment identify and
+alias, PostHog $identify, $create_alias, $merge_dangerously) link identifiers,
+sent in phases after the events they concern (late links), with a chain
+(a -> b, b -> c), a refused merge of two identified users, a forced one, and
+anonymous events that arrive after their link. ``resolve`` computes each
+identifier's person with a union-find of its own."""
 
 from __future__ import annotations
 
@@ -16,6 +23,12 @@ TYPES = ["page_view", "page_view", "page_view", "click", "signup", "activate", "
 PATHS = ["/", "/pricing", "/docs", "/blog", "/signup"]
 COUNTRIES = ["UA", "DE", "US", "FR"]
 PLANS = ["free", "pro"]
+# User agents the oracle knows: two of known bots (a crawler, a headless browser), one of a person.
+BOT_AGENTS = frozenset({
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+})
+HUMAN_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 
 
 @dataclass
@@ -30,9 +43,17 @@ class Event:
     path: str
     country: str
 
+    user_agent: str = ""
+    person: str = ""  # set by resolve(): a representative of the actor's person
+    person_properties: dict[str, Any] = field(default_factory=dict)  # set by resolve()
+
     @property
     def actor(self) -> str:
         return self.user_id or self.anonymous_id
+
+    @property
+    def bot(self) -> bool:
+        return self.user_agent in BOT_AGENTS
 
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event_id": self.event_id, "event_type": self.event_type,
@@ -50,9 +71,23 @@ class Event:
             context["country"] = self.country
         if self.path:
             context["page"] = {"path": self.path}
+        if self.user_agent:
+            context["user_agent"] = self.user_agent
         if context:
             out["context"] = context
         return out
+
+
+@dataclass(frozen=True)
+class Call:
+    """An identity call as a client sends it, in ``phase`` (phases are sent in
+    order, each persisted before the next), and the link it asks for."""
+    phase: int
+    path: str
+    body: dict[str, Any]
+    anonymous_id: str
+    user_id: str
+    force: bool = False
 
 
 @dataclass
@@ -60,6 +95,9 @@ class Dataset:
     now: datetime
     events: list[Event] = field(default_factory=list)  # unique events
     sent: list[dict[str, Any]] = field(default_factory=list)  # what goes over the wire, duplicates included
+    calls: list[Call] = field(default_factory=list)
+    late: list[dict[str, Any]] = field(default_factory=list)  # events sent after every call
+    traits: dict[str, dict[str, Any]] = field(default_factory=dict)  # person representative -> properties
 
 
 def _ms(moment: datetime) -> datetime:
@@ -81,7 +119,7 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
             session_id=extra.pop("session_id", rng.choice(["", f"s-{rng.randint(1, 60)}"])),
             at=_ms(at), properties=props,
             path=extra.pop("path", rng.choice(PATHS) if event_type == "page_view" else ""),
-            country=extra.pop("country", rng.choice(COUNTRIES)))
+            country=extra.pop("country", rng.choice(COUNTRIES)), user_agent=extra.pop("user_agent", ""))
         data.events.append(event)
         return event
 
@@ -126,12 +164,133 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
     for seconds in (20, 40, 100, 170, 230, 500, 900):
         at = now - timedelta(seconds=seconds)
         add(rng.choice(TYPES), rng.choice(actors), at)
-    for event in data.events:
-        data.sent.append(event.payload())
+    # Bots: a crawler, and a person's browser run headless for a few events (each event is judged alone).
+    for _ in range(12):
+        at = start_of_today - timedelta(days=rng.randint(1, 60), seconds=-rng.randint(0, 86_000))
+        add("page_view", ("", "crawler-1"), at, user_agent=sorted(BOT_AGENTS)[0])
+    for n in range(6):
+        at = start_of_today - timedelta(days=rng.randint(1, 60), seconds=-rng.randint(0, 86_000))
+        add(rng.choice(TYPES), actors[n], at, user_agent=sorted(BOT_AGENTS)[1])
+        add(rng.choice(TYPES), actors[n + 6], at, user_agent=HUMAN_AGENT)
+    late_events = _persons(data, add, start_of_today)
+    plain = [e for e in data.events if not e.event_type.startswith("$")]  # identity events go by their calls
+    for event in plain:
+        (data.late if event in late_events else data.sent).append(event.payload())
     # Duplicates: the same event_id sent again, later, in another batch.
-    for event in rng.sample(data.events, 25):
+    for event in rng.sample(plain, 25):
         data.sent.append(event.payload())
+    resolve(data)
     return data
+
+
+def _persons(data: Dataset, add: Any, start_of_today: datetime) -> list[Event]:
+    """Visitors browse anonymously, sign up, and go on as members; the link is
+    sent after all of it, through each client's identity call. Returns the
+    events to send after the links (late, out of order)."""
+    late = []
+    for n in range(10):
+        visitor, member = f"visitor-{n}", f"member-{n}"
+        start = start_of_today - timedelta(days=40 - 2 * n, hours=-9)
+        for k in range(3):
+            add("page_view", ("", visitor), start + timedelta(minutes=k), path="/pricing", session_id=f"v{n}")
+        add("signup", ("", visitor), start + timedelta(minutes=5), properties={"plan": "pro"})
+        linked_at = start + timedelta(minutes=6)
+        add("activate", (member, ""), start + timedelta(minutes=20), properties={})
+        if n % 2 == 0:
+            add("purchase", (member, ""), start + timedelta(minutes=50), properties={})
+        for week in range(1, 1 + n % 4):  # later weeks: retention cohorts count the person once
+            add("click", (member, ""), start + timedelta(weeks=week), properties={})
+        late.append(add("page_view", ("", visitor), start - timedelta(days=7), path="/", session_id=""))
+        data.calls.append(_link_call(data, add, n % 4, 1, visitor, member, linked_at, {"plan": f"tier-{n % 3}"}))
+    # A chain: chain-a is identified as chain-b, later chain-b is aliased to chain-c.
+    base = start_of_today - timedelta(days=12, hours=-8)
+    add("page_view", ("", "chain-a"), base, path="/docs")
+    add("signup", ("chain-b", ""), base + timedelta(hours=1))
+    add("purchase", ("chain-c", ""), base + timedelta(days=8))
+    data.calls.append(_link_call(data, add, 0, 1, "chain-a", "chain-b", base + timedelta(minutes=30), {}))
+    data.calls.append(_link_call(data, add, 4, 2, "chain-b", "chain-c", base + timedelta(days=8, minutes=-1), {}))
+    # Two identified members: a plain identify between them is refused...
+    data.calls.append(_link_call(data, add, 0, 2, "member-1", "member-2", base + timedelta(hours=2), {}))
+    # ...unless forced ($merge_dangerously).
+    data.calls.append(_link_call(data, add, 5, 2, "member-4", "member-3", base + timedelta(hours=3), {}))
+    return late
+
+
+def _link_call(data: Dataset, add: Any, how: int, phase: int, anonymous: str, user: str, at: datetime,
+               traits: dict[str, Any]) -> Call:
+    """One identity call linking ``anonymous`` to ``user`` (``how``: 0 native,
+    1 Segment identify, 2 PostHog $identify, 3 Segment alias, 4 PostHog
+    $create_alias, 5 PostHog $merge_dangerously), and the event it stores."""
+    at = _ms(at)
+    stamp = at.isoformat(timespec="milliseconds")
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{anonymous}->{user}"))
+    if how == 0:
+        props: dict[str, Any] = {"$set": traits}
+        body: dict[str, Any] = {"anonymous_id": anonymous, "user_id": user, "traits": traits,
+                                "event_id": event_id, "occurred_at": stamp}
+        path, kind, ids = "/v1/identify", "$identify", (user, anonymous)
+    elif how == 1:
+        props = dict(traits)
+        body = {"userId": user, "anonymousId": anonymous, "traits": traits, "messageId": event_id,
+                "timestamp": stamp}
+        path, kind, ids = "/v1/identify", "$identify", (user, anonymous)
+    elif how == 2:
+        props = {"$anon_distinct_id": anonymous, "$set": traits}
+        body = {"batch": [{"event": "$identify", "distinct_id": user, "properties": props, "uuid": event_id,
+                           "timestamp": stamp}]}
+        path, kind, ids = "/batch/", "$identify", (user, anonymous)
+    elif how == 3:
+        props = {"previous_id": anonymous}
+        body = {"batch": [{"type": "alias", "previousId": anonymous, "userId": user, "messageId": event_id,
+                           "timestamp": stamp}]}
+        path, kind, ids = "/v1/batch", "$alias", (user, "")
+    else:
+        kind = "$create_alias" if how == 4 else "$merge_dangerously"
+        props = {"alias": anonymous}
+        body = {"batch": [{"event": kind, "distinct_id": user, "properties": props, "uuid": event_id,
+                           "timestamp": stamp}]}
+        path, ids = "/batch/", (user, "")
+    event = add(kind, ids, at, properties=props, path="", country="", session_id="")
+    event.event_id = event_id
+    return Call(phase, path, body, anonymous, user, force=how == 5)
+
+
+def resolve(data: Dataset) -> None:
+    """Each event's person: a union-find over the calls in phase order, where a
+    link between two identified persons is refused unless forced. The
+    identified side survives a merge (the user side when both or neither
+    are), keeping its properties and taking the other's missing ones; a
+    call's traits then overwrite (``$set``)."""
+    parent: dict[str, str] = {}
+    identified: set[str] = set()
+    props: dict[str, dict[str, Any]] = {}
+
+    def root(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for call in sorted(data.calls, key=lambda c: c.phase):
+        a, u = root(call.anonymous_id), root(call.user_id)
+        if a != u and not (a in identified and u in identified and not call.force):
+            keep, gone = (a, u) if a in identified and u not in identified else (u, a)
+            parent[gone] = keep
+            props[keep] = {**props.pop(gone, {}), **props.get(keep, {})}
+            identified.add(keep)
+        identified.add(root(call.user_id))
+        traits = call.body.get("traits") or (call.body.get("batch") or [{}])[0].get("properties", {}).get("$set")
+        if traits:
+            props.setdefault(root(call.user_id), {}).update(traits)
+    data.traits = props
+    for event in data.events:
+        event.person = root(event.actor)
+        event.person_properties = props.get(event.person, {})
+
+
+def person_of(data: Dataset, identifier: str) -> set[str]:
+    """Every identifier (seen in events) of the person ``identifier`` belongs to."""
+    mine = {e.person for e in data.events if e.actor == identifier}
+    return {e.actor for e in data.events if e.person in mine}
 
 
 # Filters -------------------------------------------------------------------
@@ -146,11 +305,12 @@ def day_start(day: date, tz: str) -> datetime:
 
 def matches(event: Event, segments: Iterable[tuple[str, str]]) -> bool:
     for name, value in segments:
-        if name.startswith("properties."):
-            key = name[len("properties."):]
-            if key not in event.properties:
+        if name.startswith(("properties.", "person.")):
+            source = event.person_properties if name.startswith("person.") else event.properties
+            key = name.partition(".")[2]
+            if key not in source:
                 return False
-            got = event.properties[key]
+            got = source[key]
             if (got if isinstance(got, str) else str(got)) != value:
                 return False
         elif getattr(event, name) != value:
@@ -159,11 +319,11 @@ def matches(event: Event, segments: Iterable[tuple[str, str]]) -> bool:
 
 
 def select(data: Dataset, first: date, last: date, tz: str, segments: Iterable[tuple[str, str]] = (),
-           event_type: str | None = None) -> list[Event]:
+           event_type: str | None = None, include_bots: bool = False) -> list[Event]:
     start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
     segs = list(segments)
     return [e for e in data.events if start <= e.at < end and matches(e, segs)
-            and (event_type is None or e.event_type == event_type)]
+            and (event_type is None or e.event_type == event_type) and (include_bots or not e.bot)]
 
 
 # Answers -------------------------------------------------------------------
@@ -193,7 +353,7 @@ def events_by(events: list[Event], group_by: str, tz: str) -> list[dict[str, Any
     for event in events:
         b = bucket(event, group_by, tz)
         counts[b] += 1
-        users[b].add(event.actor)
+        users[b].add(event.person)
     rows = [{"bucket": b, "events": n, "users": len(users[b])} for b, n in counts.items()]
     if group_by == "hour":  # in time order: 03:00+03:00 comes before 03:00+02:00 when clocks go back
         return sorted(rows, key=lambda r: datetime.fromisoformat(r["bucket"]))
@@ -216,20 +376,25 @@ def pages(events: list[Event], limit: int) -> dict[str, Any]:
     counts = Counter(e.path for e in views)
     users: dict[str, set[str]] = defaultdict(set)
     for e in views:
-        users[e.path].add(e.actor)
+        users[e.path].add(e.person)
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return {"total_views": len(views), "unique_users": len({e.actor for e in views}),
+    return {"total_views": len(views), "unique_users": len({e.person for e in views}),
             "top_paths": [{"path": p, "views": n, "users": len(users[p])} for p, n in top]}
 
 
-def overview(events: list[Event]) -> dict[str, Any]:
-    return {"events": len(events), "unique_users": len({e.actor for e in events}),
+def overview(everything: list[Event], include_bots: bool = False) -> dict[str, Any]:
+    """``everything``: the range's events, bots' included."""
+    events = everything if include_bots else [e for e in everything if not e.bot]
+    return {"events": len(events), "unique_users": len({e.person for e in events}),
+            "bot_events_excluded": len(everything) - len(events),
             "unique_event_types": len({e.event_type for e in events}),
             "unique_sessions": len({e.session_id for e in events if e.session_id})}
 
 
 def user(data: Dataset, actor: str) -> dict[str, Any] | None:
-    mine = [e for e in data.events if e.actor == actor]
+    """The history of the person ``actor`` belongs to."""
+    ids = person_of(data, actor)
+    mine = [e for e in data.events if e.actor in ids and not e.bot]
     if not mine:
         return None
     counts = Counter(e.event_type for e in mine)
@@ -244,13 +409,13 @@ def user(data: Dataset, actor: str) -> dict[str, Any] | None:
 
 def summary(data: Dataset, now: datetime, tz: str) -> dict[str, Any]:
     today = day_start(local(now, tz).date(), tz)
-    seen = [e for e in data.events if e.at <= now]
+    seen = [e for e in data.events if e.at <= now and not e.bot]
     last5 = [e for e in seen if e.at >= now - timedelta(minutes=5)]
     last1 = [e for e in seen if e.at >= now - timedelta(minutes=1)]
     todays = [e for e in seen if e.at >= today]
     counts = Counter(e.event_type for e in todays)
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    return {"events_last_5m": len(last5), "users_last_5m": len({e.actor for e in last5}),
+    return {"events_last_5m": len(last5), "users_last_5m": len({e.person for e in last5}),
             "events_per_second_1m": round(len(last1) / 60, 3), "events_today": len(todays),
             "top_events_today": [{"event_type": t, "count": n} for t, n in top]}
 
@@ -268,13 +433,14 @@ def retention(data: Dataset, start: date, windows: int, tz: str, today: date,
         return d - timedelta(days=d.weekday())
 
     first_seen: dict[str, datetime] = {}
-    for e in data.events:
-        if e.actor not in first_seen or e.at < first_seen[e.actor]:
-            first_seen[e.actor] = e.at
+    humans = [e for e in data.events if not e.bot]
+    for e in humans:
+        if e.person not in first_seen or e.at < first_seen[e.person]:
+            first_seen[e.person] = e.at
     weeks: dict[str, set[date]] = defaultdict(set)
-    for e in data.events:
+    for e in humans:
         if matches(e, segs):
-            weeks[e.actor].add(monday(e.at))
+            weeks[e.person].add(monday(e.at))
     first_week = start - timedelta(days=start.weekday())
     rows = []
     for c in range(windows + 1):
@@ -296,7 +462,7 @@ def funnel(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]],
            window_s: int) -> dict[str, Any]:
     by_actor: dict[str, list[Event]] = defaultdict(list)
     for e in events:
-        by_actor[e.actor].append(e)
+        by_actor[e.person].append(e)
     window = timedelta(seconds=window_s)
 
     def is_step(e: Event, k: int) -> bool:

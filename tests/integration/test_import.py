@@ -5,6 +5,7 @@ from the generated file."""
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 import threading
@@ -105,15 +106,17 @@ def test_pulse_import_command(pulse: Any, project: Any, tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_bytes(content)
     command = [sys.executable, "-m", "pulse.cli", "import", str(path), "--url", pulse.gateway_url,
-               "--key", project.key]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+               "--key", project.key, "--json"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                           env={**os.environ, "XDG_STATE_HOME": str(tmp_path)})
     assert first.returncode == 0, first.stderr
-    assert "100.0%" in first.stderr
+    assert "1,200 / 1,200 rows" in first.stderr
     result = orjson.loads(first.stdout)
     assert (result["status"], result["accepted"]) == ("imported", 1200 - len(bad))
     wait_persisted(pulse)
     count = len(stored_ids(pulse, project.project_id))
-    second = subprocess.run(command + ["--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    second = subprocess.run(command + ["--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "XDG_STATE_HOME": str(tmp_path)})
     assert second.returncode == 0 and orjson.loads(second.stdout)["status"] == "duplicate"
     wait_persisted(pulse)
     assert len(stored_ids(pulse, project.project_id)) == count == 1200 - len(bad)

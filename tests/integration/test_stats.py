@@ -41,8 +41,9 @@ class Seeded:
     def range(self, tz: str) -> dict[str, str]:
         return {"from": self.first.isoformat(), "to": self.last.isoformat(), "tz": tz}
 
-    def select(self, tz: str, segments: list[tuple[str, str]] = (), event_type: str | None = None) -> list[Any]:
-        return oracle.select(self.data, self.first, self.last, tz, segments, event_type)
+    def select(self, tz: str, segments: list[tuple[str, str]] = (), event_type: str | None = None,
+               include_bots: bool = False) -> list[Any]:
+        return oracle.select(self.data, self.first, self.last, tz, segments, event_type, include_bots)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,25 @@ def seeded(pulse: Any) -> Seeded:
     project_id, key = create_demo_key(pulse.services, f"stats-{uuid.uuid4().hex[:8]}")
     api = Api(pulse.gateway_url, key)
     data = oracle.build(datetime.now(UTC))
+    send_dataset(pulse, api, data)
+    return Seeded(api, data, project_id)
+
+
+def send_dataset(pulse: Any, api: Api, data: oracle.Dataset) -> None:
+    """The events, then the identity calls phase by phase (each persisted before
+    the next: the order of conflicting links matters), then the late events."""
     for start in range(0, len(data.sent), 400):
         answer = api.post("/v1/events", {"events": data.sent[start:start + 400]})
         assert answer.status == 202, answer.body[:500]
     wait_persisted(pulse)
-    return Seeded(api, data, project_id)
+    for phase in sorted({c.phase for c in data.calls}):
+        for call in (c for c in data.calls if c.phase == phase):
+            answer = api.post(call.path, call.body)
+            assert answer.status in (200, 202), (call.path, answer.body[:500])
+        wait_persisted(pulse)
+    answer = api.post("/v1/events", {"events": data.late})
+    assert answer.status == 202, answer.body[:500]
+    wait_persisted(pulse)
 
 
 def segs(pairs: list[tuple[str, str]]) -> list[str]:
@@ -73,6 +88,19 @@ def test_dataset_has_what_the_cases_need(seeded: Seeded) -> None:
     assert len(seeded.data.sent) > len(events), "duplicates are sent"
     overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
     assert overview["events"] == len(seeded.select("UTC")), "duplicates are not counted"
+
+
+def test_identity_links_make_persons_of_identifiers(seeded: Seeded) -> None:
+    """The dataset's links matter: persons are fewer than identifiers, the
+    chain joined three identifiers, the unforced merge of two identified
+    members was refused and the forced one applied; the API counts persons."""
+    events = seeded.select("UTC")
+    assert len({e.person for e in events}) < len({e.actor for e in events})
+    assert oracle.person_of(seeded.data, "chain-a") == {"chain-a", "chain-b", "chain-c"}
+    assert oracle.person_of(seeded.data, "member-1") == {"member-1", "visitor-1"}
+    assert oracle.person_of(seeded.data, "member-4") == {"member-3", "visitor-3", "member-4", "visitor-4"}
+    overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
+    assert overview["unique_users"] == len({e.person for e in events})
 
 
 @pytest.mark.parametrize("tz", TZS)
@@ -138,11 +166,28 @@ def test_pages(seeded: Seeded, limit: int | None, segments: list[tuple[str, str]
 @pytest.mark.parametrize("segments", SEGMENT_CASES)
 def test_overview(seeded: Seeded, segments: list[tuple[str, str]]) -> None:
     got = seeded.get("/v1/stats/overview", segment=segs(segments), **seeded.range("Europe/Kyiv"))
-    assert got == oracle.overview(seeded.select("Europe/Kyiv", segments))
+    assert got == oracle.overview(seeded.select("Europe/Kyiv", segments, include_bots=True))
+
+
+def test_bots_are_left_out_unless_asked_for(seeded: Seeded) -> None:
+    everything = seeded.select("UTC", include_bots=True)
+    bots = [e for e in everything if e.bot]
+    assert {e.actor for e in bots} >= {"crawler-1", "u0"}, "a crawler, and some headless events of a person"
+    overview = seeded.get("/v1/stats/overview", **seeded.range("UTC"))
+    assert overview["bot_events_excluded"] == len(bots) > 0
+    assert seeded.get("/v1/stats/overview", include_bots="true", **seeded.range("UTC")) == \
+        oracle.overview(everything, include_bots=True)
+    for path, want in (("/v1/stats/top-events", oracle.top_events(everything, 10)),
+                       ("/v1/stats/pages", oracle.pages(everything, 10)),
+                       ("/v1/stats/active-users", oracle.active(everything, "day", "UTC"))):
+        assert seeded.get(path, include_bots="true", **seeded.range("UTC")) == want, path
+    assert seeded.get("/v1/stats/top-events", **seeded.range("UTC")) == oracle.top_events(seeded.select("UTC"), 10)
+    answer = seeded.api.get("/v1/stats/dau?include_bots=maybe")
+    assert answer.status == 400 and answer.json["errors"][0]["field"] == "include_bots"
 
 
 def test_user_profiles(seeded: Seeded) -> None:
-    for actor in ("u0", "u3", "anon-2", "f4"):
+    for actor in ("u0", "u3", "anon-2", "f4", "visitor-1", "member-1", "chain-a", "chain-c", "member-4"):
         assert seeded.get(f"/v1/stats/users/{actor}") == oracle.user(seeded.data, actor)
     missing = seeded.api.get("/v1/stats/users/nobody-here")
     assert missing.status == 404
@@ -243,7 +288,8 @@ def test_live_sends_summary_events(seeded: Seeded) -> None:
 
 def test_a_project_sees_only_its_own_data(seeded: Seeded, project: Any) -> None:
     other = project.api.get("/v1/stats/overview?" + urlencode(seeded.range("UTC")))
-    assert other.json == {"events": 0, "unique_users": 0, "unique_event_types": 0, "unique_sessions": 0}
+    assert other.json == {"events": 0, "unique_users": 0, "unique_event_types": 0, "unique_sessions": 0,
+                          "bot_events_excluded": 0}
     forbidden = project.api.get(f"/v1/stats/overview?project_id={seeded.project_id}")
     assert forbidden.status == 403
 
@@ -294,7 +340,7 @@ def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_
     from pulse.core import rollups, stats
     from pulse.core.filters import parse_filters
 
-    monkeypatch.setattr(stats, "span_read", lambda table, _parts: rollups.span_read(table, parts))
+    monkeypatch.setattr(stats, "span_read", lambda table, _parts, who: rollups.span_read(table, parts, who))
 
     first, last = seeded.first + timedelta(days=after_first), seeded.last - timedelta(days=before_last)
     params = {"from": first.isoformat(), "to": last.isoformat(), "tz": "Europe/Kyiv"}

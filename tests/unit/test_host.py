@@ -48,3 +48,19 @@ def test_paths_no_function_serves_get_the_hosts_404_with_an_id() -> None:
         assert answer.status_code == 404, path
         assert answer.headers["Content-Type"] == "application/problem+json"
         assert orjson.loads(answer.data)["request_id"] == answer.headers["X-Request-ID"]
+
+
+def test_swagger_ui_comes_installed_with_pulse() -> None:
+    """Its files are a dependency's (installed by `pip install -e .` and by the
+    image's `pip install .`), and the page's own files are package data."""
+    import tomllib
+
+    from pulse.host import PAGE, SWAGGER_UI_FILES, swagger_ui_dir
+    from tests.conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(d.startswith("flask-swagger-ui==") for d in project["project"]["dependencies"])
+    assert "apidocs/*" in project["tool"]["setuptools"]["package-data"]["pulse"]
+    for name in SWAGGER_UI_FILES:
+        assert (swagger_ui_dir() / name).stat().st_size > 500, name
+    assert {p.name for p in PAGE.iterdir()} >= {"index.html", "init.js", "docs.css"}

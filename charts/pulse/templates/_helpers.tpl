@@ -68,7 +68,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 The five functions, in data-flow order.
 */}}
 {{- define "pulse.functions" -}}
-{{- list "ingest" "auth" "persist" "aggregate" "export" | toJson }}
+{{- list "ingest" "auth" "persist" "aggregate" "export" "host" | toJson }}
 {{- end }}
 
 {{/*
@@ -81,6 +81,20 @@ Knative Service name of a function: (list $ "ingest").
 {{/*
 Cluster-local base URL of a function: (list $ "auth").
 */}}
+{{/*
+The functions behind the public host, for its /readyz: name=cluster-local URL, comma-separated.
+*/}}
+{{- define "pulse.hostFunctions" -}}
+{{- $root := . }}
+{{- $out := list }}
+{{- range $name := include "pulse.functions" $root | fromJsonArray }}
+{{- if ne $name "host" }}
+{{- $out = append $out (printf "%s=%s" $name (include "pulse.functionURL" (list $root $name))) }}
+{{- end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+
 {{- define "pulse.functionURL" -}}
 {{- $root := index . 0 }}
 {{- printf "http://%s.%s.svc.%s" (include "pulse.functionName" .) $root.Release.Namespace $root.Values.routing.clusterDomain }}
@@ -253,6 +267,15 @@ Environment shared by every function and the migrations Job:
 - name: FUNCTION_TARGET
   value: {{ $name | quote }}
 {{- end }}
+{{- if eq $name "host" }}
+{{- /* the public host holds no credential: it reads the OpenAPI documents and asks each function's /readyz */}}
+- name: PULSE_PUBLIC_URL
+  value: {{ $v.routing.publicUrl | default (printf "http://%s" $v.routing.host) | quote }}
+- name: PULSE_HOST_FUNCTIONS
+  value: {{ include "pulse.hostFunctions" $root | quote }}
+- name: PULSE_LOG_LEVEL
+  value: {{ $v.config.logLevel | quote }}
+{{- else }}
 - name: PULSE_POSTGRES_URL
   valueFrom:
     secretKeyRef:
@@ -287,6 +310,7 @@ Environment shared by every function and the migrations Job:
 {{- if eq $name "export" }}
 - name: PULSE_EXPORT_DIR
   value: {{ $v.exports.mountPath | quote }}
+{{- end }}
 {{- end }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "pulse-%s" $name | quote }}

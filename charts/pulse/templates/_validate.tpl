@@ -34,7 +34,9 @@ Reject value combinations that cannot work. Included once, from services.yaml.
 {{- end }}
 {{- range $p := $fn.routes | default list }}
 {{- $trimmed := trimSuffix "/" $p }}
-{{- if or (eq $trimmed "") (eq $trimmed "/_ce") (hasPrefix "/_ce/" $p) (has $trimmed (list "/metrics" "/healthz" "/readyz")) }}
+{{- /* the host function is the public host itself: its /healthz and /readyz are the
+       public answers, and "/" catches what no function serves (it has no /_ce/* and no /metrics) */}}
+{{- if and (ne $name "host") (or (eq $trimmed "") (eq $trimmed "/_ce") (hasPrefix "/_ce/" $p) (has $trimmed (list "/metrics" "/healthz" "/readyz"))) }}
 {{- fail (printf "functions.%s: route %s would publish internal paths (/_ce/*, /metrics and the probes stay cluster-local)" $name $p) }}
 {{- end }}
 {{- if hasKey $seen $p }}

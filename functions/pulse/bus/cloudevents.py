@@ -28,6 +28,7 @@ BATCH = "application/cloudevents-batch+json"
 INGESTED = "dev.pulse.events.ingested"
 PERSISTED = "dev.pulse.events.persisted"
 EXPORT_REQUESTED = "dev.pulse.export.requested"
+PERSON_DELETION_REQUESTED = "dev.pulse.person.deletion.requested"
 MAINTENANCE_REQUESTED = "dev.pulse.maintenance.requested"
 
 

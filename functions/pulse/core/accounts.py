@@ -21,7 +21,7 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from pulse.core.projects import check_text, create_project
+from pulse.core.projects import check_name, check_text, create_project
 from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX
 from pulse.security.passwords import MIN_CHARS as PASSWORD_MIN
@@ -298,10 +298,39 @@ def create_owned_project(db: Database, user_id: str, name: object) -> dict[str, 
 
 def projects_of(db: Database, user_id: str) -> list[dict[str, Any]]:
     rows = db.run(
-        "SELECT p.project_id, p.name, p.created_at, m.role FROM project_members m"
+        "SELECT p.project_id, p.name, p.created_at, m.role, p.retention_days FROM project_members m"
         " JOIN projects p USING (project_id) WHERE m.user_id = CAST(:u AS uuid) ORDER BY p.created_at, p.project_id",
         u=user_id)
-    return [{"project_id": str(p), "name": n, "created_at": t.isoformat(), "role": r} for p, n, t, r in rows]
+    return [{"project_id": str(p), "name": n, "created_at": t.isoformat(), "role": r, "retention_days": d}
+            for p, n, t, r, d in rows]
+
+
+MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 30, 2555
+
+
+def update_project(db: Database, project_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``PATCH /v1/projects/{id}``: ``name`` and/or ``retention_days`` (30 to 2555:
+    how long the project's events are kept; pulse.core.erasure applies it)."""
+    unknown = sorted(set(body) - {"name", "retention_days"})
+    if unknown:
+        raise InvalidInput.field(str(unknown[0])[:64], "is not a project field")
+    if not body:
+        raise InvalidInput.field("body", "name or retention_days is required")
+    days = body.get("retention_days")
+    if "retention_days" in body and (isinstance(days, bool) or not isinstance(days, int)
+                                     or not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS):
+        raise InvalidInput.field("retention_days",
+                                 f"must be an integer from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}")
+    name = check_name(body["name"]) if "name" in body else None
+    rows = db.run(
+        "UPDATE projects SET name = coalesce(:n, name), retention_days = coalesce(CAST(:d AS integer), retention_days),"
+        " retention_changed_at = CASE WHEN CAST(:d AS integer) IS NULL THEN retention_changed_at ELSE now() END"
+        " WHERE project_id = CAST(:p AS uuid) RETURNING project_id, name, created_at, retention_days",
+        n=name, d=days, p=project_id)
+    if not rows:
+        raise NotFound("no such project")
+    p, n, t, d = rows[0]
+    return {"project_id": str(p), "name": n, "created_at": t.isoformat(), "retention_days": d}
 
 
 def list_members(db: Database, project_id: str) -> list[dict[str, Any]]:

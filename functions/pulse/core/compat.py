@@ -222,12 +222,15 @@ def posthog_event(message: Any, project_id: str, sent_at: Any, received_at: date
     event: dict[str, Any] = {
         "event_type": POSTHOG_EVENT_TYPES.get(name, name) if isinstance(name, str) else name,
         "user_id": message.get("distinct_id", properties.get("distinct_id")),
+        # $identify links the browser's anonymous id to the user (pulse.core.persons).
+        "anonymous_id": properties.get("$anon_distinct_id") if name == "$identify" else None,
         "session_id": message.get("session_id", properties.get("$session_id")),
         "properties": properties,
         "context": {k: v for k, v in {
             "page": {k: v for k, v in {"path": properties.get("$pathname"), "url": properties.get("$current_url"),
                                        "referrer": properties.get("$referrer")}.items()
                      if isinstance(v, str)} or None,
+            "user_agent": properties.get("$raw_user_agent"),
             "ip": properties.get("$ip"),
             "locale": properties.get("$locale"),
             "country": properties.get("$geoip_country_code"),
@@ -295,6 +298,58 @@ def cloudevent_event(event: CloudEvent, project_id: str) -> Any:
 def cloudevents_batch(events: list[CloudEvent], project_id: str, limits: Limits,
                       received_at: datetime | None = None) -> Batch:
     return _validate([cloudevent_event(e, project_id) for e in events], limits, received_at)
+
+
+# Native identify ------------------------------------------------------------
+
+NATIVE_IDENTIFY_KEYS = frozenset({"anonymous_id", "user_id", "traits", "force", "timestamp", "occurred_at",
+                                  "event_id", "context"})
+
+
+def is_native_identify(doc: Any) -> bool:
+    """``POST /v1/identify`` takes Pulse's own ``{anonymous_id, user_id, traits?}``
+    as well as Segment's ``identify`` (``userId``/``anonymousId``): snake_case
+    names and no Segment ones make it the native form."""
+    return (isinstance(doc, Mapping) and ("anonymous_id" in doc or "user_id" in doc)
+            and not any(k in doc for k in ("userId", "anonymousId", "type", "batch")))
+
+
+def native_identify(doc: Mapping[str, Any], limits: Limits, received_at: datetime | None = None) -> Batch:
+    """The native identify body as one ``$identify`` event (pulse.core.persons):
+    both ids required and different; ``traits`` set person properties;
+    ``force: true`` merges even two identified persons."""
+    unknown = sorted(set(doc) - NATIVE_IDENTIFY_KEYS)
+    if unknown:
+        raise InvalidInput.field(str(unknown[0])[:64], "is not an identify field")
+    errors = []
+    for name in ("anonymous_id", "user_id"):
+        value = doc.get(name)
+        if not isinstance(value, str) or not value:
+            errors.append(FieldError(name, "is required (a non-empty string)"))
+        elif len(value) > limits.max_id_chars:
+            errors.append(FieldError(name, f"must be at most {limits.max_id_chars} characters"))
+    traits = doc.get("traits", {})
+    if traits is None:
+        traits = {}
+    if not isinstance(traits, Mapping):
+        errors.append(FieldError("traits", "must be a JSON object"))
+    force = doc.get("force", False)
+    if not isinstance(force, bool):
+        errors.append(FieldError("force", "must be true or false"))
+    if not errors and doc["anonymous_id"] == doc["user_id"]:
+        errors.append(FieldError("anonymous_id", "must differ from user_id"))
+    if errors:
+        raise InvalidInput(f"{errors[0].field}: {errors[0].message}", errors)
+    properties: dict[str, Any] = {"$set": dict(traits)}
+    if force:
+        properties["$force"] = True
+    event = {"event_type": "$identify", "user_id": doc["user_id"], "anonymous_id": doc["anonymous_id"],
+             "properties": properties, **{k: doc[k] for k in ("event_id", "occurred_at", "timestamp", "context")
+                                          if k in doc}}
+    batch = validate_events([event], limits, received_at)
+    if batch.errors:
+        raise InvalidInput(str(batch.errors[0].as_dict()["error"]), batch.errors)
+    return batch
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The event model and its validation. Knows nothing of HTTP, Kafka or SQL.
 
 ``normalize_event`` turns one client event (already parsed JSON) into a flat
-row of plain strings, ready for every store, or raises ``EventInvalid`` with
+row of plain strings, ready for every store (``bot`` is "1" when the user
+agent is a known bot's: pulse.core.bots), or raises ``EventInvalid`` with
 every field error found. ``parse_batch`` applies it to a request body and
 keeps the valid events even when others fail, as API.md asks.
 """
@@ -18,13 +19,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from pulse.core.bots import is_bot
 from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
 from pulse.settings import Limits
 
 # Columns of a normalized event, in the order stores use them.
 EVENT_COLUMNS = (
     "event_id", "event_type", "user_id", "anonymous_id", "session_id", "occurred_at",
-    "properties", "path", "url", "referrer", "title", "user_agent", "ip", "locale", "country",
+    "properties", "path", "url", "referrer", "title", "user_agent", "ip", "locale", "country", "bot",
 )
 CONTEXT_FIELDS = ("user_agent", "ip", "locale", "country")
 CONTEXT_NAMES = tuple((column, f"context.{column}") for column in CONTEXT_FIELDS)
@@ -160,6 +162,7 @@ def normalize_event(raw: Any, limits: Limits, now: datetime) -> dict[str, str]:
     _context(raw, row, limits, errors)
     if errors:
         raise EventInvalid(errors)
+    row["bot"] = "1" if is_bot(row["user_agent"]) else "0"
     return row
 
 

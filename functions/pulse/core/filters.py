@@ -1,5 +1,6 @@
 """The filters every stats and export endpoint takes: ``from``, ``to``, ``tz``,
-repeatable ``segment=<field>:<value>`` (ANDed). Pure: request parameters in,
+repeatable ``segment=<field>:<value>`` (ANDed; ``person.<key>`` matches the
+person's properties, pulse.core.persons). Pure: request parameters in,
 a ``Filters`` value and a bound-parameter SQL condition out.
 
 Ranges: ``from``/``to`` are inclusive dates (``YYYY-MM-DD``, day boundaries
@@ -25,6 +26,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pulse.core.persons import PERSON
 from pulse.errors import FieldError, InvalidInput
 
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -58,6 +60,7 @@ class Filters:
     tz: str
     segments: tuple[Segment, ...] = ()
     event_type: str | None = None
+    include_bots: bool = False  # events of known bots (pulse.core.bots) are left out unless asked
 
     @property
     def first_day(self) -> date:
@@ -143,13 +146,13 @@ def parse_segments(values: Sequence[str]) -> tuple[Segment, ...]:
         field, sep, value = raw.partition(":")
         if not sep:
             errors.append(FieldError("segment", f"{raw[:80]!r} must be <field>:<value>"))
-        elif field.startswith("properties."):
-            if not PROPERTY_KEY.match(field[len("properties."):]):
+        elif field.startswith(("properties.", "person.")):
+            if not PROPERTY_KEY.match(field.partition(".")[2]):
                 errors.append(FieldError("segment", "a property key must match [A-Za-z0-9_.-]{1,64}"))
         elif field not in SEGMENT_COLUMNS:
             errors.append(FieldError(
                 "segment", f"unknown field {field[:80]!r}; use one of "
-                + ", ".join(SEGMENT_COLUMNS) + " or properties.<key>"))
+                + ", ".join(SEGMENT_COLUMNS) + ", properties.<key> or person.<key>"))
         if sep and len(value) > MAX_SEGMENT_VALUE_CHARS:
             errors.append(FieldError("segment", f"a value must be at most {MAX_SEGMENT_VALUE_CHARS} characters"))
         if "\x00" in raw:
@@ -190,7 +193,11 @@ def parse_filters(params: Params, project_id: str, max_range_days: int,
     event_type = one(params, "event_type")
     if event_type is not None and not 1 <= len(check_text("event_type", event_type)) <= 128:
         raise InvalidInput.field("event_type", "must be 1 to 128 characters")
-    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type)
+    bots = (one(params, "include_bots") or "false").lower()
+    if bots not in ("true", "false"):
+        raise InvalidInput.field("include_bots", "must be true or false")
+    return Filters(project_id, start, end, tz, parse_segments(params.get("segment") or []), event_type,
+                   bots == "true")
 
 
 def condition(filters: Filters, prefix: str = "f",
@@ -199,7 +206,9 @@ def condition(filters: Filters, prefix: str = "f",
     columns, whose time column is named; ``None`` for one without, where the
     range is applied otherwise) and its bound parameters. Every value,
     property keys included, is a parameter; only fixed column names from
-    ``SEGMENT_COLUMNS`` appear in the text."""
+    ``SEGMENT_COLUMNS`` appear in the text. Over the events table (time column
+    ``occurred_at``) bots are left out unless ``include_bots``; the rollups
+    hold none."""
     params: dict[str, Any] = {
         f"{prefix}_project": filters.project_id,
         f"{prefix}_start": filters.start.replace(tzinfo=None),
@@ -209,27 +218,35 @@ def condition(filters: Filters, prefix: str = "f",
     if time_column is not None:
         parts += [f"{time_column} >= {{{prefix}_start:DateTime64(3, 'UTC')}}",
                   f"{time_column} < {{{prefix}_end:DateTime64(3, 'UTC')}}"]
+    if time_column == "occurred_at" and not filters.include_bots:
+        parts.append("bot = 0")
     if filters.event_type is not None:
         params[f"{prefix}_type"] = filters.event_type
         parts.append(f"event_type = {{{prefix}_type:String}}")
-    segment_parts, segment_params = segment_condition(filters.segments, prefix)
+    segment_parts, segment_params = segment_condition(filters.segments, prefix, f"{prefix}_project")
     params.update(segment_params)
     return " AND ".join(parts + segment_parts), params
 
 
-def segment_condition(segments: Sequence[Segment], prefix: str) -> tuple[list[str], dict[str, Any]]:
-    """One SQL term per segment (to be ANDed) and their bound parameters."""
+def segment_condition(segments: Sequence[Segment], prefix: str,
+                      project_param: str = "f_project") -> tuple[list[str], dict[str, Any]]:
+    """One SQL term per segment (to be ANDed) and their bound parameters.
+    ``project_param`` names the bound project id (person segments read the
+    project's person properties)."""
     parts: list[str] = []
     params: dict[str, Any] = {}
     for index, segment in enumerate(segments):
         value = f"{prefix}_sv{index}"
         params[value] = segment.value
-        if segment.field.startswith("properties."):
+        if segment.field.startswith(("properties.", "person.")):
             key = f"{prefix}_sk{index}"
-            params[key] = segment.field[len("properties."):]
-            parts.append(
-                f"(JSONExtractString(properties, {{{key}:String}}) = {{{value}:String}}"
-                f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
+            params[key] = segment.field.partition(".")[2]
+            matches = (f"(JSONExtractString(properties, {{{key}:String}}) = {{{value}:String}}"
+                       f" OR JSONExtractRaw(properties, {{{key}:String}}) = {{{value}:String}})")
+            if segment.field.startswith("person."):
+                matches = (f"{PERSON} IN (SELECT person_key FROM person_properties FINAL"
+                           f" WHERE project_id = {{{project_param}:UUID}} AND {matches})")
+            parts.append(matches)
         else:
             parts.append(f"{SEGMENT_COLUMNS[segment.field]} = {{{value}:String}}")
     return parts, params

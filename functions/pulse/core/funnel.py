@@ -1,6 +1,7 @@
 """Funnels with ClickHouse ``windowFunnel`` semantics.
 
-A user reaches step k when they did steps 1..k in that order, step k within
+A user (a person, pulse.core.persons: their events under every linked
+identifier, in time order) reaches step k when they did steps 1..k in that order, step k within
 ``window_seconds`` (inclusive) of their step-1 event. Only events inside the
 range (``from``..``to``) and matching the funnel's segments count; a step may
 add its own segments. Conversions are percentages rounded to 1 decimal; step
@@ -22,6 +23,7 @@ from pulse.core.filters import (
     parse_segments,
     segment_condition,
 )
+from pulse.core.persons import resolver
 from pulse.core.stats import percent, query
 from pulse.errors import FieldError, InvalidInput
 from pulse.storage.clickhouse import ClickHouse
@@ -30,7 +32,7 @@ MIN_STEPS = 2
 MAX_STEPS = 10
 DEFAULT_WINDOW_S = 86_400
 MAX_WINDOW_S = 90 * 86_400
-BODY_KEYS = {"steps", "window_seconds", "from", "to", "tz", "segment"}
+BODY_KEYS = {"steps", "window_seconds", "from", "to", "tz", "segment", "include_bots"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ def parse_funnel(body: Any, project_id: str, max_range_days: int) -> Funnel:
                 raise InvalidInput.field(name, "must be a string")
             params[name] = [value]
     params["segment"] = _strings(body.get("segment"), "segment")
+    bots = body.get("include_bots", False)
+    if not isinstance(bots, bool):
+        raise InvalidInput.field("include_bots", "must be true or false")
+    params["include_bots"] = ["true" if bots else "false"]
     filters = parse_filters(params, project_id, max_range_days)
 
     window = body.get("window_seconds", DEFAULT_WINDOW_S)
@@ -117,12 +123,13 @@ def funnel(ch: ClickHouse, spec: Funnel) -> dict[str, Any]:
         terms.append(" AND ".join([f"event_type = {{t{index}:String}}", *parts]))
     params["window"] = spec.window_seconds * 1000
     conditions = ", ".join(f"({t})" for t in terms)
+    who = resolver(ch, spec.filters.project_id)
     rows = query("funnel", ch, f"""
         SELECT level, count() FROM (
             SELECT windowFunnel({{window:UInt64}})(toUInt64(toUnixTimestamp64Milli(occurred_at)), {conditions})
                    AS level
             FROM events WHERE {where} AND ({" OR ".join(f"({t})" for t in terms)})
-            GROUP BY actor_key
+            GROUP BY {who.key}
         ) WHERE level > 0 GROUP BY level""", params)
     reached = {int(level): int(n) for level, n in rows}
     users = [sum(n for level, n in reached.items() if level >= k) for k in range(1, len(spec.steps) + 1)]

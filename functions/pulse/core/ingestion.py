@@ -69,6 +69,8 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
         raise InvalidInput.field("data.project_id", "project_id (a UUID) and received_at are required")
     rows = doc["events"]
     for index, row in enumerate(rows):
+        if type(row) is dict and "bot" not in row:  # a record from before bots were marked
+            row["bot"] = "0"
         if type(row) is not dict or row.keys() != ROW_KEYS or type(row["event_id"]) is not str \
                 or not CANONICAL_UUID.match(row["event_id"]):
             raise InvalidInput(f"data.events[{index}] is not a normalized event",

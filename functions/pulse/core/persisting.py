@@ -14,7 +14,9 @@ a record carries the same id. Steps:
    batch owns are those whose ledger row names this batch. Events whose row
    names another batch are duplicates (an earlier batch has them).
 2. Insert the owned events into ClickHouse, stamped with the batch id.
-3. Mark the batch ``done``.
+3. Apply the identity operations the owned events carry (links, person
+   properties: pulse.core.persons, whose header has their own crash notes).
+4. Mark the batch ``done``.
 
 Crash analysis:
 - before step 1 commits: nothing is recorded; redelivery starts afresh.
@@ -22,9 +24,10 @@ Crash analysis:
   the events the ledger gives this batch, asks ClickHouse which of them are
   already stored under this batch id (a partial insert across partitions is
   covered too) and inserts only the rest.
-- after 2, before 3: as above; ClickHouse already has them all, nothing is
-  inserted twice.
-- after 3: redelivery finds ``done`` and only reports the earlier outcome.
+- after 2, before 4: as above; ClickHouse already has them all, nothing is
+  inserted twice; step 3 is applied once (its own record) and its ClickHouse
+  side rewritten.
+- after 4: redelivery finds ``done`` and only reports the earlier outcome.
 
 Two deliveries of one record may also overlap (a delivery timed out and was
 retried while persist still worked on it, perhaps on another replica). Each
@@ -56,6 +59,13 @@ from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
+# Step 3: (project_id, batch_id, the owned rows) -> None.
+IdentityHook = Callable[[str, str, Sequence[dict[str, str]]], None]
+
+
+def project_lock(project_id: str) -> str:
+    """The advisory lock persist holds shared while writing a project's batch."""
+    return f"persist-project:{project_id}"
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,11 @@ class _Claim:
 
 class Persister:
     def __init__(self, db: Database, ch: ClickHouse, fault: FaultHook | None = None,
-                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0) -> None:
+                 insert_chunk_rows: int = 5000, lock_wait_s: float = 20.0,
+                 identity: IdentityHook | None = None) -> None:
         self.db = db
         self.ch = ch
+        self.identity = identity
         self.fault = fault or (lambda step: None)
         self.insert_chunk_rows = max(1, insert_chunk_rows)
         self.lock_wait_s = lock_wait_s
@@ -98,18 +110,29 @@ class Persister:
         deliveries of one record at once (a retry while the first is still running,
         perhaps on another replica) take turns, so the second finds the batch ``done``
         instead of reading ClickHouse before the first inserted. A crash ends the
-        session and frees the lock."""
+        session and frees the lock. The project's lock is held shared meanwhile:
+        a person deletion or a retention run (pulse.core.erasure) holds it
+        exclusively, so no batch of the project is written while they work."""
         deadline = time.monotonic() + self.lock_wait_s
-        while not conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")[0][0]:
+        keys = {"k": f"persist:{batch_id}", "pk": project_lock(project_id)}
+        while True:
+            mine, project = conn.run("SELECT pg_try_advisory_lock(hashtextextended(:k, 0)),"
+                                     " pg_try_advisory_lock_shared(hashtextextended(:pk, 0))", **keys)[0]
+            if mine and project:
+                break
+            conn.run(f"SELECT {'pg_advisory_unlock(hashtextextended(:k, 0))' if mine else '1'},"
+                     f" {'pg_advisory_unlock_shared(hashtextextended(:pk, 0))' if project else '1'}", **keys)
             if time.monotonic() > deadline:
-                raise Unavailable(f"batch {batch_id} is being persisted by another delivery", 1)
+                raise Unavailable(f"batch {batch_id} is being persisted by another delivery, or its project's"
+                                  " data is being deleted or expired", 1)
             time.sleep(0.02)
         try:
             # Announced to the ClickHouse insert group: concurrent batches share one insert.
             with self.ch.announce_insert("events", INSERT_COLUMNS) as announcement:
                 return self._steps(conn, batch_id, project_id, received_at, rows, announcement)
         finally:
-            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0))", k=f"persist:{batch_id}")
+            conn.run("SELECT pg_advisory_unlock(hashtextextended(:k, 0)),"
+                     " pg_advisory_unlock_shared(hashtextextended(:pk, 0))", **keys)
 
     def _steps(self, conn: Connection, batch_id: str, project_id: str, received_at: str,
                rows: Sequence[dict[str, str]], announcement: Announcement | None) -> Outcome:
@@ -123,12 +146,16 @@ class Persister:
             return claim.done
         self.fault("after-ledger")
         owned = [row for event_id, row in unique.items() if event_id in claim.owned]
+        mine = owned
         if not claim.fresh and owned:
             stored = self._stored_by_batch(project_id, batch_id)
             owned = [row for row in owned if row["event_id"] not in stored]
         if owned:
             self._insert(project_id, batch_id, received_at, owned, announcement)
         self.fault("after-insert")
+        if self.identity is not None and mine:
+            self.identity(project_id, batch_id, mine)
+        self.fault("after-identity")
         duplicates = len(rows) - len(claim.owned)
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]
         outcome = Outcome(project_id, len(claim.owned), duplicates,
@@ -179,8 +206,11 @@ class Persister:
         return _Claim(fresh, None, frozenset(r[0] for r in mine))
 
     def _stored_by_batch(self, project_id: str, batch_id: str) -> set[str]:
+        # On a cluster, every replica is asked: a row one replica took (and has not
+        # yet passed on) is stored, and must not be inserted again.
+        table = self.ch.layout.on_every_replica(self.ch.layout.local("events"))
         rows = self.ch.rows(
-            "SELECT toString(event_id) FROM events WHERE project_id = {p:UUID} AND batch_id = {b:UUID}",
+            f"SELECT DISTINCT toString(event_id) FROM {table} WHERE project_id = {{p:UUID}} AND batch_id = {{b:UUID}}",
             {"p": project_id, "b": batch_id},
         )
         return {r[0] for r in rows}

@@ -1,6 +1,6 @@
 """Weekly cohort retention, as API.md defines it.
 
-A user's cohort is the week (Monday, in ``tz``) of their first event ever in
+A user (a person, pulse.core.persons) has as cohort the week (Monday, in ``tz``) of their first event ever in
 the project. ``week_0`` is the cohort's size; ``week_k`` is the percentage of
 the cohort with any event in the k-th week after, rounded to 1 decimal. Rows
 run from ``start_date``'s week through ``windows`` weeks after it; weeks that
@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters, condition, parse_day
+from pulse.core.persons import resolver
 from pulse.core.rollups import EVENTS, actor_source
 from pulse.core.stats import percent, query
 from pulse.errors import InvalidInput
@@ -69,16 +70,18 @@ def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | N
     start = datetime.combine(spec.first_week, time(), zone).astimezone(UTC)
     end = datetime.combine(last_week + timedelta(weeks=spec.windows + 1), time(), zone).astimezone(UTC)
     scoped = replace(filters, start=start, end=end)
-    src = actor_source(scoped) if rollups else EVENTS
+    src = actor_source(scoped) if rollups and not filters.include_bots else EVENTS
     where, params = condition(scoped, time_column=src.time)
     params.update(tz=filters.tz, project=filters.project_id, first_week=spec.first_week, last_week=last_week)
+    who = resolver(ch, filters.project_id)
+    bots_out = src is EVENTS and not filters.include_bots  # the rollups hold no bots
     rows = query("retention", ch, f"""
         SELECT cw, intDiv(w - cw, 7) AS k, count()
         FROM (
-            SELECT actor_key, toMonday(min({src.time}), {{tz:String}}) AS cw,
+            SELECT {who.key} AS person, toMonday(min({src.time}), {{tz:String}}) AS cw,
                    groupUniqArrayIf(toMonday({src.time}, {{tz:String}}), {where}) AS weeks
-            FROM {src.table} WHERE project_id = {{project:UUID}}
-            GROUP BY actor_key
+            FROM {src.table} WHERE project_id = {{project:UUID}}{" AND bot = 0" if bots_out else ""}
+            GROUP BY person
             HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)
         )
         ARRAY JOIN weeks AS w

@@ -33,6 +33,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from pulse.core.filters import Filters
+from pulse.core.persons import ACTORS, Resolver
+from pulse.storage.clickhouse import Layout
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,21 @@ SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:
 # How many parts each span table is in now, and the hours ``type_hours``
 # holds across every project (its parts' min/max of ``hour``, seconds since
 # the epoch; 0 when unknown) and how many parts it has: a cheap first check.
+# On a cluster, the parts of every node (each holds some users' rows): a
+# span table is then in several parts, read without FINAL.
 SPAN_STATE = (
-    "SELECT countIf(table = 'type_spans'), countIf(table = 'page_spans'),"
-    " toUnixTimestamp(minIf(min_time, table = 'type_hours')), toUnixTimestamp(maxIf(max_time, table = 'type_hours')),"
-    " countIf(table = 'type_hours') FROM system.parts WHERE active AND database = currentDatabase()"
-    " AND table IN ('type_spans', 'page_spans', 'type_hours')")
+    "SELECT countIf(table = '{type_spans}'), countIf(table = '{page_spans}'),"
+    " toUnixTimestamp(minIf(min_time, table = '{type_hours}')),"
+    " toUnixTimestamp(maxIf(max_time, table = '{type_hours}')),"
+    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = currentDatabase()"
+    " AND table IN ('{type_spans}', '{page_spans}', '{type_hours}')")
+
+
+def span_state(layout: Layout) -> str:
+    return SPAN_STATE.format(type_spans=layout.local("type_spans"), page_spans=layout.local("page_spans"),
+                             type_hours=layout.local("type_hours"), parts=layout.on_every_replica("system.parts"))
+
+
 # The project's own hours: the exact check.
 PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
 
@@ -121,8 +133,12 @@ def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, d
     return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 
 
-def span_read(table: str, parts: int) -> tuple[str, str]:
-    """(what to read FROM, the unique-user expression) for a span table in ``parts`` parts."""
+def span_read(table: str, parts: int, who: Resolver = ACTORS) -> tuple[str, str]:
+    """(what to read FROM, the unique-user expression) for a span table in ``parts``
+    parts. One part read with FINAL holds one row per actor: without identity
+    links that is one per person, so the rows are counted; with links, the
+    distinct persons among the reaching rows."""
     if parts <= 1:
-        return f"{table} FINAL", f"countIf({SPAN_REACHES})"
-    return table, f"uniqExactIf(actor_key, {SPAN_REACHES})"
+        users = f"countIf({SPAN_REACHES})" if not who.resolving else f"uniqExactIf({who.key}, {SPAN_REACHES})"
+        return f"{table} FINAL", users
+    return table, f"uniqExactIf({who.key}, {SPAN_REACHES})"

@@ -2,10 +2,12 @@
 
 Each function takes ``Filters`` (already validated), builds SQL whose values
 are all bound parameters, and shapes the rows into the documented answer.
-A user is ``user_id``, or ``anonymous_id`` when ``user_id`` is empty: the
-materialized ``actor`` column; unique users are ``uniqExact(actor_key)``, its
-stored 128-bit SipHash (what ``uniqExact`` over the string hashes to anyway). Day, week
-(Monday) and month boundaries are those of ``filters.tz``.
+A user is a person (pulse.core.persons): the identifiers (``user_id``, else
+``anonymous_id``: the materialized ``actor`` column) that identity links
+joined. Unique users are ``uniqExact`` of the person key (``Resolver.key``:
+the overrides lookup, or ``actor_key``, the actor's stored 128-bit SipHash, in
+a project without links). Day, week (Monday) and month boundaries are those
+of ``filters.tz``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from zoneinfo import ZoneInfo
 
 from pulse import telemetry
 from pulse.core.filters import PROPERTY_KEY, Filters, condition
+from pulse.core.persons import Resolver, members_condition, resolver
 from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
     PROJECT_HOURS,
-    SPAN_STATE,
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
     covers,
     page_source,
     span_read,
+    span_state,
     spans_hold,
     table_hours,
 )
@@ -101,7 +104,8 @@ def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
 
 
 def _source(filters: Filters, rollups: bool, by_type: bool = False) -> Source:
-    return actor_source(filters, by_type) if rollups else EVENTS
+    """A rollup when one answers exactly (they hold no bots: with include_bots, the events table)."""
+    return actor_source(filters, by_type) if rollups and not filters.include_bots else EVENTS
 
 
 def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
@@ -119,7 +123,8 @@ def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True
     else:
         params["key"] = group_by[len("properties."):]
         bucket, order = PROPERTY_VALUE, "e DESC, b"
-    rows = query("events", ch, f"SELECT {bucket} AS b, {src.count} AS e, uniqExact(actor_key) FROM {src.table}"
+    who = resolver(ch, filters.project_id)
+    rows = query("events", ch, f"SELECT {bucket} AS b, {src.count} AS e, uniqExact({who.key}) FROM {src.table}"
                  f" WHERE {where} GROUP BY b ORDER BY {order}", params)
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
@@ -136,7 +141,8 @@ def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool 
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
     bucket = TIME_BUCKETS[interval].format(time=src.time)
-    rows = query(endpoint, ch, f"SELECT {bucket} AS b, uniqExact(actor_key) FROM {src.table}"
+    who = resolver(ch, filters.project_id)
+    rows = query(endpoint, ch, f"SELECT {bucket} AS b, uniqExact({who.key}) FROM {src.table}"
                  f" WHERE {where} GROUP BY b ORDER BY b", params)
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
@@ -146,9 +152,9 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     exactly (pulse.core.rollups), else None. The whole table's hours settle most
     ranges (any range up to today) from part metadata; the project's own hours
     settle the rest."""
-    if not covers(filters, fields):
+    if filters.include_bots or not covers(filters, fields):
         return None
-    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, SPAN_STATE, {})[0]
+    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, span_state(ch.layout), {})[0]
     table = table_hours(int(first_s), int(last_s), int(hour_parts))
     if table is None or not spans_hold(filters, *table):
         _, params = condition(filters, time_column=None)
@@ -159,12 +165,13 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
 
 
 def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
+    who = resolver(ch, filters.project_id)
     spans = spans_answer(ch, filters, TYPE_SPAN_FIELDS) if rollups else None
     if spans is not None:
         counted, params = condition(filters, time_column="hour")
         spanned, _ = condition(filters, time_column=None)
         params["limit"] = limit
-        source, users = span_read("type_spans", spans[0])
+        source, users = span_read("type_spans", spans[0], who)
         rows = query("top-events", ch,
                      "SELECT c.event_type, c.n, u.n FROM (SELECT event_type, sum(events) AS n FROM type_hours"
                      f" WHERE {counted} GROUP BY event_type ORDER BY n DESC, event_type ASC LIMIT {{limit:UInt32}})"
@@ -176,24 +183,25 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
     where, params = condition(filters, time_column=src.time)
     params["limit"] = limit
     rows = query("top-events", ch,
-                 f"SELECT event_type, {src.count} AS c, uniqExact(actor_key) AS u FROM {src.table} WHERE {where}"
+                 f"SELECT event_type, {src.count} AS c, uniqExact({who.key}) AS u FROM {src.table} WHERE {where}"
                  " GROUP BY event_type ORDER BY c DESC, event_type ASC LIMIT {limit:UInt32}", params)
     return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
 
 
 def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> dict[str, Any]:
     views = replace(filters, event_type="page_view")
+    who = resolver(ch, filters.project_id)
     spans = spans_answer(ch, views, PAGE_SPAN_FIELDS) if rollups else None
     if spans is not None:
-        rows = _pages_from_spans(ch, replace(views, event_type=None), limit, spans)
+        rows = _pages_from_spans(ch, replace(views, event_type=None), limit, spans, who)
     else:
-        src = page_source(views) if rollups else EVENTS
+        src = page_source(views) if rollups and not filters.include_bots else EVENTS
         if src is not EVENTS:
             views = replace(views, event_type=None)  # the rollup holds page views only
         where, params = condition(views, time_column=src.time)
         params["limit"] = limit + 1
         rows = query("pages", ch,
-                     f"SELECT path, {src.count} AS v, uniqExact(actor_key), grouping(path) AS whole FROM {src.table}"
+                     f"SELECT path, {src.count} AS v, uniqExact({who.key}), grouping(path) AS whole FROM {src.table}"
                      f" WHERE {where} GROUP BY GROUPING SETS ((path), ())"
                      " ORDER BY whole DESC, v DESC, path ASC LIMIT {limit:UInt32}", params)
     totals = next((r for r in rows if r[3]), ("", 0, 0, 1))
@@ -201,15 +209,16 @@ def pages(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) ->
             "top_paths": [{"path": p, "views": int(v), "users": int(u)} for p, v, u, whole in rows if not whole]}
 
 
-def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[int, int]) -> list[tuple[Any, ...]]:
+def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[int, int],
+                      who: Resolver) -> list[tuple[Any, ...]]:
     """Views per path from ``path_hours``; users per path from ``page_spans``. All
     page viewers: with no segment, the ``page_view`` rows of ``type_spans``; with
     path segments (ANDed: one path at most) the matching path's own count."""
     counted, params = condition(views, time_column="hour")
     spanned, _ = condition(views, time_column=None)
     params["limit"] = limit + 1
-    types, type_users = span_read("type_spans", parts[0])
-    paths, path_users = span_read("page_spans", parts[1])
+    types, type_users = span_read("type_spans", parts[0], who)
+    paths, path_users = span_read("page_spans", parts[1], who)
     whole = (f"SELECT {path_users} FROM {paths} WHERE {spanned}" if views.segments else
              f"SELECT {type_users} FROM {types} WHERE project_id = {{f_project:UUID}} AND event_type = 'page_view'")
     return query("pages", ch,
@@ -222,11 +231,17 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
 
 
 def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
-    where, params = condition(filters)
-    e, u, t, s = query("overview", ch,
-                       "SELECT count(), uniqExact(actor_key), uniqExact(event_type),"
-                       f" uniqExactIf(session_id, session_id != '') FROM events WHERE {where}", params)[0]
-    return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s)}
+    """Also how many events of known bots the figures leave out (0 with include_bots)."""
+    where, params = condition(replace(filters, include_bots=True))
+    who = resolver(ch, filters.project_id)
+    counted = "1" if filters.include_bots else "bot = 0"
+    e, u, t, s, b = query("overview", ch,
+                          f"SELECT countIf({counted}), uniqExactIf({who.key}, {counted}),"
+                          f" uniqExactIf(event_type, {counted}),"
+                          f" uniqExactIf(session_id, session_id != '' AND {counted}),"
+                          f" countIf(NOT ({counted})) FROM events WHERE {where}", params)[0]
+    return {"events": int(e), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s),
+            "bot_events_excluded": int(b)}
 
 
 def user(ch: ClickHouse, filters: Filters, user_id: str) -> dict[str, Any]:
@@ -234,8 +249,8 @@ def user(ch: ClickHouse, filters: Filters, user_id: str) -> dict[str, Any]:
     params["actor"] = user_id
     rows = query("user", ch,
                  f"SELECT event_type, count() AS c, min(occurred_at), max(occurred_at) FROM events"
-                 f" WHERE {where} AND actor = {{actor:String}} GROUP BY event_type ORDER BY c DESC, event_type",
-                 params)
+                 f" WHERE {where} AND {members_condition('f_project', 'actor')}"
+                 " GROUP BY event_type ORDER BY c DESC, event_type", params)
     if not rows:
         raise NotFound(f"no events from user {user_id[:80]!r} in this range")
     first = min(r[2] for r in rows)
@@ -256,9 +271,10 @@ def summary(ch: ClickHouse, filters: Filters, now: datetime | None = None) -> di
     where, params = condition(scoped)
     params.update(m5=recent.replace(tzinfo=None), m1=(now - timedelta(minutes=1)).replace(tzinfo=None),
                   today=today.replace(tzinfo=None), top=SUMMARY_TOP)
+    who = resolver(ch, filters.project_id)
     e5, u5, e1, et = query("summary", ch,
                            "SELECT countIf(occurred_at >= {m5:DateTime64(3, 'UTC')}),"
-                           " uniqExactIf(actor_key, occurred_at >= {m5:DateTime64(3, 'UTC')}),"
+                           f" uniqExactIf({who.key}, occurred_at >= {{m5:DateTime64(3, 'UTC')}}),"
                            " countIf(occurred_at >= {m1:DateTime64(3, 'UTC')}),"
                            " countIf(occurred_at >= {today:DateTime64(3, 'UTC')})"
                            f" FROM events WHERE {where}", params)[0]

@@ -1,177 +1,328 @@
-// The Pulse dashboard: reads the stats API with a bearer token (plus a chosen
-// project) or a read API key, and draws the main charts. Settings may also
-// come from the URL fragment (#key=...&from=...), which never reaches a server.
+// The Pulse dashboard: sign in (or open with a read API key), choose a
+// project, manage its API keys and members, read its stats. The view, the
+// project, the range, the segment and the funnel live in the URL fragment
+// (#view=stats&project=…&from=…), so a view can be shared: whoever opens the
+// link signs in and sees the same view. Credentials never go in the URL.
 "use strict";
 
 (() => {
   const $ = id => document.getElementById(id);
-  const params = new URLSearchParams(location.hash.slice(1));
-  const stored = JSON.parse(sessionStorage.getItem("pulse-dashboard") || "{}");
-  const setting = name => params.get(name) ?? stored[name] ?? "";
-  const PERCENT = /^(week_[1-9][0-9]*|conversion_from_start|conversion_from_previous)$/;
-  let liveAbort = null;
+  const VIEWS = ["stats", "keys", "members"];
+  let projects = [];
+  let state = {};
 
   function today() { return new Date().toISOString().slice(0, 10); }
   function daysAgo(n) { return new Date(Date.now() - n * 86400000).toISOString().slice(0, 10); }
 
-  $("token").value = setting("token");
-  $("key").value = setting("key");
-  $("from").value = setting("from") || daysAgo(29);
-  $("to").value = setting("to") || today();
-  $("tz").value = setting("tz") || "UTC";
-  $("segment").value = setting("segment");
-  if (setting("funnel")) $("funnel-steps").value = setting("funnel");
-  if (setting("window")) $("funnel-window").value = setting("window");
-
-  function headers() {
-    const h = {"Accept": "application/json"};
-    if ($("token").value) h["Authorization"] = "Bearer " + $("token").value;
-    else if ($("key").value) h["X-API-Key"] = $("key").value;
-    return h;
-  }
-
-  function query(extra = {}) {
-    const q = new URLSearchParams();
-    if ($("project").value) q.set("project_id", $("project").value);
-    q.set("from", $("from").value);
-    q.set("to", $("to").value);
-    q.set("tz", $("tz").value || "UTC");
-    for (const s of $("segment").value.split(",").map(x => x.trim()).filter(Boolean)) q.append("segment", s);
-    for (const [k, v] of Object.entries(extra)) q.set(k, v);
-    return q.toString();
-  }
-
-  async function api(path, extra, init = {}) {
-    const sep = path.includes("?") ? "&" : "?";
-    const response = await fetch(path + (extra === null ? "" : sep + query(extra)),
-                                 {...init, headers: {...headers(), ...(init.headers || {})}});
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(`${path}: ${body.detail || response.status}`);
-    return body;
-  }
-
-  function table(id, columns, rows) {
-    const t = $(id);
-    t.replaceChildren();
-    const head = t.createTHead().insertRow();
-    for (const c of columns) head.appendChild(Object.assign(document.createElement("th"), {textContent: c}));
-    const body = t.createTBody();
-    for (const r of rows) {
-      const tr = body.insertRow();
-      columns.forEach(c => {
-        const td = tr.insertCell();
-        const v = r[c];
-        td.textContent = v === undefined || v === null ? "" : (PERCENT.test(c) ? Number(v).toFixed(1) : String(v));
-        td.dataset.field = c;
-      });
+  function readState() {
+    const params = new URLSearchParams(location.hash.slice(1));
+    const key = params.get("key");
+    if (key) {  // an older link carrying a key: keep the key in the session, not in the address
+      PulseApi.useKey(key);
+      params.delete("key");
     }
+    state = Object.fromEntries(params.entries());
+    state.view = VIEWS.includes(state.view) ? state.view : "stats";
+    state.from = state.from || daysAgo(29);
+    state.to = state.to || today();
+    writeState({});
   }
 
-  function numbers(id, data) {
-    for (const dd of $(id).querySelectorAll("dd")) {
-      const v = data[dd.dataset.field];
-      dd.textContent = v === undefined ? "–" : String(v);
-    }
+  function writeState(patch) {
+    state = {...state, ...patch};
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(state)) if (v !== undefined && v !== null && v !== "") params.set(k, v);
+    history.replaceState(null, "", "#" + params.toString());
   }
+
+  const ctx = {
+    get state() { return state; },
+    setState: writeState,
+    segments: () => (state.segment || "").split(",").map(s => s.trim()).filter(Boolean),
+    query(extra = {}) {
+      const q = new URLSearchParams();
+      if (state.project && PulseApi.session && !PulseApi.session.api_key) q.set("project_id", state.project);
+      q.set("from", state.from);
+      q.set("to", state.to);
+      q.set("tz", state.tz || "UTC");
+      for (const s of ctx.segments()) q.append("segment", s);
+      for (const [k, v] of Object.entries(extra)) q.set(k, v);
+      return q.toString();
+    },
+  };
+
+  function show(view) {
+    document.body.dataset.view = view;
+    for (const a of document.querySelectorAll("#nav a[data-view]")) a.classList.toggle("current", a.dataset.view === view);
+  }
+
+  function setStatus(text) { $("status").textContent = text || ""; }
+
+  // Signing in -------------------------------------------------------------
+
+  let registering = false;
+  $("signin-mode").addEventListener("click", () => {
+    registering = !registering;
+    $("signin-title").textContent = registering ? "Create an account" : "Sign in";
+    $("signin-submit").textContent = registering ? "Create account" : "Sign in";
+    $("signin-mode").textContent = registering ? "I have an account: sign in" : "Create an account instead";
+    $("password").autocomplete = registering ? "new-password" : "current-password";
+  });
+
+  $("signin-form").addEventListener("submit", async e => {
+    e.preventDefault();
+    $("signin-status").textContent = "";
+    try {
+      if (registering) await PulseApi.register($("email").value, $("password").value);
+      else await PulseApi.signIn($("email").value, $("password").value);
+      $("password").value = "";
+      await start();
+    } catch (error) {
+      $("signin-status").textContent = error.status === 401 ? "Wrong email or password." : error.message;
+    }
+  });
+
+  $("key-form").addEventListener("submit", e => {
+    e.preventDefault();
+    PulseApi.useKey($("key").value.trim());
+    $("key").value = "";
+    start();
+  });
+
+  $("sign-out").addEventListener("click", () => PulseApi.signOut());
+  PulseApi.onSignedOut(message => {
+    PulseStats.stopLive();
+    projects = [];
+    $("signin-status").textContent = message || "";
+    show("signin");
+  });
+
+  // Projects -----------------------------------------------------------------
 
   async function loadProjects() {
-    if (!$("token").value) return;
-    const answer = await api("/v1/projects", null);
-    const list = Array.isArray(answer) ? answer : (answer.projects || []);
+    projects = await PulseApi.get("/v1/projects");
     const select = $("project");
-    const wanted = setting("project");
-    select.replaceChildren(...list.map(p => new Option(p.name || p.project_id, p.project_id)));
-    if (wanted) select.value = wanted;
+    select.replaceChildren(...projects.map(p => new Option(p.name || p.project_id, p.project_id)));
+    if (!projects.some(p => p.project_id === state.project)) writeState({project: projects.length ? projects[0].project_id : ""});
+    select.value = state.project;
+    const mine = projects.find(p => p.project_id === state.project);
+    document.body.dataset.role = mine ? mine.role : "";
   }
 
-  async function runFunnel() {
-    const steps = $("funnel-steps").value.split(",").map(s => s.trim()).filter(Boolean);
-    const body = {steps, window_seconds: Number($("funnel-window").value), from: $("from").value,
-                  to: $("to").value, tz: $("tz").value || "UTC",
-                  segment: $("segment").value.split(",").map(x => x.trim()).filter(Boolean)};
-    const path = "/v1/stats/funnel" + ($("project").value ? "?project_id=" + encodeURIComponent($("project").value) : "");
-    const answer = await api(path, null, {method: "POST", body: JSON.stringify(body),
-                                          headers: {"Content-Type": "application/json"}});
-    PulseCharts.bars($("funnel-chart"), answer.steps.map(s => ({label: s.event_type, value: s.users})));
-    table("funnel", ["event_type", "users", "conversion_from_start", "conversion_from_previous"], answer.steps);
-  }
-
-  async function live() {
-    if (liveAbort) liveAbort.abort();
-    if (setting("live") === "off") return;
-    liveAbort = new AbortController();
-    try {
-      const response = await fetch("/v1/stats/live?" + query(), {headers: headers(), signal: liveAbort.signal});
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const {value, done} = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, {stream: true});
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          const data = block.split("\n").find(l => l.startsWith("data: "));
-          if (data) numbers("summary", JSON.parse(data.slice(6)));
-        }
-      }
-    } catch (e) {
-      if (e.name !== "AbortError") $("status").textContent = "live view stopped: " + e.message;
-    }
-  }
-
-  async function load() {
-    document.body.dataset.state = "loading";
-    $("status").textContent = "Loading…";
-    sessionStorage.setItem("pulse-dashboard", JSON.stringify({
-      token: $("token").value, key: $("key").value, project: $("project").value}));
-    try {
-      await loadProjects();
-      const [events, dau, top, pages, retention, overview, summary] = await Promise.all([
-        api("/v1/stats/events", {group_by: "day"}),
-        api("/v1/stats/dau", {}),
-        api("/v1/stats/top-events", {limit: "10"}),
-        api("/v1/stats/pages", {limit: "10"}),
-        api("/v1/stats/retention", {windows: setting("windows") || "8"}),
-        api("/v1/stats/overview", {}),
-        api("/v1/stats/summary", {}),
-      ]);
-      PulseCharts.columns($("events-chart"), events.map(r => ({label: r.bucket, value: r.events})));
-      PulseCharts.line($("dau-chart"), dau.map(r => ({label: r.date, value: r.unique_users})));
-      PulseCharts.bars($("top-events-chart"), top.map(r => ({label: r.event_type, value: r.count})));
-      table("top-events", ["event_type", "count", "users"], top);
-      $("pages-total").textContent = `${pages.total_views} views by ${pages.unique_users} users`;
-      $("pages-total").dataset.views = pages.total_views;
-      $("pages-total").dataset.users = pages.unique_users;
-      table("pages", ["path", "views", "users"], pages.top_paths);
-      const weeks = Math.max(0, ...retention.map(r => Object.keys(r).length - 2));
-      table("retention", ["cohort_week", "week_0", ...Array.from({length: weeks}, (_, i) => `week_${i + 1}`)], retention);
-      for (const td of $("retention").querySelectorAll("td")) {
-        if (/^week_[1-9]/.test(td.dataset.field) && td.textContent) {
-          td.style.setProperty("--pct", td.textContent);
-          td.classList.add("pct");
-        }
-      }
-      numbers("overview", overview);
-      numbers("summary", summary);
-      await runFunnel();
-      $("status").textContent = "";
-      document.body.dataset.state = "ready";
-      live();
-    } catch (e) {
-      $("status").textContent = e.message;
-      document.body.dataset.state = "error";
-    }
-  }
-
-  $("access").addEventListener("submit", e => { e.preventDefault(); load(); });
-  $("funnel-form").addEventListener("submit", e => {
-    e.preventDefault();
-    runFunnel().catch(err => { $("status").textContent = err.message; });
+  $("project").addEventListener("change", () => {
+    writeState({project: $("project").value});
+    const mine = projects.find(p => p.project_id === state.project);
+    document.body.dataset.role = mine ? mine.role : "";
+    $("key-secret").hidden = true;
+    route();
   });
-  $("project").addEventListener("change", load);
-  if ($("token").value || $("key").value) load();
-  else $("status").textContent = "Sign in (access token) or paste a read API key, then Show.";
+
+  $("project-form").addEventListener("submit", async e => {
+    e.preventDefault();
+    try {
+      const made = await PulseApi.post("/v1/projects", {name: $("project-name").value});
+      writeState({project: made.project_id, view: "keys"});
+      await start();
+    } catch (error) {
+      $("project-status").textContent = error.message;
+    }
+  });
+
+  // Stats --------------------------------------------------------------------
+
+  $("filters").addEventListener("submit", e => {
+    e.preventDefault();
+    writeState({from: $("from").value, to: $("to").value, tz: $("tz").value.trim(), segment: $("segment").value.trim()});
+    PulsePanels.loadAll(ctx);
+  });
+
+  function showStats() {
+    $("from").value = state.from;
+    $("to").value = state.to;
+    $("tz").value = state.tz || "";
+    $("segment").value = state.segment || "";
+    PulsePanels.mount($("panels"), ctx);
+    return PulsePanels.loadAll(ctx);
+  }
+
+  // API keys (owners) ----------------------------------------------------------
+
+  function cells(row, values) {
+    for (const value of values) {
+      const td = row.insertCell();
+      if (value instanceof Node) td.appendChild(value); else td.textContent = value === null || value === undefined ? "" : String(value);
+    }
+  }
+
+  function confirmButton(label, action) {
+    const button = Object.assign(document.createElement("button"), {type: "button", className: "danger", textContent: label});
+    button.addEventListener("click", async () => {
+      if (button.dataset.armed !== "yes") {  // a second click confirms
+        button.dataset.armed = "yes";
+        button.textContent = `${label}? Click again`;
+        return;
+      }
+      button.disabled = true;
+      await action();
+    });
+    return button;
+  }
+
+  async function showKeys() {
+    const status = $("keys-status");
+    const view = $("keys-view");
+    view.dataset.state = "loading";
+    status.textContent = "Loading…";
+    try {
+      const keys = await PulseApi.get(`/v1/projects/${state.project}/api-keys`);
+      const t = $("keys");
+      t.replaceChildren();
+      const head = t.createTHead().insertRow();
+      for (const c of ["name", "prefix", "scopes", "created", "last used", ""]) head.appendChild(Object.assign(document.createElement("th"), {textContent: c}));
+      const body = t.createTBody();
+      for (const key of keys) {
+        const tr = body.insertRow();
+        tr.dataset.keyId = key.key_id;
+        tr.dataset.revoked = key.revoked_at ? "yes" : "no";
+        cells(tr, [key.name, key.prefix, key.scopes.join(" "), key.created_at.slice(0, 16).replace("T", " "),
+                   key.last_used_at ? key.last_used_at.slice(0, 16).replace("T", " ") : "never",
+                   key.revoked_at ? "revoked" : confirmButton("Revoke", () => revokeKey(key.key_id))]);
+      }
+      view.dataset.state = keys.length ? "ready" : "empty";
+      status.textContent = keys.length ? "" : "No keys yet: make one to send events.";
+    } catch (error) {
+      view.dataset.state = "error";
+      status.textContent = error.status === 403 ? "Only the project's owners manage its keys." : `Could not load: ${error.message}`;
+    }
+  }
+
+  async function revokeKey(keyId) {
+    try {
+      await PulseApi.call("DELETE", `/v1/projects/${state.project}/api-keys/${keyId}`);
+    } catch (error) {
+      $("keys-status").textContent = error.message;
+    }
+    await showKeys();
+  }
+
+  $("key-create").addEventListener("submit", async e => {
+    e.preventDefault();
+    const scopes = ["ingest", "read"].filter(s => $(`scope-${s}`).checked);
+    try {
+      const made = await PulseApi.post(`/v1/projects/${state.project}/api-keys`, {name: $("key-name").value, scopes});
+      $("key-secret-value").textContent = made.api_key;
+      $("key-secret").hidden = false;
+      $("key-name").value = "";
+      await showKeys();
+    } catch (error) {
+      $("keys-status").textContent = error.message;
+      $("keys-view").dataset.state = "error";
+    }
+  });
+
+  // Members ------------------------------------------------------------------
+
+  async function showMembers() {
+    const status = $("members-status");
+    const view = $("members-view");
+    view.dataset.state = "loading";
+    status.textContent = "Loading…";
+    try {
+      const members = await PulseApi.get(`/v1/projects/${state.project}/members`);
+      const owner = document.body.dataset.role === "owner";
+      const t = $("members");
+      t.replaceChildren();
+      const head = t.createTHead().insertRow();
+      for (const c of ["email", "role", "since", ""]) head.appendChild(Object.assign(document.createElement("th"), {textContent: c}));
+      const body = t.createTBody();
+      for (const m of members) {
+        const tr = body.insertRow();
+        tr.dataset.email = m.email;
+        const self = PulseApi.session && m.email === PulseApi.session.email;
+        cells(tr, [m.email, m.role, (m.added_at || "").slice(0, 10),
+                   owner && !self ? confirmButton("Remove", () => removeMember(m.user_id)) : ""]);
+      }
+      view.dataset.state = "ready";
+      status.textContent = "";
+    } catch (error) {
+      view.dataset.state = "error";
+      status.textContent = `Could not load: ${error.message}`;
+    }
+  }
+
+  async function removeMember(userId) {
+    try {
+      await PulseApi.call("DELETE", `/v1/projects/${state.project}/members/${userId}`);
+    } catch (error) {
+      $("members-status").textContent = error.message;
+    }
+    await showMembers();
+  }
+
+  $("member-add").addEventListener("submit", async e => {
+    e.preventDefault();
+    const email = $("member-email").value.trim();
+    try {
+      const answer = await PulseApi.call("POST", `/v1/projects/${state.project}/members`,
+                                         {email, role: $("member-role").value});
+      $("member-email").value = "";
+      await showMembers();
+      $("members-status").textContent = answer.status === 202
+        ? `Invitation sent to ${email}: they join once they accept it.` : `${email} is now a member.`;
+    } catch (error) {
+      $("members-status").textContent = error.message;
+      $("members-view").dataset.state = "error";
+    }
+  });
+
+  // Routing ------------------------------------------------------------------
+
+  async function route() {
+    PulseStats.stopLive();
+    const keyOnly = PulseApi.session && PulseApi.session.api_key;
+    const view = keyOnly ? "stats" : state.view;
+    show(view);
+    if (view === "stats") await showStats();
+    else if (view === "keys") await showKeys();
+    else if (view === "members") await showMembers();
+  }
+
+  async function start() {
+    setStatus("");
+    const session = PulseApi.session;
+    if (!session) { show("signin"); return; }
+    document.body.dataset.access = session.api_key ? "key" : "account";
+    $("who").textContent = session.email || "API key";
+    if (!session.api_key) {
+      PulseApi.resume();
+      try {
+        await loadProjects();
+      } catch (error) {
+        if (PulseApi.session) setStatus(error.message);
+        return;
+      }
+      if (!projects.length) { show("projects"); return; }
+    }
+    await route();
+  }
+
+  for (const a of document.querySelectorAll("#nav a[data-view]")) {
+    a.addEventListener("click", e => {  // keep the project and range: change the view only
+      e.preventDefault();
+      writeState({view: a.dataset.view});
+      route();
+    });
+  }
+
+  window.addEventListener("hashchange", () => {
+    const before = state;
+    readState();
+    if (PulseApi.session && (before.view !== state.view || before.project !== state.project)) {
+      $("project").value = state.project;
+      route();
+    }
+  });
+
+  readState();
+  start();
 })();

@@ -151,6 +151,8 @@ class Gateway:
             return start_response(line, headers, exc_info) if exc_info else start_response(line, headers)
 
         body = app(environ, answer)
+        if not access.isEnabledFor(logging.INFO):  # JSON logs: each function logs its own line
+            return body
         return _Logged(body, lambda: access.info(
             "%s %s %s", environ.get("REQUEST_METHOD", ""), path, status[0],
             extra={"fields": {"method": environ.get("REQUEST_METHOD", ""), "path": path, "status": status[0],

@@ -77,7 +77,9 @@ def _serve(name: str, settings: Settings, report: Connection) -> None:
     from pulse.ingest import Ingest
     from pulse.local.gateway import Server
     from pulse.services import Services
+    from pulse.telemetry import configure_logging
 
+    configure_logging(settings.log_level, settings.log_format)  # the parent's format, on the same terminal
     try:
         services = Services(settings)
         function = {"ingest": Ingest}[name](services)  # FUNCTIONS_WITHOUT_CLICKHOUSE

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,15 +23,50 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
+from pulse.settings import CLUSTER_NAME
 
 CHUNK = 1 << 16
 # Formats chDB streams block by block (their blocks concatenate into one valid stream).
 CHDB_STREAMED = frozenset({"CSV", "TSV", "TabSeparated", "JSONEachRow", "RowBinary", "Native"})
+# Inserts on a cluster: the Distributed table writes every shard's rows before
+# it answers (nothing is left queued on the node that took the insert), and
+# each shard's rows are on a majority of its replicas (both, with two) before
+# persist marks the batch done.
+CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": 1, "insert_quorum": "auto"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the tables are: one node (``cluster`` empty), or the shards and
+    replicas of a ClickHouse cluster, in the form pulse.storage.migrations
+    gives them (a sharded table's own rows on each node are ``<name>_local``).
+    ``every_replica`` is the table function that reads a table on every node
+    of the cluster; a stand-in for a cluster can name its own."""
+
+    cluster: str = ""
+    every_replica: str = "clusterAllReplicas('{cluster}', {table})"
+
+    def __post_init__(self) -> None:
+        if self.cluster and not CLUSTER_NAME.match(self.cluster):
+            raise ValueError(f"not a ClickHouse cluster name: {self.cluster[:100]!r}")
+
+    def local(self, table: str) -> str:
+        """The name under which each node keeps its own rows of a sharded table."""
+        return f"{table}_local" if self.cluster else table
+
+    def on_every_replica(self, table: str) -> str:
+        """A table expression reading ``table`` (``system.<name>``, or a table of the
+        current database) on every node: on one node, the table itself."""
+        if not self.cluster:
+            return table
+        where = table if "." in table else f"currentDatabase(), {table}"
+        return self.every_replica.format(cluster=self.cluster, table=where)
 
 
 class ClickHouse:
-    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2) -> None:
+    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None) -> None:
         self.url = url
+        self.layout = layout or Layout()
         self.embedded = urlsplit(url).scheme == "chdb"
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._max_idle = max_idle
@@ -107,9 +143,11 @@ class ClickHouse:
         """Insert ``JSONEachRow`` bytes; ClickHouse parses them, no Python per row.
 
         Returns only when the rows are written (synchronous insert)."""
+        settings: dict[str, Any] = {"async_insert": 0}
+        if self.layout.cluster:
+            settings.update(CLUSTER_INSERT_SETTINGS)
         with self.borrow() as client:
-            client.raw_insert(table, list(columns), insert_block=body, fmt="JSONEachRow",
-                              settings={"async_insert": 0})
+            client.raw_insert(table, list(columns), insert_block=body, fmt="JSONEachRow", settings=settings)
 
     def stream(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> Iterator[bytes]:
         """Bytes of a result formatted by ClickHouse itself (CSV, JSON, Parquet...),

@@ -1,0 +1,269 @@
+"""A two-shard stand-in for a ClickHouse cluster inside one chDB engine, and
+Pulse's migrations and queries run on it beside the one-node form.
+
+chDB runs no server, so no ``remote_servers`` cluster is reachable from it;
+what it does run is ``remote('localhost,127.0.0.1', db, table, key)``: a
+Distributed storage of two shards, both local, that executes queries the
+distributed way (each shard's partial aggregate, merged on the initiator)
+and splits inserts by the sharding key. Both shards read the same physical
+``<table>_local``, so each ``_local`` table gets a row policy keeping on each
+shard exactly the rows the sharding key sends there (``key % 2 =
+shardNum() - 1``; tables sharded by ``rand()`` show all their rows on shard 1):
+each shard then holds its own rows, disjoint, as on a real cluster. (A
+materialized view reads the block inserted into a local table outside any
+shard, shardNum() = 0, and sees all of it, as on a real node.)
+
+The cluster DDL is the one ``migrate_clickhouse`` renders for a real cluster
+(``ClusterForm``); ``StandIn.command`` turns each statement into its stand-in:
+no ``ON CLUSTER``, ``ReplicatedXMergeTree(path, replica, ...)`` as
+``XMergeTree(...)``, a ``Distributed(cluster, db, local, key)`` table as a
+table over ``remote(...)`` with the same key (re-created after column changes,
+since such a table keeps the columns it was created with).
+
+Run as its own process (one chDB engine per process):
+``python cluster_standin.py STATE_DIR`` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import sys
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from xml.sax.saxutils import escape
+
+import chdb
+import orjson
+
+from pulse.core import funnel, retention, stats
+from pulse.core.filters import Filters, parse_segments
+from pulse.core.persisting import INSERT_COLUMNS, Persister
+from pulse.settings import Settings
+from pulse.storage.clickhouse import ClickHouse, Layout
+from pulse.storage.migrations import cluster_statements, migrate_clickhouse, migrations_root
+
+SHARDS = "localhost,127.0.0.1"
+STANDIN = Layout("pulse", every_replica=f"remote('{SHARDS}', {{table}})")
+DISTRIBUTED = re.compile(r"^CREATE TABLE (IF NOT EXISTS )?(\w+) AS (\w+)\nENGINE = Distributed\('[^']*', '([^']*)',"
+                         r" '(\w+)', (.*)\)$", re.S)
+REPLICATED = re.compile(r"Replicated(\w*MergeTree)\('[^']*', '\{replica\}'(?:, )?")
+ALTER = re.compile(r"^ALTER TABLE (\w+) ")
+DROP = re.compile(r"^DROP TABLE (IF EXISTS )?(\w+) SYNC$")
+
+
+def shard_keys(settings: Settings) -> dict[str, str]:
+    """Each local table of the cluster form -> its Distributed table's sharding key."""
+    keys = {}
+    for _, statements in cluster_statements(STANDIN, "two", settings):
+        for statement in statements:
+            match = DISTRIBUTED.match(statement.replace(f" ON CLUSTER '{STANDIN.cluster}'", ""))
+            if match:
+                keys[match.group(5)] = match.group(6)
+    return keys
+
+
+def shard_filter(key: str) -> str:
+    return "shardNum() = 1" if key == "rand()" else f"({key}) % 2 = shardNum() - 1"
+
+
+def row_policies(keys: dict[str, str]) -> str:
+    """Outside a shard's part of a distributed query (shardNum() = 0: a view reading
+    the block just inserted into a local table) every row is seen."""
+    filters = "".join(
+        f"<{local}><filter>{escape(f'shardNum() = 0 OR {shard_filter(key)}')}"
+        f"</filter></{local}>" for local, key in sorted(keys.items()))
+    return ("<clickhouse><users><default><password></password><networks><ip>::/0</ip></networks>"
+            "<profile>default</profile><quota>default</quota><access_management>1</access_management>"
+            f"<databases><two>{filters}</two></databases></default></users>"
+            "<profiles><default/></profiles><quotas><default/></quotas></clickhouse>")
+
+
+class StandIn(ClickHouse):
+    """Pulse's ClickHouse client on database ``two``, running cluster DDL in its stand-in form."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, layout=STANDIN)
+        self.distributed: dict[str, str] = {}
+        self.ddl: list[str] = []
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        self.ddl.append(sql)
+        for statement in self.stand_in(sql):
+            super().command(statement, parameters)
+
+    def stand_in(self, sql: str) -> list[str]:
+        sql = REPLICATED.sub(r"\1(", sql.replace(f" ON CLUSTER '{STANDIN.cluster}'", ""))
+        match = DISTRIBUTED.match(sql)
+        if match:
+            ine, name, _, db, local, key = match.groups()
+            self.distributed[name] = f"remote('{SHARDS}', '{db}', '{local}', {key})"
+            return [f"CREATE TABLE {ine or ''}{name} AS {self.distributed[name]}"]
+        match = ALTER.match(sql)
+        if match and match.group(1) in self.distributed:
+            name = match.group(1)
+            return [f"DROP TABLE {name}", f"CREATE TABLE {name} AS {self.distributed[name]}"]
+        match = DROP.match(sql)
+        if match:
+            self.distributed.pop(match.group(2), None)
+        return [sql]
+
+
+def make_events(seed: int, n: int, projects: list[str], start: datetime) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        user = rng.randrange(400)
+        anonymous = rng.random() < 0.15
+        moment = start + timedelta(seconds=rng.randrange(70 * 86400))
+        kind = rng.choices(["page_view", "click", "signup", "purchase"], [6, 3, 1, 1])[0]
+        out.append({
+            "project_id": projects[user % 2], "batch_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "received_at": moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "event_type": kind,
+            "user_id": "" if anonymous else f"u{user}", "anonymous_id": f"a{user}" if anonymous else "",
+            "session_id": f"s{user}-{moment.timetuple().tm_yday}" if rng.random() < 0.8 else "",
+            "occurred_at": moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            "properties": orjson.dumps({"plan": rng.choice(["free", "pro", "team"])}).decode(),
+            "path": rng.choice(["/", "/docs", "/pricing", "/blog"]) if kind == "page_view" else "",
+            "url": "", "referrer": "", "title": "", "user_agent": "", "ip": "", "locale": "en",
+            "country": rng.choice(["DE", "US", "UA", "FR", ""]),
+        })
+    return out
+
+
+def insert(chs: list[ClickHouse], rows: list[dict[str, str]]) -> None:
+    for start in range(0, len(rows), 2000):
+        body = b"\n".join(orjson.dumps({c: r[c] for c in INSERT_COLUMNS}) for r in rows[start:start + 2000])
+        for ch in chs:
+            ch.insert_json_rows("events", INSERT_COLUMNS, body)
+
+
+def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, Any]:
+    """Every stats kernel aggregate serves, over several ranges and segments."""
+    out: dict[str, Any] = {}
+    first = datetime(2026, 3, 1, tzinfo=UTC)
+    ranges = {
+        "whole": (first, last + timedelta(days=1), "UTC"),  # whole hours, up to after the last event: spans
+        "berlin": (datetime(2026, 3, 20, 23, tzinfo=UTC), datetime(2026, 4, 20, 22, tzinfo=UTC), "Europe/Berlin"),
+        "minutes": (datetime(2026, 3, 10, 12, 30, tzinfo=UTC), datetime(2026, 4, 2, 7, 15, tzinfo=UTC), "UTC"),
+        "kolkata": (datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC), "Asia/Kolkata"),
+    }
+    segments = {"all": (), "de": parse_segments(["country:DE"]), "docs": parse_segments(["path:/docs"])}
+    for project in projects:
+        for rname, (start, end, tz) in ranges.items():
+            for sname, segment in segments.items():
+                f = Filters(project, start, end, tz, segment)
+                key = f"{project[:4]}/{rname}/{sname}"
+                for rollups in (True, False):
+                    k = f"{key}/{'rollups' if rollups else 'events'}"
+                    for group in ("day", "week", "hour", "event_type", "properties.plan"):
+                        out[f"events/{group}/{k}"] = stats.events(ch, f, group, rollups)
+                    out[f"active/week/{k}"] = stats.active_users(ch, f, "week", rollups)
+                    out[f"dau/{k}"] = stats.dau(ch, f, rollups)
+                    out[f"top/{k}"] = stats.top_events(ch, f, 10, rollups)
+                    out[f"pages/{k}"] = stats.pages(ch, f, 3, rollups)
+                    spec = retention.Retention(date(2026, 3, 2), 6)
+                    out[f"retention/{k}"] = retention.retention(ch, f, spec, date(2026, 6, 1), rollups)
+                out[f"overview/{key}"] = stats.overview(ch, f)
+                steps = (funnel.Step("page_view", ()), funnel.Step("click", ()), funnel.Step("purchase", segment))
+                out[f"funnel/{key}"] = funnel.funnel(ch, funnel.Funnel(steps, 7 * 86400, f))
+                out[f"summary/{key}"] = stats.summary(ch, f, now=last - timedelta(hours=7))
+                out[f"user/{key}"] = stats.user(ch, Filters(project, first, end, "UTC"), "u2" if project == projects[0]
+                                                 else "u3")
+    return out
+
+
+ROLLUPS = {  # every rollup as rows, straight from the tables the queries read
+    "actor_hours": "SELECT project_id, hour, country, actor_key, sum(events) FROM actor_hours GROUP BY ALL",
+    "actor_type_hours": "SELECT project_id, hour, event_type, country, actor_key, sum(events) FROM actor_type_hours"
+                        " GROUP BY ALL",
+    "page_hours": "SELECT project_id, hour, path, country, actor_key, sum(views) FROM page_hours GROUP BY ALL",
+    "type_hours": "SELECT project_id, hour, event_type, sum(events) FROM type_hours GROUP BY ALL",
+    "path_hours": "SELECT project_id, hour, path, sum(views) FROM path_hours GROUP BY ALL",
+    "type_spans": "SELECT project_id, event_type, actor_key, min(first_at), max(last_at) FROM type_spans GROUP BY ALL",
+    "page_spans": "SELECT project_id, path, actor_key, min(first_at), max(last_at) FROM page_spans GROUP BY ALL",
+}
+# The span tables read with FINAL (one row per user and type) and counted.
+SPANS_FINAL = ("SELECT project_id, event_type, count(), uniqExact(actor_key) FROM type_spans FINAL"
+               " GROUP BY ALL ORDER BY ALL")
+# Users whose rows are on more than one shard, across every table keyed by user
+# (FINAL over the span tables is exact on a cluster only if there are none). In
+# the stand-in FINAL itself merges a table's rows before the row policies
+# place them, so placement is checked here, through each table's _shard_num.
+SPLIT_USERS = ("SELECT count() FROM (SELECT actor_key FROM ("
+               + " UNION ALL ".join(f"SELECT actor_key, _shard_num AS s FROM {table}" for table in (
+                   "events", "actor_hours", "actor_type_hours", "page_hours", "type_spans", "page_spans"))
+               + ") GROUP BY actor_key HAVING uniqExact(s) > 1)")
+
+def main(state: Path) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    settings = Settings(state_dir=state)
+    (state / "users.xml").write_text(row_policies(shard_keys(settings)))
+    (state / "config.xml").write_text("<clickhouse><user_directories><users_xml><path>"
+                                      f"{state / 'users.xml'}</path></users_xml></user_directories></clickhouse>")
+    engine = chdb.connect(f"{state / 'ch'}?config-file={state / 'config.xml'}")
+    setup = ClickHouse(f"chdb://{state / 'ch'}")
+    for db in ("one", "two"):
+        setup.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    one = ClickHouse(f"chdb://{state / 'ch'}?database=one")
+    two = StandIn(f"chdb://{state / 'ch'}?database=two")
+
+    root = state / "migrations"
+    shutil.copytree(migrations_root(), root)
+    held = state / "held"
+    held.mkdir()
+    for path in (root / "clickhouse").glob("*.sql"):
+        if path.name >= "0003":
+            path.rename(held / path.name)
+    first = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
+    projects = [str(uuid.UUID(int=7, version=4)), str(uuid.UUID(int=8, version=4))]
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    early = make_events(1, 8000, projects, start)
+    insert([one, two], early)  # before the rollups exist: their migrations backfill these
+    for path in held.iterdir():
+        path.rename(root / "clickhouse" / path.name)
+    later = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
+    late = make_events(2, 8000, projects, start)
+    insert([one, two], late)  # through the views
+    last = max(datetime.fromisoformat(r["occurred_at"]).replace(tzinfo=UTC) for r in early + late)
+
+    def rows(ch: ClickHouse, sql: str) -> list[list[str]]:
+        return sorted([list(map(str, r)) for r in ch.rows(sql)])
+
+    # The real cluster form, as migrate_clickhouse applies it on cluster "events", parsed by the engine.
+    rendered = [s for _, statements in cluster_statements(Layout("events"), "pulse", settings) for s in statements]
+    unparsed = []
+    for statement in rendered:
+        try:
+            setup.rows(f"EXPLAIN AST {statement}")
+        except Exception as exc:  # noqa: BLE001 - every failure is reported
+            unparsed.append(f"{statement[:200]}: {exc}")
+    batch = early[0]["batch_id"]
+    stored = {name: sorted(Persister._stored_by_batch(SimpleNamespace(ch=ch), early[0]["project_id"], batch))
+              for name, ch in (("one", one), ("two", two))}
+    print(json.dumps({
+        "applied": {"first": first, "later": later, "again": migrate_clickhouse(two, settings, root)},
+        "ddl": two.ddl, "parsed": len(rendered), "unparsed": unparsed,
+        "tables": rows(two, "SELECT name, engine, sorting_key FROM system.tables WHERE database = 'two'"),
+        "shards": rows(two, "SELECT _shard_num, count() FROM events GROUP BY 1"),
+        "events": {n: rows(ch, "SELECT count(), uniqExact(event_id) FROM events") for n, ch in (("one", one), ("two", two))},
+        "rollups": {t: [rows(one, sql), rows(two, sql)] for t, sql in ROLLUPS.items()},
+        "spans_final": [rows(one, SPANS_FINAL), rows(two, SPANS_FINAL)],
+        "split_users": two.rows(SPLIT_USERS)[0][0],
+        "users_per_shard": rows(two, "SELECT _shard_num, uniqExact(actor_key) FROM events GROUP BY 1"),
+        "stored": stored, "batch_events": sum(1 for r in early if r["batch_id"] == batch),
+        "answers": [json.loads(json.dumps(answers(ch, projects, last), default=str)) for ch in (one, two)],
+    }))
+    for ch in (one, two, setup):
+        ch.close()
+    engine.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
