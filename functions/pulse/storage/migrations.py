@@ -249,7 +249,8 @@ class ClusterForm:
       rows) when every source keeps the same rows together as ``t``, and
       without replicated block deduplication (copied rows are no retry).
     - ``ALTER``, ``OPTIMIZE``, ``TRUNCATE``: the local tables; column changes
-      the Distributed table too. ``EXCHANGE TABLES``: the local tables (each
+      the Distributed table too. ``ALTER TABLE v MODIFY QUERY`` of a view:
+      its new query reads the local tables, as ``CREATE`` does. ``EXCHANGE TABLES``: the local tables (each
       Distributed table reads its local table by name). ``DROP``: both.
 
     Anything else has no cluster form and stops the run (``MigrationError``).
@@ -345,6 +346,12 @@ class ClusterForm:
 
     def _alter(self, m: re.Match[str]) -> list[str]:
         table, commands = m.group(1), m.group(2)
+        if table in self.views:
+            query = re.match(r"\s*MODIFY\s+QUERY\s+(.*)", commands, re.IGNORECASE | re.DOTALL)
+            if query is None:
+                raise MigrationError(f"alter view {table}: only MODIFY QUERY has a cluster form")
+            # the view reads each node's local tables, as when it was created
+            return [f"ALTER TABLE {table}{self.on} MODIFY QUERY\n{self._locally(query.group(1))}"]
         local = f"ALTER TABLE {self._known(table)}{self.on} {commands}"
         if table not in self.sharded:
             return [local]
