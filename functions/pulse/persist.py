@@ -37,6 +37,7 @@ from pulse.errors import InvalidInput
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.storage.persons import PersonStore
+from pulse.storage.postgres import Connection
 from pulse.web.body import read_body
 from pulse.web.http import HttpFunction, Route, json_response
 
@@ -69,8 +70,8 @@ class Persist(HttpFunction):
             results.append(self.persist_one(event))
         return json_response({"results": results})
 
-    def identity(self, project_id: str, batch_id: str, rows: Sequence[dict[str, str]]) -> None:
-        self.persons.apply(project_id, batch_id, persons.operations(rows))
+    def identity(self, conn: Connection, project_id: str, batch_id: str, rows: Sequence[dict[str, str]]) -> None:
+        self.persons.apply(project_id, batch_id, persons.operations(rows), conn)
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
         project_id, received_at, rows = decode_batch(event)

@@ -40,7 +40,7 @@ from tests.conftest import ROOT
 from tests.integration.test_auth import User, signup
 
 DOCS = ROOT / "docs" / "openapi"
-FUNCTIONS = ("ingest", "auth", "aggregate", "export", "persist", "host")
+FUNCTIONS = ("ingest", "auth", "aggregate", "export", "persist", "host")  # host: the public host's own routes
 METHODS = ("get", "post", "put", "patch", "delete")
 EXAMPLES = int(os.environ.get("PULSE_FUZZ_EXAMPLES", "15"))
 SEED = int(os.environ.get("PULSE_FUZZ_SEED", "20261130"))
@@ -127,8 +127,8 @@ def project(pulse: Any) -> Any:  # one project for the module: fuzzed events sta
                          ids=[f"{f}:{m} {p}" for f, m, p in operations()])
 def test_operation_answers_as_documented_whatever_the_input(pulse: Any, credentials: Credentials, function: str,
                                                              method: str, path: str) -> None:
-    app = (pulse.host if function == "host" else pulse.functions[function]).wsgi
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    app = pulse.host.wsgi if function == "host" else pulse.functions[function].wsgi
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)  # the host's: every function's, merged
     operation = schema[path][method]
     documented = json.loads((DOCS / f"{function}.json").read_text())["paths"][path][method.lower()]
 

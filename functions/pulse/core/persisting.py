@@ -59,8 +59,8 @@ from pulse.storage.postgres import Connection, Database, in_transaction
 
 INSERT_COLUMNS = ("project_id", "batch_id", "received_at", *EVENT_COLUMNS)
 FaultHook = Callable[[str], None]
-# Step 3: (project_id, batch_id, the owned rows) -> None.
-IdentityHook = Callable[[str, str, Sequence[dict[str, str]]], None]
+# Step 3: (the session persisting the batch, project_id, batch_id, the owned rows) -> None.
+IdentityHook = Callable[[Connection, str, str, Sequence[dict[str, str]]], None]
 
 
 def project_lock(project_id: str) -> str:
@@ -154,7 +154,7 @@ class Persister:
             self._insert(project_id, batch_id, received_at, owned, announcement)
         self.fault("after-insert")
         if self.identity is not None and mine:
-            self.identity(project_id, batch_id, mine)
+            self.identity(conn, project_id, batch_id, mine)
         self.fault("after-identity")
         duplicates = len(rows) - len(claim.owned)
         times = [row["occurred_at"] for event_id, row in unique.items() if event_id in claim.owned]

@@ -58,12 +58,13 @@ SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:
 # holds across every project (its parts' min/max of ``hour``, seconds since
 # the epoch; 0 when unknown) and how many parts it has: a cheap first check.
 # On a cluster, the parts of every node (each holds some users' rows): a
-# span table is then in several parts, read without FINAL.
+# span table is then in several parts, read without FINAL. The database is
+# named, not currentDatabase(), which another node would answer for itself.
 SPAN_STATE = (
     "SELECT countIf(table = '{type_spans}'), countIf(table = '{page_spans}'),"
     " toUnixTimestamp(minIf(min_time, table = '{type_hours}')),"
     " toUnixTimestamp(maxIf(max_time, table = '{type_hours}')),"
-    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = currentDatabase()"
+    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = {{database:String}}"
     " AND table IN ('{type_spans}', '{page_spans}', '{type_hours}')")
 
 
@@ -127,8 +128,10 @@ def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: da
 
 def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, datetime] | None:
     """``spans_hold``'s arguments from SPAN_STATE's whole-table bounds, or None when
-    they are unknown (parts without a min/max of ``hour``)."""
-    if parts and (not first_s or not last_s):
+    they may be unknown. type_hours is partitioned by month of ``hour``, so every
+    part has its min/max: a minimum of 0 is an event in 1970's first hour (the
+    earliest Pulse accepts), a real bound; a maximum of 0 is taken as unknown."""
+    if parts and not last_s:
         return None
     return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 

@@ -154,7 +154,8 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     settle the rest."""
     if filters.include_bots or not covers(filters, fields):
         return None
-    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, span_state(ch.layout), {})[0]
+    state = query("span-state", ch, span_state(ch.layout), {"database": ch.database})
+    type_parts, page_parts, first_s, last_s, hour_parts = state[0]
     table = table_hours(int(first_s), int(last_s), int(hour_parts))
     if table is None or not spans_hold(filters, *table):
         _, params = condition(filters, time_column=None)

@@ -52,7 +52,7 @@ const PulseStats = (() => {
   const SUMMARY = [["events_last_5m", "Events, last 5 min"], ["users_last_5m", "Users, last 5 min"],
                    ["events_per_second_1m", "Events/s, last min"], ["events_today", "Events today"]];
   const OVERVIEW = [["events", "Events"], ["unique_users", "Users"], ["unique_sessions", "Sessions"],
-                    ["unique_event_types", "Event types"]];
+                    ["unique_event_types", "Event types"], ["bot_events_excluded", "Bot events left out"]];
 
   async function live(ctx, target) {
     if (liveAbort) liveAbort.abort();

@@ -67,6 +67,7 @@ class ClickHouse:
     def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None) -> None:
         self.url = url
         self.layout = layout or Layout()
+        self._database: str | None = None
         self.embedded = urlsplit(url).scheme == "chdb"
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._max_idle = max_idle
@@ -98,6 +99,13 @@ class ClickHouse:
                 self._idle.put(client)
             else:
                 _close_quietly(client)
+
+    @property
+    def database(self) -> str:
+        """The database this client works in (asked once)."""
+        if self._database is None:
+            self._database = str(self.rows("SELECT currentDatabase()")[0][0])
+        return self._database
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self.borrow() as client:

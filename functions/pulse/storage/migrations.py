@@ -142,8 +142,7 @@ def migrate_postgres(db: Database, root: Path | None = None) -> list[str]:
 def migrate_clickhouse(ch: ClickHouse, settings: Settings, root: Path | None = None) -> list[str]:
     migrations = load("clickhouse", root)
     layout = ch.layout
-    form = ClusterForm(layout, str(ch.rows("SELECT currentDatabase()")[0][0]), placements(root)) \
-        if layout.cluster else None
+    form = ClusterForm(layout, ch.database, placements(root)) if layout.cluster else None
 
     def render(statement: str) -> list[str]:
         return form.render(statement) if form else [statement]
@@ -249,9 +248,9 @@ class ClusterForm:
       rows) when every source keeps the same rows together as ``t``, and
       without replicated block deduplication (copied rows are no retry).
     - ``ALTER``, ``OPTIMIZE``, ``TRUNCATE``: the local tables; column changes
-      the Distributed table too. ``ALTER TABLE v MODIFY QUERY`` of a view:
-      its new query reads the local tables, as ``CREATE`` does. ``EXCHANGE TABLES``: the local tables (each
-      Distributed table reads its local table by name). ``DROP``: both.
+      the Distributed table too; a view's ``MODIFY QUERY`` reads the local
+      tables. ``EXCHANGE TABLES``: the local tables (each Distributed table
+      reads its local table by name). ``DROP``: both.
 
     Anything else has no cluster form and stops the run (``MigrationError``).
     """
