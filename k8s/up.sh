@@ -3,11 +3,14 @@
 #   1. creates a kind (default) or minikube cluster,
 #   2. installs Knative Serving + Eventing + Kafka extensions (knative/install.sh),
 #   3. installs Strimzi and a KRaft Kafka with every topic as a KafkaTopic,
-#   4. runs Postgres and ClickHouse as StatefulSets with generated passwords,
+#   4. runs Postgres and ClickHouse as StatefulSets with generated passwords
+#      (with --cluster: ClickHouse as 2 shards x 2 replicas with ClickHouse
+#      Keeper under Altinity's clickhouse-operator, and Postgres as a primary
+#      and a standby under CloudNativePG; docs/scaling.md),
 #   5. creates Pulse's Secrets (database URLs, JWT signing key) if missing,
 #   6. builds and loads the image (unless --no-build) and installs the chart.
 #
-#   k8s/up.sh [kind|minikube] [--no-build] [-- extra helm args]
+#   k8s/up.sh [kind|minikube] [--cluster] [--no-build] [-- extra helm args]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,13 +20,15 @@ source "${here}/versions.env"
 
 platform="kind"
 build=1
+cluster_profile=0
 helm_args=()
 while (($#)); do
   case "$1" in
     kind|minikube) platform="$1" ;;
     --no-build) build=0 ;;
+    --cluster) cluster_profile=1 ;;
     --) shift; helm_args=("$@"); break ;;
-    *) echo "usage: $0 [kind|minikube] [--no-build] [-- helm args]" >&2; exit 2 ;;
+    *) echo "usage: $0 [kind|minikube] [--cluster] [--no-build] [-- helm args]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -73,23 +78,54 @@ kubectl -n kafka wait kafkatopic --all --for=condition=Ready --timeout=300s
 secret_exists() { kubectl -n "$1" get secret "$2" >/dev/null 2>&1; }
 password() { openssl rand -hex 24; }
 
-step "Postgres and ClickHouse"
-secret_exists pulse-data postgres-credentials || kubectl -n pulse-data create secret generic postgres-credentials \
-  --from-literal=username=pulse --from-literal=password="$(password)"
 secret_exists pulse-data clickhouse-credentials || kubectl -n pulse-data create secret generic clickhouse-credentials \
   --from-literal=username=pulse --from-literal=password="$(password)"
-kubectl apply -f "${here}/300-postgres.yaml" -f "${here}/310-clickhouse.yaml"
-kubectl -n pulse-data rollout status statefulset/postgres --timeout=300s
-kubectl -n pulse-data rollout status statefulset/clickhouse --timeout=300s
+field() { kubectl -n pulse-data get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
+
+if ((cluster_profile)); then
+  step "clickhouse-operator ${CLICKHOUSE_OPERATOR_VERSION} and CloudNativePG ${CNPG_VERSION}"
+  kubectl apply --server-side --force-conflicts -f \
+    "https://raw.githubusercontent.com/Altinity/clickhouse-operator/${CLICKHOUSE_OPERATOR_VERSION}/deploy/operator/clickhouse-operator-install-bundle.yaml"
+  kubectl apply --server-side --force-conflicts -f \
+    "https://github.com/cloudnative-pg/cloudnative-pg/releases/download/${CNPG_VERSION}/cnpg-${CNPG_VERSION#v}.yaml"
+  kubectl -n kube-system wait deployment/clickhouse-operator --for=condition=Available --timeout=300s
+  kubectl -n cnpg-system wait deployment/cnpg-controller-manager --for=condition=Available --timeout=300s
+
+  step "ClickHouse Keeper, ClickHouse (2 shards x 2 replicas), Postgres (primary + standby)"
+  secret_exists pulse-data postgres-app || kubectl -n pulse-data create secret generic postgres-app \
+    --type=kubernetes.io/basic-auth --from-literal=username=pulse --from-literal=password="$(password)"
+  kubectl apply -f "${here}/320-clickhouse-keeper.yaml" -f "${here}/330-clickhouse-cluster.yaml" \
+    -f "${here}/340-postgres-cluster.yaml"
+  kubectl -n pulse-data wait chk/pulse-keeper --for=jsonpath='{.status.status}'=Completed --timeout=600s
+  kubectl -n pulse-data wait chi/pulse --for=jsonpath='{.status.status}'=Completed --timeout=900s
+  kubectl -n pulse-data wait cluster.postgresql.cnpg.io/pulse-postgres --for=condition=Ready --timeout=600s
+  # The database on every ClickHouse node; Pulse's migrations create the tables ON CLUSTER.
+  kubectl -n pulse-data exec chi-pulse-events-0-0-0 -- clickhouse-client --user pulse \
+    --password "$(field clickhouse-credentials password)" \
+    --query "CREATE DATABASE IF NOT EXISTS pulse ON CLUSTER events"
+  pg_secret=postgres-app
+  pg_host=pulse-postgres-rw
+  ch_host=clickhouse-pulse
+  helm_args=(--set database.clickhouseCluster=events "${helm_args[@]}")
+else
+  step "Postgres and ClickHouse"
+  secret_exists pulse-data postgres-credentials || kubectl -n pulse-data create secret generic postgres-credentials \
+    --from-literal=username=pulse --from-literal=password="$(password)"
+  kubectl apply -f "${here}/300-postgres.yaml" -f "${here}/310-clickhouse.yaml"
+  kubectl -n pulse-data rollout status statefulset/postgres --timeout=300s
+  kubectl -n pulse-data rollout status statefulset/clickhouse --timeout=300s
+  pg_secret=postgres-credentials
+  pg_host=postgres
+  ch_host=clickhouse
+fi
 
 step "Pulse secrets"
-field() { kubectl -n pulse-data get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 if ! secret_exists pulse pulse-database; then
-  pg_pass="$(field postgres-credentials password)"
+  pg_pass="$(field "${pg_secret}" password)"
   ch_pass="$(field clickhouse-credentials password)"
   kubectl -n pulse create secret generic pulse-database \
-    --from-literal=postgres-url="postgresql://pulse:${pg_pass}@postgres.pulse-data.svc:5432/pulse" \
-    --from-literal=clickhouse-url="http://pulse:${ch_pass}@clickhouse.pulse-data.svc:8123/pulse"
+    --from-literal=postgres-url="postgresql://pulse:${pg_pass}@${pg_host}.pulse-data.svc:5432/pulse" \
+    --from-literal=clickhouse-url="http://pulse:${ch_pass}@${ch_host}.pulse-data.svc:8123/pulse"
 fi
 if ! secret_exists pulse pulse-jwt; then
   keydir="$(mktemp -d)"

@@ -384,6 +384,7 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings) -> int:
     from pulse.services import Services
+    from pulse.storage import persons
     from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 
     if not settings.postgres_url or not settings.clickhouse_url:
@@ -396,6 +397,7 @@ def _migrate(settings: Settings) -> int:
         for store, applied in (("postgres", migrate_postgres(services.db)),
                                ("clickhouse", migrate_clickhouse(services.ch, settings))):
             print(f"{store}: " + (", ".join(applied) if applied else "up to date"))
+        persons.after_migrations(services.db, services.ch, applied)
     finally:
         services.close()
     return 0

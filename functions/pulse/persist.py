@@ -78,6 +78,8 @@ class Persist(HttpFunction):
         return json_response({"results": results})
 
     def identity(self, project_id: str, batch_id: str, rows: Sequence[RowView]) -> None:
+        # A pooled connection of its own: persist holds none while a batch is in hand (its
+        # steps take one for each grouped statement), so a full pool cannot deadlock it.
         self.persons.apply(project_id, batch_id, persons.operations(rows))
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:

@@ -41,3 +41,6 @@ CREATE TABLE suppressed_ids (
 ALTER TABLE projects ADD COLUMN retention_days integer NOT NULL DEFAULT 365
     CHECK (retention_days BETWEEN 30 AND 2555);
 ALTER TABLE projects ADD COLUMN retention_changed_at timestamptz NOT NULL DEFAULT now();
+-- The cut a retention run is applying, until it has finished (a run that died
+-- is resumed with the same cut).
+ALTER TABLE projects ADD COLUMN retention_pending_cut timestamp;

@@ -37,6 +37,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "hpa-ingest": {"functions": {"ingest": {"autoscaling": {"class": "hpa.autoscaling.knative.dev", "metric": "cpu",
                                                            "target": 70, "minScale": 1, "scaleToZero": False}}}},
     "no-source": {"eventing": {"source": {"enabled": False}}},
+    "clickhouse-cluster": {"database": {"clickhouseCluster": "events"}},
 }
 
 

@@ -79,7 +79,8 @@ def test_custom_resources_of_every_profile_match_the_upstream_crds(profile: str)
 def test_cluster_manifests_match_the_upstream_crds() -> None:
     custom = [o for o in _cluster_objects() if not upstream.is_core(o)]
     assert {o["kind"] for o in custom} >= {"Kafka", "KafkaNodePool", "KafkaTopic", "Gateway", "GatewayClass",
-                                           "ContourDeployment"}
+                                           "ContourDeployment", "ClickHouseInstallation",
+                                           "ClickHouseKeeperInstallation", "Cluster"}
     errors = [e for o in custom for e in upstream.validate(o)]
     assert not errors, "\n".join(errors)
 

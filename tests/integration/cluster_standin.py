@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,7 +42,7 @@ from xml.sax.saxutils import escape
 import chdb
 import orjson
 
-from pulse.core import funnel, retention, stats
+from pulse.core import breakdowns, cohorts, funnel, lifecycle, paths, retention, stats, stickiness
 from pulse.core.filters import Filters, parse_segments
 from pulse.core.persisting import INSERT_COLUMNS, Persister
 from pulse.settings import Settings
@@ -114,7 +115,7 @@ class StandIn(ClickHouse):
         return [sql]
 
 
-def make_events(seed: int, n: int, projects: list[str], start: datetime) -> list[dict[str, str]]:
+def make_events(seed: int, n: int, projects: list[str], start: datetime) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -132,16 +133,16 @@ def make_events(seed: int, n: int, projects: list[str], start: datetime) -> list
             "properties": orjson.dumps({"plan": rng.choice(["free", "pro", "team"])}).decode(),
             "path": rng.choice(["/", "/docs", "/pricing", "/blog"]) if kind == "page_view" else "",
             "url": "", "referrer": "", "title": "", "user_agent": "", "ip": "", "locale": "en",
-            "country": rng.choice(["DE", "US", "UA", "FR", ""]),
+            "country": rng.choice(["DE", "US", "UA", "FR", ""]), "bot": int(rng.random() < 0.05),
         })
     return out
 
 
-def insert(chs: list[ClickHouse], rows: list[dict[str, str]]) -> None:
+def insert(chs: list[ClickHouse], rows: list[dict[str, Any]], columns: tuple[str, ...] = INSERT_COLUMNS) -> None:
     for start in range(0, len(rows), 2000):
-        body = b"\n".join(orjson.dumps({c: r[c] for c in INSERT_COLUMNS}) for r in rows[start:start + 2000])
+        body = b"\n".join(orjson.dumps({c: r[c] for c in columns}) for r in rows[start:start + 2000])
         for ch in chs:
-            ch.insert_json_rows("events", INSERT_COLUMNS, body)
+            ch.insert_json_rows("events", columns, body)
 
 
 def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, Any]:
@@ -155,11 +156,11 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
         "kolkata": (datetime(2026, 3, 5, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC), "Asia/Kolkata"),
     }
     segments = {"all": (), "de": parse_segments(["country:DE"]), "docs": parse_segments(["path:/docs"])}
-    for project in projects:
+    for index, project in enumerate(projects):
         for rname, (start, end, tz) in ranges.items():
             for sname, segment in segments.items():
                 f = Filters(project, start, end, tz, segment)
-                key = f"{project[:4]}/{rname}/{sname}"
+                key = f"p{index}/{rname}/{sname}"
                 for rollups in (True, False):
                     k = f"{key}/{'rollups' if rollups else 'events'}"
                     for group in ("day", "week", "hour", "event_type", "properties.plan"):
@@ -171,6 +172,9 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
                     spec = retention.Retention(date(2026, 3, 2), 6)
                     out[f"retention/{k}"] = retention.retention(ch, f, spec, date(2026, 6, 1), rollups)
                 out[f"overview/{key}"] = stats.overview(ch, f)
+                with_bots = replace(f, include_bots=True)
+                out[f"overview/bots/{key}"] = stats.overview(ch, with_bots)
+                out[f"events/day/bots/{key}"] = stats.events(ch, with_bots, "day")
                 steps = (funnel.Step("page_view", ()), funnel.Step("click", ()), funnel.Step("purchase", segment))
                 out[f"funnel/{key}"] = funnel.funnel(ch, funnel.Funnel(steps, 7 * 86400, f))
                 out[f"summary/{key}"] = stats.summary(ch, f, now=last - timedelta(hours=7))
@@ -179,6 +183,48 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
     return out
 
 
+COHORT = str(uuid.UUID(int=9, version=4))
+PROJECTS = (str(uuid.UUID(int=7, version=4)), str(uuid.UUID(int=8, version=4)))
+
+
+def insights(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, Any]:
+    """The insight kernels (breakdowns, funnel orders and people, paths, stickiness,
+    lifecycle, cohorts as filters); the first project's persons have identifiers on both shards."""
+    out: dict[str, Any] = {}
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), last + timedelta(days=1)
+    country, plan = breakdowns.make(["country"], 2), breakdowns.make(["properties.plan", "event_type"], 3)
+    for project in projects:
+        ch.command(*cohorts.members_from_ids(project, COHORT, [f"u{n}" for n in range(0, 400, 3)]))
+        doers = cohorts.BehaviouralCohort(cohorts.Behaviour("purchase", 2, 40), last)
+        for cname, cohort in (("all", None), ("static", cohorts.StaticCohort(COHORT)), ("doers", doers)):
+            for sname, segment in (("all", ()), ("de", parse_segments(["country:DE"])))[:2 if cohort is None else 1]:
+                f = Filters(project, start, end, "Europe/Berlin", segment, cohort=cohort)
+                key = f"{project[:4]}/{cname}/{sname}"
+                for rollups in (True, False):
+                    k = f"{key}/{'rollups' if rollups else 'events'}"
+                    out[f"events/{k}"] = stats.events(ch, f, "week", rollups, country)
+                    out[f"active/{k}"] = stats.active_users(ch, f, "month", rollups, bd=plan)
+                    out[f"top/{k}"] = stats.top_events(ch, f, 3, rollups, country)
+                    out[f"stickiness/{k}"] = stickiness.stickiness(ch, f, "week", rollups)
+                    out[f"lifecycle/{k}"] = lifecycle.lifecycle(ch, f, "week", rollups)
+                out[f"retention/{key}"] = retention.retention(ch, f, retention.Retention(date(2026, 3, 2), 6),
+                                                              date(2026, 6, 1), bd=plan)
+                steps = (funnel.Step("page_view", ()), funnel.Step("click", ()), funnel.Step("purchase", ()))
+                for order in funnel.ORDERS:
+                    spec = funnel.Funnel(steps, 3 * 86400, f, order, (funnel.Exclusion("signup", 1, 2),), country)
+                    out[f"funnel/{order}/{key}"] = funnel.funnel(ch, spec)
+                    people = funnel.people(ch, funnel.People(spec, 2, "converted", limit=1000))
+                    out[f"people/{order}/{key}"] = sorted([str(p), sorted(a)] for p, a in people)
+                for anchor, forward in (("signup", True), ("purchase", False)):
+                    spec_p = paths.Paths(f, anchor, forward, 3, 2, pages=True)
+                    out[f"paths/{anchor}/{key}"] = paths.paths(ch, spec_p)
+    return out
+
+
+LINKS = ("INSERT INTO person_links (link_key, project_id, actor_key, person_key)"
+         " SELECT bitXor(a, reinterpretAsUInt128({p:UUID})), {p:UUID}, a, u FROM (SELECT"
+         " reinterpretAsUInt128(sipHash128('a' || toString(number))) AS a,"
+         " reinterpretAsUInt128(sipHash128('u' || toString(number))) AS u FROM numbers(400) WHERE number % 2 = 0)")
 ROLLUPS = {  # every rollup as rows, straight from the tables the queries read
     "actor_hours": "SELECT project_id, hour, country, actor_key, sum(events) FROM actor_hours GROUP BY ALL",
     "actor_type_hours": "SELECT project_id, hour, event_type, country, actor_key, sum(events) FROM actor_type_hours"
@@ -222,15 +268,22 @@ def main(state: Path) -> None:
         if path.name >= "0003":
             path.rename(held / path.name)
     first = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
-    projects = [str(uuid.UUID(int=7, version=4)), str(uuid.UUID(int=8, version=4))]
+    projects = list(PROJECTS)
     start = datetime(2026, 3, 1, tzinfo=UTC)
     early = make_events(1, 8000, projects, start)
-    insert([one, two], early)  # before the rollups exist: their migrations backfill these
+    for row in early:
+        row["bot"] = 0  # no event was marked before the column existed (0021)
+    # before the rollups exist (their migrations backfill these) and before events had a bot column
+    insert([one, two], early, tuple(c for c in INSERT_COLUMNS if c != "bot"))
     for path in held.iterdir():
         path.rename(root / "clickhouse" / path.name)
     later = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
     late = make_events(2, 8000, projects, start)
     insert([one, two], late)  # through the views
+    # Identity links for the first project (anonymous a<n> is user u<n>): its figures count persons,
+    # whose identifiers' rows sit on different shards; the second project's count identifiers.
+    for ch in (one, two):
+        ch.command(LINKS, {"p": projects[0]})
     last = max(datetime.fromisoformat(r["occurred_at"]).replace(tzinfo=UTC) for r in early + late)
 
     def rows(ch: ClickHouse, sql: str) -> list[list[str]]:
@@ -259,6 +312,7 @@ def main(state: Path) -> None:
         "users_per_shard": rows(two, "SELECT _shard_num, uniqExact(actor_key) FROM events GROUP BY 1"),
         "stored": stored, "batch_events": sum(1 for r in early if r["batch_id"] == batch),
         "answers": [json.loads(json.dumps(answers(ch, projects, last), default=str)) for ch in (one, two)],
+        "insights": [json.loads(json.dumps(insights(ch, projects, last), default=str)) for ch in (one, two)],
     }))
     for ch in (one, two, setup):
         ch.close()

@@ -10,7 +10,9 @@ identifier's person with a union-find of its own."""
 
 from __future__ import annotations
 
+import json
 import random
+import statistics
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -98,6 +100,7 @@ class Dataset:
     calls: list[Call] = field(default_factory=list)
     late: list[dict[str, Any]] = field(default_factory=list)  # events sent after every call
     traits: dict[str, dict[str, Any]] = field(default_factory=dict)  # person representative -> properties
+    roots: dict[str, str] = field(default_factory=dict)  # identifier named by a call -> its person
 
 
 def _ms(moment: datetime) -> datetime:
@@ -113,6 +116,8 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         props = extra.pop("properties", None)
         if props is None:
             props = {"plan": rng.choice(PLANS), "n": rng.randint(1, 3)} if rng.random() < 0.6 else {}
+            if rng.random() < 0.3:  # breakdowns: a null, an empty string, a number and a boolean are values too
+                props["ref"] = rng.choice([None, "", "ads", "mail", 7, True])
         event = Event(
             event_id=str(uuid.UUID(int=rng.getrandbits(128))), event_type=event_type,
             user_id=actor[0], anonymous_id=actor[1],
@@ -160,6 +165,7 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         who = (f"g{n}", "")
         add("activate", who, base + timedelta(minutes=1))
         add("signup", who, base + timedelta(minutes=2))
+    _funnel_modes(add, start_of_today)
     # Today and the last minutes (summary, live).
     for seconds in (20, 40, 100, 170, 230, 500, 900):
         at = now - timedelta(seconds=seconds)
@@ -181,6 +187,40 @@ def build(now: datetime, seed: int = 20261122) -> Dataset:
         data.sent.append(event.payload())
     resolve(data)
     return data
+
+
+def _funnel_modes(add: Any, start_of_today: datetime) -> None:
+    """Sequences that tell the funnel orders, exclusions and the counted attempt apart."""
+    base = start_of_today - timedelta(days=6, hours=-9)
+    minute = timedelta(minutes=1)
+    sequences = {
+        "m0": ["signup", "click", "activate", "purchase"],  # strict stops at the click
+        "m1": ["signup", "activate", "purchase"],  # every order: 3
+        "m2": ["purchase", "activate", "signup"],  # any order: 3; ordered: 1
+        "m3": ["signup", "support", "activate", "purchase"],  # excluded between steps 1 and 2
+        "m4": ["signup", "activate", "support", "purchase"],  # excluded between steps 2 and 3
+        "m5": ["signup", "activate"],  # support long after: within from_step + window or not
+        "m6": ["signup", "activate"],  # then a second attempt, two hours later, reaches 3
+        "m7": ["signup", "signup", "activate", "activate", "purchase"],  # repeats
+        "m8": ["activate", "purchase", "click", "signup", "purchase"],  # any order starts at activate
+    }
+    for n, (who, kinds) in enumerate(sequences.items()):
+        at = base + timedelta(minutes=37 * n)
+        for k, kind in enumerate(kinds):
+            add(kind, (who, ""), at + (k * (k + 3) + n) * minute, path="/pricing" if kind == "page_view" else "")
+    add("support", ("m5", ""), base + timedelta(hours=30))
+    for k, kind in enumerate(["signup", "activate", "purchase"]):
+        add(kind, ("m6", ""), base + timedelta(hours=6, minutes=7 * k))
+    # Same millisecond: the order of these two is by event id.
+    tie = base + timedelta(hours=8)
+    add("signup", ("m9", ""), tie)
+    add("activate", ("m9", ""), tie)
+    add("purchase", ("m9", ""), tie + 10 * minute)
+    add("activate", ("m9", ""), tie + 20 * minute)
+    # A day-long window: purchase a day and a half later.
+    add("signup", ("m10", ""), base + timedelta(hours=2))
+    add("activate", ("m10", ""), base + timedelta(hours=3))
+    add("purchase", ("m10", ""), base + timedelta(hours=38))
 
 
 def _persons(data: Dataset, add: Any, start_of_today: datetime) -> list[Event]:
@@ -282,6 +322,7 @@ def resolve(data: Dataset) -> None:
         if traits:
             props.setdefault(root(call.user_id), {}).update(traits)
     data.traits = props
+    data.roots = {x: root(x) for c in data.calls for x in (c.anonymous_id, c.user_id)}
     for event in data.events:
         event.person = root(event.actor)
         event.person_properties = props.get(event.person, {})
@@ -460,32 +501,415 @@ def retention(data: Dataset, start: date, windows: int, tz: str, today: date,
 
 def funnel(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]],
            window_s: int) -> dict[str, Any]:
-    by_actor: dict[str, list[Event]] = defaultdict(list)
+    """The ordered funnel (ClickHouse ``windowFunnel`` semantics); see ``funnel_full``."""
+    return funnel_full(events, steps, window_s)
+
+
+# Breakdowns ------------------------------------------------------------------
+
+NONE, OTHER = "$none", "$other"
+
+
+def json_text(value: Any) -> str:
+    """A property's value as the answer names it: a string as is, anything else
+    as compact JSON text (what the stored JSON holds)."""
+    if isinstance(value, str):
+        return value
+    if value is True or value is False:
+        return "true" if value else "false"
+    return json.dumps(value, separators=(",", ":"))
+
+
+def field_value(event: Event, name: str) -> str:
+    """The event's value of a breakdown field; missing, null and '' are "$none"."""
+    if name.startswith(("properties.", "person.")):
+        source = event.person_properties if name.startswith("person.") else event.properties
+        value = source.get(name.partition(".")[2])
+        text = "" if value is None else json_text(value)
+    else:
+        text = str(getattr(event, name))
+    return text or NONE
+
+
+def values_of(event: Event, fields: list[str]) -> tuple[str, ...]:
+    return tuple(field_value(event, f) for f in fields)
+
+
+def top_values(counts: dict[tuple[str, ...], int], limit: int) -> dict[tuple[str, ...], int]:
+    """value -> rank (1-based) of the ``limit`` values with most persons (ties: value ascending)."""
+    order = sorted(counts, key=lambda v: (-counts[v], list(v)))[:limit]
+    return {v: i + 1 for i, v in enumerate(order)}
+
+
+def split(events: list[Event], key: Any, fields: list[str], limit: int) -> list[tuple[Any, list[str], int, int, int]]:
+    """(key, breakdown, rank, events, users) per key and kept value, the rest as "$other"."""
+    persons: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for e in events:
-        by_actor[e.person].append(e)
-    window = timedelta(seconds=window_s)
+        persons[values_of(e, fields)].add(e.person)
+    ranks = top_values({v: len(p) for v, p in persons.items()}, limit)
+    other = tuple([OTHER] * len(fields))
+    counts: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+    users: dict[tuple[Any, tuple[str, ...]], set[str]] = defaultdict(set)
+    for e in events:
+        value = values_of(e, fields)
+        value = value if value in ranks else other
+        counts[(key(e), value)] += 1
+        users[(key(e), value)].add(e.person)
+    return [(k, list(v), ranks.get(v, limit + 1), n, len(users[(k, v)])) for (k, v), n in counts.items()]
+
+
+def events_split(events: list[Event], group_by: str, tz: str, fields: list[str], limit: int = 10) -> list[dict[str, Any]]:
+    rows = split(events, lambda e: bucket(e, group_by, tz), fields, limit)
+    if group_by == "hour":
+        rows.sort(key=lambda r: (datetime.fromisoformat(r[0]), r[2]))
+    elif group_by in ("day", "week", "month"):
+        rows.sort(key=lambda r: (r[0], r[2]))
+    else:
+        totals: Counter[Any] = Counter()
+        for r in rows:
+            totals[r[0]] += r[3]
+        rows.sort(key=lambda r: (-totals[r[0]], r[0] is None, r[0] or "", r[2]))
+    return [{"bucket": b, "breakdown": v, "events": n, "users": u} for b, v, _, n, u in rows]
+
+
+def active_split(events: list[Event], interval: str, tz: str, fields: list[str], limit: int = 10) -> list[dict[str, Any]]:
+    return [{"bucket": r["bucket"], "breakdown": r["breakdown"], "unique_users": r["users"]}
+            for r in events_split(events, interval, tz, fields, limit)]
+
+
+def top_events_split(events: list[Event], limit: int, fields: list[str], bd_limit: int = 10) -> list[dict[str, Any]]:
+    rows = split(events, lambda e: e.event_type, fields, bd_limit)
+    totals: Counter[str] = Counter()
+    for r in rows:
+        totals[r[0]] += r[3]
+    kept = set(sorted(totals, key=lambda t: (-totals[t], t))[:limit])
+    rows = sorted((r for r in rows if r[0] in kept), key=lambda r: (-totals[r[0]], r[0], r[2]))
+    return [{"event_type": t, "breakdown": v, "count": n, "users": u} for t, v, _, n, u in rows]
+
+
+def retention_split(data: Dataset, start: date, windows: int, tz: str, today: date, fields: list[str],
+                    limit: int = 10, segments: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """Retention per value of the person's first event ever (ties: the smaller
+    value) or, for person.<key>, of the person."""
+    segs = list(segments)
+
+    def monday(moment: datetime) -> date:
+        d = local(moment, tz).date()
+        return d - timedelta(days=d.weekday())
+
+    humans = [e for e in data.events if not e.bot]
+    first: dict[str, tuple[datetime, tuple[str, ...]]] = {}
+    for e in humans:
+        mark = (e.at, values_of(e, fields))
+        if e.person not in first or (mark[0], list(mark[1])) < (first[e.person][0], list(first[e.person][1])):
+            first[e.person] = mark
+    weeks: dict[str, set[date]] = defaultdict(set)
+    for e in humans:
+        if matches(e, segs):
+            weeks[e.person].add(monday(e.at))
+    first_week = start - timedelta(days=start.weekday())
+    last_week = first_week + timedelta(weeks=windows)
+    members = {p: (monday(at), v) for p, (at, v) in first.items()
+               if first_week <= monday(at) <= last_week and monday(at) in weeks[p]}
+    ranks = top_values(Counter(v for _, v in members.values()), limit)
+    other = tuple([OTHER] * len(fields))
+    rows = []
+    for value in [*sorted(ranks, key=ranks.get), other]:
+        chosen = {p: cw for p, (cw, v) in members.items() if (v if v in ranks else other) == value}
+        if value == other and not chosen:
+            continue
+        for c in range(windows + 1):
+            week = first_week + timedelta(weeks=c)
+            if week > today:
+                break
+            cohort = [p for p, cw in chosen.items() if cw == week]
+            row: dict[str, Any] = {"cohort_week": week.isoformat(), "breakdown": list(value), "week_0": len(cohort)}
+            for k in range(1, windows + 1):
+                target = week + timedelta(weeks=k)
+                if target > today:
+                    break
+                row[f"week_{k}"] = pct(sum(1 for p in cohort if target in weeks[p]), len(cohort))
+            rows.append(row)
+    return rows
+
+
+# Funnels, complete -----------------------------------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HISTOGRAM_S = [0, 10, 60, 300, 1800, 3600, 21_600, 86_400, 259_200, 604_800]
+
+
+def ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+@dataclass
+class Walk:
+    level: int
+    times: list[int]  # ms of each step reached by the counted attempt
+    value: tuple[str, ...] = ()
+
+
+def funnel_walks(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]], window_s: int,
+                 order: str = "ordered", exclusions: Iterable[tuple[str, int, int]] = (),
+                 fields: list[str] | None = None) -> dict[str, Walk]:
+    """Each person in the funnel (reached step 1, not excluded): the counted
+    attempt (the earliest start among those reaching the highest level).
+    Events of one millisecond are taken in the order of the steps they match."""
+    n, window = len(steps), window_s * 1000
+    exclusions = list(exclusions)
+    by_person: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_person[e.person].append(e)
 
     def is_step(e: Event, k: int) -> bool:
         return e.event_type == steps[k][0] and matches(e, steps[k][1])
 
-    reached: Counter[int] = Counter()
-    for mine in by_actor.values():
-        mine.sort(key=lambda e: e.at)
-        best = 0
+    kinds = [kind for kind, _, _ in exclusions]
+
+    def mask(e: Event) -> int:
+        """The steps (bit k-1) and exclusions (bit n+j-1) the event matches: events of one millisecond go by it."""
+        return sum(1 << k for k in range(n) if is_step(e, k)) + sum(
+            1 << (n + j) for j, kind in enumerate(kinds) if e.event_type == kind)
+
+    walks = {}
+    for person, mine in by_person.items():
+        mine.sort(key=lambda e: (e.at, mask(e)))
+        attempts: list[tuple[int, list[int]]] = []
         for i, first in enumerate(mine):
-            if not is_step(first, 0):
-                continue
-            level, last = 1, first.at
-            for e in mine[i + 1:]:
-                if e.at - first.at > window or level == len(steps):
-                    break
-                if e.at >= last and is_step(e, level):
-                    level, last = level + 1, e.at
-            best = max(best, level)
-        for k in range(1, best + 1):
-            reached[k] += 1
-    users = [reached[k] for k in range(1, len(steps) + 1)]
-    return {"steps": [{"event_type": steps[k][0], "users": users[k],
-                       "conversion_from_start": 100.0 if k == 0 else pct(users[k], users[0]),
-                       "conversion_from_previous": 100.0 if k == 0 else pct(users[k], users[k - 1])}
-                      for k in range(len(steps))]}
+            t0 = ms(first.at)
+            if order in ("ordered", "strict") and is_step(first, 0):
+                level, times = 1, [t0]
+                following = mine[i + 1:] if order == "ordered" else mine[i + 1:i + n]
+                for e in following:
+                    if level < n and ms(e.at) - t0 <= window and is_step(e, level):
+                        level, times = level + 1, times + [ms(e.at)]
+                    elif order == "strict":
+                        break
+                attempts.append((level, times))
+            elif order == "any" and any(is_step(first, k) for k in range(n)):
+                inside = [e for e in mine[i:] if ms(e.at) - t0 <= window]
+                firsts = [next(ms(e.at) for e in inside if is_step(e, k))
+                          for k in range(n) if any(is_step(e, k) for e in inside)]
+                attempts.append((len(firsts), sorted(firsts)))
+        if not attempts:
+            continue
+        best = max(a[0] for a in attempts)
+        level, times = next(a for a in attempts if a[0] == best)
+        out = False
+        for kind, low, high in exclusions:
+            if level >= low:
+                until = times[high - 1] if level >= high else times[low - 1] + window
+                out = out or any(e.event_type == kind and times[low - 1] < ms(e.at) < until for e in mine)
+        if out:
+            continue
+        value: tuple[str, ...] = ()
+        if fields:
+            can_start = [e for e in mine if (is_step(e, 0) if order != "any" else any(is_step(e, k) for k in range(n)))]
+            value = min(((e.at, list(values_of(e, fields))) for e in can_start))[1]
+            value = tuple(value)
+        walks[person] = Walk(level, times, value)
+    return walks
+
+
+def funnel_steps(walks: Iterable[Walk], steps: list[tuple[str, list[tuple[str, str]]]],
+                 extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    walks = list(walks)
+    users = [sum(1 for w in walks if w.level >= k + 1) for k in range(len(steps))]
+    rows = []
+    for k in range(len(steps)):
+        row: dict[str, Any] = {"event_type": steps[k][0], **(extra or {}), "users": users[k],
+                               "conversion_from_start": 100.0 if k == 0 else pct(users[k], users[0]),
+                               "conversion_from_previous": 100.0 if k == 0 else pct(users[k], users[k - 1]),
+                               "median_seconds_to_convert": None, "mean_seconds_to_convert": None,
+                               "seconds_to_convert_histogram": None}
+        if k > 0:
+            took = [w.times[k] - w.times[k - 1] for w in walks if w.level >= k + 1]
+            if took:
+                row["median_seconds_to_convert"] = round(statistics.median(took) / 1000, 3)
+                row["mean_seconds_to_convert"] = round(sum(took) / len(took) / 1000, 3)
+            edges = [*HISTOGRAM_S, None]
+            row["seconds_to_convert_histogram"] = [
+                {"from_seconds": lo, "to_seconds": hi,
+                 "users": sum(1 for d in took if d >= lo * 1000 and (hi is None or d < hi * 1000))}
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        rows.append(row)
+    return rows
+
+
+def funnel_full(events: list[Event], steps: list[tuple[str, list[tuple[str, str]]]], window_s: int,
+                order: str = "ordered", exclusions: Iterable[tuple[str, int, int]] = (),
+                fields: list[str] | None = None, limit: int = 10) -> dict[str, Any]:
+    walks = funnel_walks(events, steps, window_s, order, exclusions, fields)
+    if not fields:
+        return {"steps": funnel_steps(walks.values(), steps)}
+    ranks = top_values(Counter(w.value for w in walks.values()), limit)
+    other = tuple([OTHER] * len(fields))
+    out = []
+    for value in [*sorted(ranks, key=ranks.get), other]:
+        chosen = [w for w in walks.values() if (w.value if w.value in ranks else other) == value]
+        if chosen:
+            out += funnel_steps(chosen, steps, {"breakdown": list(value)})
+    return {"steps": out}
+
+
+def funnel_people(data: Dataset, project_id: str, walks: dict[str, Walk], step: int, status: str,
+                  value: tuple[str, ...] | None = None, ranks: dict[tuple[str, ...], int] | None = None
+                  ) -> list[dict[str, Any]]:
+    """The persons converted at ``step`` (or dropped there), as {person_id, distinct_ids}, sorted by person_id."""
+    other = tuple([OTHER] * len(value)) if value else ()
+
+    def kept(w: Walk) -> bool:
+        if value is None:
+            return True
+        return (w.value if ranks and w.value in ranks else other) == value
+
+    chosen = [p for p, w in walks.items() if kept(w) and (w.level >= step if status == "converted" else w.level == step - 1)]
+    return sorted(({"person_id": str(uuid.uuid5(uuid.UUID(project_id), p)),
+                    "distinct_ids": sorted(distinct_ids(data, p))} for p in chosen), key=lambda r: r["person_id"])
+
+
+def distinct_ids(data: Dataset, person: str) -> set[str]:
+    """Every identifier of the person: in its events and in the identity calls that linked it."""
+    named = {e.actor for e in data.events} | {c.anonymous_id for c in data.calls} | {c.user_id for c in data.calls}
+    return {x for x in named if _root(data, x) == person}
+
+
+def _root(data: Dataset, identifier: str) -> str:
+    for e in data.events:
+        if e.actor == identifier:
+            return e.person
+    return data.roots.get(identifier, identifier)
+
+
+# Paths, stickiness, lifecycle --------------------------------------------------
+
+def paths(events: list[Event], anchor: str, forward: bool = True, steps: int = 3, min_users: int = 1,
+          pages: bool = False) -> dict[str, Any]:
+    by_person: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        by_person[e.person].append(e)
+
+    def name(e: Event) -> tuple[str, str]:
+        return (e.event_type, e.path if pages and e.event_type == "page_view" else "")
+
+    def is_anchor(e: Event) -> bool:
+        return e.event_type == anchor or (pages and e.event_type == "page_view" and e.path == anchor)
+
+    def node_id(step: int, n: tuple[str, str]) -> str:
+        return f"{step}:{n[1] or n[0]}"
+
+    node_users: Counter[tuple[int, tuple[str, str]]] = Counter()
+    node_events: Counter[tuple[int, tuple[str, str]]] = Counter()
+    edge_users: Counter[tuple[str, str]] = Counter()
+    for mine in by_person.values():
+        mine.sort(key=lambda e: (e.at, e.event_id))
+        marks = [i for i, e in enumerate(mine) if is_anchor(e)]
+        if not marks:
+            continue
+        seq = [name(e) for e in (mine[marks[0]:] if forward else reversed(mine[:marks[-1] + 1]))]
+        runs: list[list[Any]] = []
+        for n in seq:
+            if runs and runs[-1][0] == n:
+                runs[-1][1] += 1
+            else:
+                runs.append([n, 1])
+        runs = runs[:steps + 1]
+        sign = 1 if forward else -1
+        for k, (n, count) in enumerate(runs):
+            node_users[(sign * k, n)] += 1
+            node_events[(sign * k, n)] += count
+        for k in range(len(runs) - 1):
+            here, there = (sign * k, runs[k][0]), (sign * (k + 1), runs[k + 1][0])
+            edge_users[(node_id(*here), node_id(*there)) if forward else (node_id(*there), node_id(*here))] += 1
+    nodes = []
+    for (step, n), users in node_users.items():
+        if users >= min_users:
+            node: dict[str, Any] = {"id": node_id(step, n), "step": step, "event_type": n[0], "users": users,
+                                    "events": node_events[(step, n)]}
+            if pages:
+                node["path"] = n[1] or None
+            nodes.append(node)
+    step_of = {n["id"]: n["step"] for n in nodes}
+    nodes.sort(key=lambda n: (n["step"], -n["users"], n["id"]))
+    edges = sorted(({"from": a, "to": b, "users": u} for (a, b), u in edge_users.items() if u >= min_users),
+                   key=lambda e: (step_of[e["from"]], -e["users"], e["from"], e["to"]))
+    return {"nodes": nodes, "edges": edges}
+
+
+def bucket_day(moment: datetime, interval: str, tz: str) -> date:
+    d = local(moment, tz).date()
+    if interval == "week":
+        return d - timedelta(days=d.weekday())
+    return d.replace(day=1) if interval == "month" else d
+
+
+def stickiness(events: list[Event], interval: str, tz: str) -> list[dict[str, Any]]:
+    active: dict[str, set[date]] = defaultdict(set)
+    for e in events:
+        active[e.person].add(bucket_day(e.at, interval, tz))
+    counts = Counter(len(b) for b in active.values())
+    return [{"intervals": n, "users": counts[n]} for n in sorted(counts)]
+
+
+def lifecycle(data: Dataset, first: date, last: date, interval: str, tz: str,
+              segments: Iterable[tuple[str, str]] = (), event_type: str | None = None) -> list[dict[str, Any]]:
+    """Every bucket from first's to last's; history before the range counts."""
+    segs = list(segments)
+    kept = [e for e in data.events if not e.bot and matches(e, segs) and (event_type is None or e.event_type == event_type)]
+    active: dict[str, set[date]] = defaultdict(set)
+    for e in kept:
+        active[e.person].add(bucket_day(e.at, interval, tz))
+
+    def shift(d: date, n: int) -> date:
+        if interval == "day":
+            return d + timedelta(days=n)
+        if interval == "week":
+            return d + timedelta(weeks=n)
+        months = d.year * 12 + d.month - 1 + n
+        return date(months // 12, months % 12 + 1, 1)
+
+    def bucket_of(d: date) -> date:
+        return d - timedelta(days=d.weekday()) if interval == "week" else d.replace(day=1) if interval == "month" else d
+
+    rows = []
+    b, end = bucket_of(first), bucket_of(last)
+    while b <= end:
+        before = shift(b, -1)
+        row = {"bucket": b.isoformat(), "new": 0, "returning": 0, "resurrecting": 0, "dormant": 0}
+        for buckets in active.values():
+            if b in buckets:
+                kind = "new" if min(buckets) == b else "returning" if before in buckets else "resurrecting"
+                row[kind] += 1
+            elif before in buckets:
+                row["dormant"] += 1
+        rows.append(row)
+        b = shift(b, 1)
+    return rows
+
+
+# Cohorts ---------------------------------------------------------------------
+
+def person_of_id(data: Dataset, identifier: str) -> str:
+    return _root(data, identifier)
+
+
+def static_cohort(data: Dataset, identifiers: Iterable[str]) -> set[str]:
+    return {person_of_id(data, x) for x in identifiers}
+
+
+def behavioural_cohort(data: Dataset, now: datetime, event_type: str, min_count: int, days: int,
+                       segments: Iterable[tuple[str, str]] = (), negate: bool = False) -> set[str]:
+    """Persons with at least ``min_count`` such events in the ``days`` up to ``now``
+    (negated: every other person)."""
+    segs = list(segments)
+    counts = Counter(e.person for e in data.events if not e.bot and e.event_type == event_type
+                     and now - timedelta(days=days) <= e.at <= now and matches(e, segs))
+    did = {p for p, n in counts.items() if n >= min_count}
+    return {e.person for e in data.events} - did if negate else did
+
+
+def within(data: Dataset, persons: set[str]) -> Dataset:
+    """The dataset with only these persons' events (every one of them: history included)."""
+    return Dataset(now=data.now, events=[e for e in data.events if e.person in persons], calls=data.calls,
+                   traits=data.traits, roots=data.roots)

@@ -102,6 +102,13 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
         t.close()
 
 
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def banner_shown(lines: list[str]) -> bool:
     return any(line.startswith(BANNER_END) for line in lines)
 
@@ -156,6 +163,10 @@ def test_quiet_shows_the_banner_and_failures_only(terminal: Callable[..., Termin
     children = psutil.Process(t.process.pid).children()
     ingest = next(c for c in children for conn in c.net_connections("tcp") if conn.laddr.port == ingest_port)
     ingest.kill()  # its socket closes with it; the parent reaps it later
+    deadline = time.monotonic() + 30
+    while alive(ingest):
+        assert time.monotonic() < deadline, "the killed ingest process is still running"
+        time.sleep(0.05)
     failed = http.request("POST", url + "/v1/events", body=orjson.dumps(make_event()),
                           headers={"Content-Type": "application/json"})
     assert failed.status == 503

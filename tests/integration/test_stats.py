@@ -14,7 +14,7 @@ import orjson
 import pytest
 import urllib3
 
-from tests.conftest import Api, wait_persisted
+from tests.conftest import Api, Project, make_event, wait_persisted
 from tests.integration import stats_oracle as oracle
 
 TZS = ("UTC", "Europe/Kyiv")
@@ -359,12 +359,17 @@ def test_spans_answer_exactly_where_they_hold(pulse: Any, seeded: Seeded, after_
     assert got["total_views"] > 0 or after_first == 79
 
 
-def test_ranges_past_every_event_are_settled_from_part_metadata(pulse: Any, seeded: Seeded,
+def test_ranges_past_every_event_are_settled_from_part_metadata(pulse: Any, seeded: Seeded, project: Project,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A range past the last event of every project needs only the parts' min/max
     of ``hour`` to know the spans hold; any other range asks the project's own
-    hours. Both answer as the oracle does."""
+    hours. Both answer as the oracle does. (Another project's event in 1970's
+    first hour, the earliest Pulse accepts, is a real bound, not an unknown one.)"""
     from pulse.core import stats
+
+    epoch = make_event(occurred_at="1970-01-01T00:00:00Z")
+    assert project.api.post("/v1/events", epoch).status == 202
+    wait_persisted(pulse)
 
     asked: list[str] = []
     real_query = stats.query
@@ -382,7 +387,7 @@ def test_ranges_past_every_event_are_settled_from_part_metadata(pulse: Any, seed
         params = {"from": first.isoformat(), "to": last.isoformat(), "tz": "Europe/Kyiv"}
         got = seeded.get("/v1/stats/top-events", limit="1000", **params)
         assert got == oracle.top_events(oracle.select(seeded.data, first, last, "Europe/Kyiv", []), 1000)
-        assert [a for a in asked if a in ("span-state", "span-bounds", "top-events")] == expected, (params, asked)
+        assert [a for a in asked if a in ("span-state", "span-bounds", "top-events")] == expected, (params, asked, pulse.services.ch.rows("SELECT table, partition, min_time, max_time FROM system.parts WHERE active AND table = 'type_hours'"))
 
 
 def test_half_hour_zones_and_minutes_read_the_events_table(seeded: Seeded) -> None:

@@ -286,6 +286,10 @@ Environment shared by every function and the migrations Job:
     secretKeyRef:
       name: {{ include "pulse.databaseSecretName" $root }}
       key: {{ $v.database.clickhouseUrlKey }}
+{{- with $v.database.clickhouseCluster }}
+- name: PULSE_CLICKHOUSE_CLUSTER
+  value: {{ . | quote }}
+{{- end }}
 - name: PULSE_KAFKA_BOOTSTRAP
   value: {{ $v.kafka.bootstrapServers | quote }}
 - name: PULSE_RAW_TOPIC

@@ -18,7 +18,7 @@ identifiers until it is done and moves through stages:
 2. ``counted`` → ``deleted``: ``ALTER TABLE ... DELETE`` (synchronous) of the
    identifiers' rows from ``events`` and every table keyed by actor
    (``actor_hours``, ``actor_type_hours``, ``page_hours``, ``type_spans``,
-   ``page_spans``), their overrides and person properties; then the rows of
+   ``page_spans``, ``cohort_members``), their overrides and person properties; then the rows of
    ``type_hours`` and ``path_hours`` (counts without actors) for the stored
    hours are deleted and rebuilt from the events that remain.
 3. ``deleted`` → done: one transaction removes the events' ledger rows, the
@@ -29,8 +29,9 @@ Crash notes: every step of 2 sets state rather than adding to it (a delete
 of rows that are gone deletes nothing; a rebuilt hour is deleted and rebuilt
 again), so a job that dies anywhere is run again from its stage by the
 redelivered CloudEvent: 1 reads the same events (nothing was deleted yet);
-2 repeats; 3 is one transaction. A job that keeps failing is marked
-``failed`` with the error, identifiers kept for an operator's retry.
+2 repeats; 3 is one transaction. A job that fails records the error and
+keeps its stage and identifiers: the next delivery of its CloudEvent (the
+Trigger retries; an operator may send it again) resumes it.
 
 What remains: nothing of the person in any table (the job's audit row keeps
 who asked, when, and the count); ClickHouse drops the rewritten parts within
@@ -43,10 +44,12 @@ still stored.
 Retention (``expire``; the daily maintenance job, per project): events before
 the start of the hour ``retention_days`` ago are removed, with the hourly
 rollups' rows before that hour (the same events, as the cut falls on an hour).
-Span rows whose first event is before the cut are recomputed from the events
-after it (first and last are a min and a max, so writing a recomputed row
-again changes nothing), then the old rows deleted. Each step is idempotent:
-a run that dies is completed by the next.
+Span rows whose first event is before the cut are deleted, then the project's
+spans are written again from the events that remain (first and last are a
+min and a max: a rewritten span that still exists changes nothing). The cut
+is recorded in ``projects.retention_pending_cut`` before the first step and
+cleared after the last; every step is idempotent, so a run that dies is
+resumed by the next with the same cut.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ from pulse.storage.clickhouse import ClickHouse
 from pulse.storage.postgres import Connection, Database, in_transaction
 
 KEYS = "arrayMap(x -> reinterpretAsUInt128(sipHash128(x)), {ids:Array(String)})"
-ACTOR_TABLES = ("events", "actor_hours", "actor_type_hours", "page_hours", "type_spans", "page_spans")
+ACTOR_TABLES = ("events", "actor_hours", "actor_type_hours", "page_hours", "type_spans", "page_spans",
+                "cohort_members")
 HOURLY_TABLES = ("actor_hours", "actor_type_hours", "page_hours", "type_hours", "path_hours")
 SPANS = {"type_spans": ("event_type", ""), "page_spans": ("path", " AND event_type = 'page_view'")}
 SYNC = " SETTINGS mutations_sync = 2"
@@ -224,7 +228,7 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
                        + SYNC, params)
         ch.command(f"ALTER TABLE person_properties DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)"
                    + SYNC, params)
-        ch.command(f"ALTER TABLE person_overrides DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
+        ch.command(f"ALTER TABLE person_links DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
                    + SYNC, params)
         _rebuild_hours(ch, project_id, "type_hours", "event_type", "", list(hours or []))
         _rebuild_hours(ch, project_id, "path_hours", "path", " AND event_type = 'page_view'", list(page_hours or []))
@@ -272,11 +276,23 @@ def retention_cutoff(retention_days: int, now: datetime | None = None) -> dateti
 def expire(db: Database, ch: ClickHouse, project_id: str, retention_days: int, now: datetime | None = None) -> int:
     """Remove the project's events (and rollup rows) before its retention cutoff;
     returns how many events were removed."""
-    cutoff = retention_cutoff(retention_days, now)
-    params = {"p": project_id, "cut": cutoff.replace(tzinfo=None)}
-    if not _count_old(ch, params):
+    cutoff = retention_cutoff(retention_days, now).replace(tzinfo=None)
+    pending = db.run("SELECT retention_pending_cut FROM projects WHERE project_id = CAST(:p AS uuid)", p=project_id)
+    if not pending or (pending[0][0] is None and not _count_old(ch, {"p": project_id, "cut": cutoff})):
         return 0
-    return int(db.call(lambda conn: _locked(conn, project_id, lambda: _expire(ch, params))))
+
+    def work(conn: Connection) -> int:
+        cut = conn.run("SELECT retention_pending_cut FROM projects WHERE project_id = CAST(:p AS uuid)",
+                       p=project_id)[0][0]
+        if cut is None:
+            cut = cutoff
+            conn.run("UPDATE projects SET retention_pending_cut = :c WHERE project_id = CAST(:p AS uuid)",
+                     c=cut, p=project_id)
+        removed = _expire(ch, {"p": project_id, "cut": cut})
+        conn.run("UPDATE projects SET retention_pending_cut = NULL WHERE project_id = CAST(:p AS uuid)", p=project_id)
+        return removed
+
+    return int(db.call(lambda conn: _locked(conn, project_id, lambda: work(conn))))
 
 
 def _count_old(ch: ClickHouse, params: dict[str, Any]) -> int:
@@ -285,18 +301,20 @@ def _count_old(ch: ClickHouse, params: dict[str, Any]) -> int:
 
 
 def _expire(ch: ClickHouse, params: dict[str, Any]) -> int:
+    """The steps of one run, each idempotent; the cut is recorded in Postgres until
+    the last one is done, so a run that died is resumed with the same cut. Span
+    rows are deleted before they are written again (a background merge of an old
+    row with its recomputed one would otherwise carry the old first time)."""
     removed = _count_old(ch, params)
-    for table, (column, where) in SPANS.items():
-        ch.command(f"INSERT INTO {table} SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
-                   " FROM events WHERE project_id = {p:UUID} AND occurred_at >= {cut:DateTime64(3, 'UTC')}"
-                   f" AND {ROLLED_UP}{where} AND ({column}, actor_key) IN (SELECT {column}, actor_key FROM {table}"
-                   " WHERE project_id = {p:UUID} AND first_at < {cut:DateTime64(3, 'UTC')})"
-                   f" GROUP BY project_id, {column}, actor_key", params)
-        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}}"
-                   " AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
     ch.command("ALTER TABLE events DELETE WHERE project_id = {p:UUID} AND occurred_at < {cut:DateTime64(3, 'UTC')}"
                + SYNC, params)
     for table in HOURLY_TABLES:
         ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND hour < {{cut:DateTime64(3, 'UTC')}}"
                    + SYNC, params)
+    for table, (column, where) in SPANS.items():
+        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}}"
+                   " AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
+        ch.command(f"INSERT INTO {table} SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
+                   f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
+                   f" GROUP BY project_id, {column}, actor_key", params)
     return removed

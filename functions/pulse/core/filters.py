@@ -23,7 +23,7 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pulse.core.persons import PERSON
@@ -52,6 +52,14 @@ class Segment:
     value: str
 
 
+class PersonSet(Protocol):
+    """A set of persons a query keeps (a cohort, pulse.core.cohorts): its SQL
+    term over a table with ``project_id`` and ``actor_key``, ANDed with the
+    other filters, and the term's bound parameters."""
+
+    def term(self, prefix: str, project_param: str) -> tuple[str, dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Filters:
     project_id: str
@@ -61,6 +69,7 @@ class Filters:
     segments: tuple[Segment, ...] = ()
     event_type: str | None = None
     include_bots: bool = False  # events of known bots (pulse.core.bots) are left out unless asked
+    cohort: PersonSet | None = None  # only these persons' rows (``cohort=<id>``)
 
     @property
     def first_day(self) -> date:
@@ -208,7 +217,8 @@ def condition(filters: Filters, prefix: str = "f",
     property keys included, is a parameter; only fixed column names from
     ``SEGMENT_COLUMNS`` appear in the text. Over the events table (time column
     ``occurred_at``) bots are left out unless ``include_bots``; the rollups
-    hold none."""
+    hold none. A cohort adds its term (it needs ``actor_key``: the events
+    table, or a rollup kept per actor)."""
     params: dict[str, Any] = {
         f"{prefix}_project": filters.project_id,
         f"{prefix}_start": filters.start.replace(tzinfo=None),
@@ -225,6 +235,10 @@ def condition(filters: Filters, prefix: str = "f",
         parts.append(f"event_type = {{{prefix}_type:String}}")
     segment_parts, segment_params = segment_condition(filters.segments, prefix, f"{prefix}_project")
     params.update(segment_params)
+    if filters.cohort is not None:
+        term, cohort_params = filters.cohort.term(f"{prefix}_c", f"{prefix}_project")
+        segment_parts.append(term)
+        params.update(cohort_params)
     return " AND ".join(parts + segment_parts), params
 
 

@@ -37,7 +37,7 @@ side) and PU (the user side):
 
 Exactness at query time
     Events and every rollup keep the actor key computed at insert, never
-    rewritten. The ClickHouse table ``person_overrides`` (a Join table: an
+    rewritten. The ClickHouse table ``person_links`` (a Join table: an
     in-memory hash map, kept on disk) holds, for each identifier whose person's
     primary is another identifier, that primary's key: a flat map, one hop
     for any chain. Every unique-user figure counts ``PERSON`` (below) instead
@@ -96,9 +96,12 @@ import orjson
 
 from pulse.core.events import RowView
 
-OVERRIDES = "person_overrides"
+OVERRIDES = "person_links"
+# The Join table's key for an identifier of a project (migration 0022).
+LINK_KEY = "bitXor({actor}, reinterpretAsUInt128({project}))"
 # The person an event row belongs to: its actor's primary's key, or its own.
-PERSON = f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key', project_id, actor_key), actor_key)"
+PERSON = (f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key',"
+          f" {LINK_KEY.format(actor='actor_key', project='project_id')}), actor_key)")
 ACTOR = "actor_key"
 # Whether a project has any identifier resolving to another (then PERSON is needed).
 HAS_OVERRIDES = f"SELECT count() FROM {OVERRIDES} WHERE project_id = {{project:UUID}}"
@@ -111,7 +114,8 @@ def members_condition(project_param: str, id_param: str) -> str:
     ``id_param``: its identifiers' keys read from the overrides map (no
     per-row lookup)."""
     key = KEY_OF.format(f"{{{id_param}:String}}")
-    person = f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key', {{{project_param}:UUID}}, {key}), {key})"
+    link = LINK_KEY.format(actor=key, project=f"{{{project_param}:UUID}}")
+    person = f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key', {link}), {key})"
     return (f"actor_key IN (SELECT {person} UNION ALL SELECT actor_key FROM {OVERRIDES}"
             f" WHERE project_id = {{{project_param}:UUID}} AND person_key = {person})")
 

@@ -18,8 +18,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pulse.core import breakdowns
+from pulse.core.breakdowns import Breakdown
 from pulse.core.filters import Filters, condition, parse_day
-from pulse.core.persons import resolver
+from pulse.core.persons import Resolver, resolver
 from pulse.core.rollups import EVENTS, actor_source
 from pulse.core.stats import percent, query
 from pulse.errors import InvalidInput
@@ -62,42 +64,68 @@ def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | None = None,
-              rollups: bool = True) -> list[dict[str, Any]]:
+def retention_query(filters: Filters, spec: Retention, who: Resolver, bd: Breakdown | None = None,
+                    rollups: bool = True) -> tuple[str, dict[str, Any]]:
+    """``cw, k, persons``; split by ``bd``: ``breakdown, rank, cw, k, persons``.
+    A person's breakdown value is that of their first event ever (ties: the
+    smaller value), or their own for ``person.<key>``; split reads ``events``."""
     zone = ZoneInfo(filters.tz)
-    today = today or datetime.now(zone).date()
     last_week = spec.first_week + timedelta(weeks=spec.windows)
     start = datetime.combine(spec.first_week, time(), zone).astimezone(UTC)
     end = datetime.combine(last_week + timedelta(weeks=spec.windows + 1), time(), zone).astimezone(UTC)
     scoped = replace(filters, start=start, end=end)
-    src = actor_source(scoped) if rollups and not filters.include_bots else EVENTS
+    src = actor_source(scoped) if rollups and not filters.include_bots and bd is None else EVENTS
     where, params = condition(scoped, time_column=src.time)
     params.update(tz=filters.tz, project=filters.project_id, first_week=spec.first_week, last_week=last_week)
-    who = resolver(ch, filters.project_id)
     bots_out = src is EVENTS and not filters.include_bots  # the rollups hold no bots
-    rows = query("retention", ch, f"""
-        SELECT cw, intDiv(w - cw, 7) AS k, count()
-        FROM (
+    firsts = ""
+    if bd is not None:
+        exprs, value_params = breakdowns.event_exprs(bd)
+        params.update(value_params)
+        firsts = "".join(f", min(({src.time}, {expr})).2 AS bd{i}" for i, expr in exprs.items())
+    persons = f"""
             SELECT {who.key} AS person, toMonday(min({src.time}), {{tz:String}}) AS cw,
-                   groupUniqArrayIf(toMonday({src.time}, {{tz:String}}), {where}) AS weeks
+                   groupUniqArrayIf(toMonday({src.time}, {{tz:String}}), {where}) AS weeks{firsts}
             FROM {src.table} WHERE project_id = {{project:UUID}}{" AND bot = 0" if bots_out else ""}
             GROUP BY person
-            HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)
-        )
-        ARRAY JOIN weeks AS w
-        WHERE w >= cw
-        GROUP BY cw, k""", params)
-    counts = {(cw, int(k)): int(n) for cw, k, n in rows}
+            HAVING cw >= {{first_week:Date}} AND cw <= {{last_week:Date}} AND has(weeks, cw)"""
+    if bd is None:
+        return f"SELECT cw, intDiv(w - cw, 7) AS k, count() FROM ({persons}) ARRAY JOIN weeks AS w" \
+               " WHERE w >= cw GROUP BY cw, k", params
+    persons, person_params = breakdowns.with_person_values(persons, bd, "project")
+    params.update(person_params)
+    ranked = breakdowns.ranked_persons(persons, bd)
+    return (f"SELECT breakdown, rank, cw, intDiv(w - cw, 7) AS k, count() FROM ({ranked})"
+            " ARRAY JOIN weeks AS w WHERE w >= cw GROUP BY breakdown, rank, cw, k", params)
+
+
+def _rows(spec: Retention, today: date, counts: dict[tuple[date, int], int],
+          extra: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for c in range(spec.windows + 1):
         week = spec.first_week + timedelta(weeks=c)
         if week > today:
             break
         size = counts.get((week, 0), 0)
-        row: dict[str, Any] = {"cohort_week": week.isoformat(), "week_0": size}
+        row: dict[str, Any] = {"cohort_week": week.isoformat(), **extra, "week_0": size}
         for k in range(1, spec.windows + 1):
             if week + timedelta(weeks=k) > today:
                 break
             row[f"week_{k}"] = percent(counts.get((week, k), 0), size)
         out.append(row)
     return out
+
+
+def retention(ch: ClickHouse, filters: Filters, spec: Retention, today: date | None = None,
+              rollups: bool = True, bd: Breakdown | None = None) -> list[dict[str, Any]]:
+    today = today or datetime.now(ZoneInfo(filters.tz)).date()
+    who = resolver(ch, filters.project_id)
+    rows = query("retention", ch, *retention_query(filters, spec, who, bd, rollups))
+    if bd is None:
+        return _rows(spec, today, {(cw, int(k)): int(n) for cw, k, n in rows}, {})
+    values: dict[int, list[str]] = {}
+    split: dict[int, dict[tuple[date, int], int]] = {}
+    for value, rank, cw, k, n in rows:
+        values[int(rank)] = list(value)
+        split.setdefault(int(rank), {})[(cw, int(k))] = int(n)
+    return [row for rank in sorted(values) for row in _rows(spec, today, split[rank], {"breakdown": values[rank]})]

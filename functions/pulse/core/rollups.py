@@ -42,12 +42,13 @@ class Source:
     table: str
     time: str  # the time column
     count: str  # the expression that counts events
+    weight: str  # the events one row stands for
 
 
-EVENTS = Source("events", "occurred_at", "count()")
-ACTOR_HOURS = Source("actor_hours", "hour", "sum(events)")
-ACTOR_TYPE_HOURS = Source("actor_type_hours", "hour", "sum(events)")
-PAGE_HOURS = Source("page_hours", "hour", "sum(views)")
+EVENTS = Source("events", "occurred_at", "count()", "toUInt64(1)")
+ACTOR_HOURS = Source("actor_hours", "hour", "sum(events)", "events")
+ACTOR_TYPE_HOURS = Source("actor_type_hours", "hour", "sum(events)", "events")
+PAGE_HOURS = Source("page_hours", "hour", "sum(views)", "views")
 ACTOR_HOURS_FIELDS = frozenset({"country"})
 ACTOR_TYPE_HOURS_FIELDS = frozenset({"event_type", "country"})
 PAGE_HOURS_FIELDS = frozenset({"path", "country"})
@@ -58,12 +59,13 @@ SPAN_REACHES = "last_at >= {f_start:DateTime64(3, 'UTC')} AND first_at < {f_end:
 # holds across every project (its parts' min/max of ``hour``, seconds since
 # the epoch; 0 when unknown) and how many parts it has: a cheap first check.
 # On a cluster, the parts of every node (each holds some users' rows): a
-# span table is then in several parts, read without FINAL.
+# span table is then in several parts, read without FINAL. The database is
+# named, not currentDatabase(), which another node would answer for itself.
 SPAN_STATE = (
     "SELECT countIf(table = '{type_spans}'), countIf(table = '{page_spans}'),"
     " toUnixTimestamp(minIf(min_time, table = '{type_hours}')),"
     " toUnixTimestamp(maxIf(max_time, table = '{type_hours}')),"
-    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = currentDatabase()"
+    " countIf(table = '{type_hours}') FROM {parts} WHERE active AND database = {{database:String}}"
     " AND table IN ('{type_spans}', '{page_spans}', '{type_hours}')")
 
 
@@ -94,22 +96,26 @@ def whole_hour_offsets(tz: str, start: datetime, end: datetime) -> bool:
         moment = min(moment + timedelta(days=1), end)
 
 
-def covers(filters: Filters, fields: frozenset[str]) -> bool:
+def covers(filters: Filters, fields: frozenset[str], needed: frozenset[str] = frozenset()) -> bool:
+    """Whether a table keeping ``fields`` (per hour) answers exactly: whole
+    hours, and every segment's field (and each of ``needed``, e.g. breakdown
+    fields) among them."""
     return (_on_hour(filters.start) and _on_hour(filters.end)
-            and all(s.field in fields for s in filters.segments)
+            and all(s.field in fields for s in filters.segments) and needed <= fields
             and whole_hour_offsets(filters.tz, filters.start, filters.end))
 
 
-def actor_source(filters: Filters, by_type: bool = False) -> Source:
-    """Per-user counts; ``by_type`` when the query groups by event type."""
-    if not by_type and filters.event_type is None and covers(filters, ACTOR_HOURS_FIELDS):
+def actor_source(filters: Filters, by_type: bool = False, needed: frozenset[str] = frozenset()) -> Source:
+    """Per-user counts; ``by_type`` when the query groups by event type,
+    ``needed`` the other fields it reads (breakdowns)."""
+    if not by_type and filters.event_type is None and covers(filters, ACTOR_HOURS_FIELDS, needed):
         return ACTOR_HOURS
-    return ACTOR_TYPE_HOURS if covers(filters, ACTOR_TYPE_HOURS_FIELDS) else EVENTS
+    return ACTOR_TYPE_HOURS if covers(filters, ACTOR_TYPE_HOURS_FIELDS, needed) else EVENTS
 
 
-def page_source(filters: Filters) -> Source:
+def page_source(filters: Filters, needed: frozenset[str] = frozenset()) -> Source:
     """For page views: ``filters.event_type`` is ``page_view`` by then."""
-    return PAGE_HOURS if covers(filters, PAGE_HOURS_FIELDS) else EVENTS
+    return PAGE_HOURS if covers(filters, PAGE_HOURS_FIELDS, needed) else EVENTS
 
 
 def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: datetime) -> bool:
@@ -127,8 +133,10 @@ def spans_hold(filters: Filters, hours: int, first_hour: datetime, last_hour: da
 
 def table_hours(first_s: int, last_s: int, parts: int) -> tuple[int, datetime, datetime] | None:
     """``spans_hold``'s arguments from SPAN_STATE's whole-table bounds, or None when
-    they are unknown (parts without a min/max of ``hour``)."""
-    if parts and (not first_s or not last_s):
+    they may be unknown. type_hours is partitioned by month of ``hour``, so every
+    part has its min/max: a minimum of 0 is an event in 1970's first hour (the
+    earliest Pulse accepts), a real bound; a maximum of 0 is taken as unknown."""
+    if parts and not last_s:
         return None
     return parts, datetime.fromtimestamp(first_s, UTC), datetime.fromtimestamp(last_s, UTC)
 

@@ -19,6 +19,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pulse import telemetry
+from pulse.core import breakdowns
+from pulse.core.breakdowns import Breakdown
 from pulse.core.filters import PROPERTY_KEY, Filters, condition
 from pulse.core.persons import Resolver, members_condition, resolver
 from pulse.core.rollups import (
@@ -103,14 +105,40 @@ def _bucket_text(value: Any, group_by: str, tz: str) -> Any:
     return value
 
 
-def _source(filters: Filters, rollups: bool, by_type: bool = False) -> Source:
+def _source(filters: Filters, rollups: bool, by_type: bool = False, bd: Breakdown | None = None) -> Source:
     """A rollup when one answers exactly (they hold no bots: with include_bots, the events table)."""
-    return actor_source(filters, by_type) if rollups and not filters.include_bots else EVENTS
+    if bd is not None and (bd.by_property or bd.columns - {"event_type", "country"}):
+        return EVENTS
+    needed = bd.columns if bd is not None else frozenset()
+    return actor_source(filters, by_type, needed) if rollups and not filters.include_bots else EVENTS
 
 
-def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True) -> list[dict[str, Any]]:
+def _split(src: Source, key: str, bd: Breakdown, who: Resolver, where: str,
+           params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Rows of ``src`` split by ``bd`` per ``key`` (an expression, named ``b``):
+    ``b, breakdown, rank, events, users`` (pulse.core.breakdowns)."""
+    values, value_params = breakdowns.event_values(bd)
+    rows = f"SELECT {key} AS b, {who.key} AS person, {src.weight} AS n{values} FROM {src.table} WHERE {where}"
+    rows, person_params = breakdowns.with_person_values(rows, bd, "f_project")
+    return breakdowns.ranked(rows, ["b"], bd), {**params, **value_params, **person_params}
+
+
+def _by_bucket(rows: list[tuple[Any, ...]], time_order: bool) -> list[tuple[Any, ...]]:
+    """Split rows (``b, breakdown, rank, events, ...``) in bucket order (time,
+    or the bucket's events descending, then the bucket), then by rank."""
+    if time_order:
+        return sorted(rows, key=lambda r: (r[0], r[2]))
+    totals: dict[Any, int] = {}
+    for row in rows:
+        totals[row[0]] = totals.get(row[0], 0) + int(row[3])
+    return sorted(rows, key=lambda r: (-totals[r[0]], r[0] is None, r[0] or "", r[2]))
+
+
+def events_query(filters: Filters, group_by: str, who: Resolver, bd: Breakdown | None = None,
+                 rollups: bool = True) -> tuple[str, dict[str, Any]]:
+    """``b, events, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
     by_property = group_by.startswith("properties.")
-    src = EVENTS if by_property else _source(filters, rollups, by_type=group_by == "event_type")
+    src = EVENTS if by_property else _source(filters, rollups, group_by == "event_type", bd)
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
     if group_by in TIME_BUCKETS:
@@ -123,9 +151,19 @@ def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True
     else:
         params["key"] = group_by[len("properties."):]
         bucket, order = PROPERTY_VALUE, "e DESC, b"
+    if bd is not None:
+        return _split(src, bucket, bd, who, where, params)
+    return (f"SELECT {bucket} AS b, {src.count} AS e, uniqExact({who.key}) FROM {src.table}"
+            f" WHERE {where} GROUP BY b ORDER BY {order}", params)
+
+
+def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True,
+           bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query("events", ch, f"SELECT {bucket} AS b, {src.count} AS e, uniqExact({who.key}) FROM {src.table}"
-                 f" WHERE {where} GROUP BY b ORDER BY {order}", params)
+    rows = query("events", ch, *events_query(filters, group_by, who, bd, rollups))
+    if bd is not None:
+        return [{"bucket": _bucket_text(b, group_by, filters.tz), "breakdown": list(t), "events": int(e),
+                 "users": int(u)} for b, t, _, e, u in _by_bucket(rows, group_by in TIME_BUCKETS)]
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
 
@@ -135,15 +173,26 @@ def dau(ch: ClickHouse, filters: Filters, rollups: bool = True) -> list[dict[str
             for row in active_users(ch, filters, "day", rollups, "dau")]
 
 
-def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
-                 endpoint: str = "active-users") -> list[dict[str, Any]]:
-    src = _source(filters, rollups)
+def active_users_query(filters: Filters, interval: str, who: Resolver, bd: Breakdown | None = None,
+                       rollups: bool = True) -> tuple[str, dict[str, Any]]:
+    """``b, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
+    src = _source(filters, rollups, bd=bd)
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
     bucket = TIME_BUCKETS[interval].format(time=src.time)
+    if bd is not None:
+        return _split(src, bucket, bd, who, where, params)
+    return (f"SELECT {bucket} AS b, uniqExact({who.key}) FROM {src.table}"
+            f" WHERE {where} GROUP BY b ORDER BY b", params)
+
+
+def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
+                 endpoint: str = "active-users", bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query(endpoint, ch, f"SELECT {bucket} AS b, uniqExact({who.key}) FROM {src.table}"
-                 f" WHERE {where} GROUP BY b ORDER BY b", params)
+    rows = query(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups))
+    if bd is not None:
+        return [{"bucket": b.isoformat(), "breakdown": list(t), "unique_users": int(u)}
+                for b, t, _, _, u in _by_bucket(rows, True)]
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
@@ -151,10 +200,11 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     """The span tables' parts (per type, per path) when they answer this query
     exactly (pulse.core.rollups), else None. The whole table's hours settle most
     ranges (any range up to today) from part metadata; the project's own hours
-    settle the rest."""
-    if filters.include_bots or not covers(filters, fields):
+    settle the rest. Never with a cohort (the counts per hour keep no person)."""
+    if filters.include_bots or filters.cohort is not None or not covers(filters, fields):
         return None
-    type_parts, page_parts, first_s, last_s, hour_parts = query("span-state", ch, span_state(ch.layout), {})[0]
+    state = query("span-state", ch, span_state(ch.layout), {"database": ch.database})
+    type_parts, page_parts, first_s, last_s, hour_parts = state[0]
     table = table_hours(int(first_s), int(last_s), int(hour_parts))
     if table is None or not spans_hold(filters, *table):
         _, params = condition(filters, time_column=None)
@@ -164,8 +214,25 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
     return int(type_parts), int(page_parts)
 
 
-def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True) -> list[dict[str, Any]]:
+def top_events_split(filters: Filters, who: Resolver, bd: Breakdown,
+                     rollups: bool = True) -> tuple[str, dict[str, Any]]:
+    """``event_type, breakdown, rank, events, users`` for every type."""
+    src = _source(filters, rollups, by_type=True, bd=bd)
+    where, params = condition(filters, time_column=src.time)
+    return _split(src, "event_type", bd, who, where, params)
+
+
+def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = True,
+               bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
+    if bd is not None:
+        rows = query("top-events", ch, *top_events_split(filters, who, bd, rollups))
+        totals: dict[str, int] = {}
+        for row in rows:
+            totals[row[0]] = totals.get(row[0], 0) + int(row[3])
+        kept = set(sorted(totals, key=lambda t: (-totals[t], t))[:limit])
+        return [{"event_type": t, "breakdown": list(v), "count": int(c), "users": int(u)}
+                for t, v, _, c, u in _by_bucket([r for r in rows if r[0] in kept], False)]
     spans = spans_answer(ch, filters, TYPE_SPAN_FIELDS) if rollups else None
     if spans is not None:
         counted, params = condition(filters, time_column="hour")

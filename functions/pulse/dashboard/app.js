@@ -7,7 +7,7 @@
 
 (() => {
   const $ = id => document.getElementById(id);
-  const VIEWS = ["stats", "keys", "members"];
+  const VIEWS = ["stats", "cohorts", "keys", "members"];
   let projects = [];
   let state = {};
 
@@ -46,6 +46,7 @@
       q.set("to", state.to);
       q.set("tz", state.tz || "UTC");
       for (const s of ctx.segments()) q.append("segment", s);
+      if (state.cohort) q.set("cohort", state.cohort);
       for (const [k, v] of Object.entries(extra)) q.set(k, v);
       return q.toString();
     },
@@ -93,6 +94,7 @@
   PulseApi.onSignedOut(message => {
     PulseStats.stopLive();
     projects = [];
+    $("my-invitations").hidden = true;
     $("signin-status").textContent = message || "";
     show("signin");
   });
@@ -132,7 +134,8 @@
 
   $("filters").addEventListener("submit", e => {
     e.preventDefault();
-    writeState({from: $("from").value, to: $("to").value, tz: $("tz").value.trim(), segment: $("segment").value.trim()});
+    writeState({from: $("from").value, to: $("to").value, tz: $("tz").value.trim(), segment: $("segment").value.trim(),
+                cohort: $("cohort").value});
     PulsePanels.loadAll(ctx);
   });
 
@@ -141,6 +144,7 @@
     $("to").value = state.to;
     $("tz").value = state.tz || "";
     $("segment").value = state.segment || "";
+    PulseCohorts.fill(ctx);
     PulsePanels.mount($("panels"), ctx);
     return PulsePanels.loadAll(ctx);
   }
@@ -242,11 +246,64 @@
         cells(tr, [m.email, m.role, (m.added_at || "").slice(0, 10),
                    owner && !self ? confirmButton("Remove", () => removeMember(m.user_id)) : ""]);
       }
+      if (owner) await showOpenInvitations();
       view.dataset.state = "ready";
       status.textContent = "";
     } catch (error) {
       view.dataset.state = "error";
       status.textContent = `Could not load: ${error.message}`;
+    }
+  }
+
+  async function showOpenInvitations() {
+    const open = await PulseApi.get(`/v1/projects/${state.project}/invitations`);
+    const t = $("invitations");
+    t.replaceChildren();
+    const head = t.createTHead().insertRow();
+    for (const c of ["email", "role", "sent", "expires", ""]) head.appendChild(Object.assign(document.createElement("th"), {textContent: c}));
+    const body = t.createTBody();
+    for (const i of open) {
+      const tr = body.insertRow();
+      tr.dataset.email = i.email;
+      cells(tr, [i.email, i.role, (i.created_at || "").slice(0, 10), (i.expires_at || "").slice(0, 10),
+                 confirmButton("Revoke", async () => {
+                   await PulseApi.call("DELETE", `/v1/projects/${state.project}/invitations/${i.invitation_id}`)
+                     .catch(error => { $("members-status").textContent = error.message; });
+                   await showMembers();
+                 })]);
+    }
+  }
+
+  // Invitations to the signed-in user, shown above every view until accepted.
+  async function showMyInvitations() {
+    const box = $("my-invitations");
+    let mine = [];
+    try {
+      mine = await PulseApi.get("/v1/invitations");
+    } catch (error) {
+      mine = [];
+    }
+    box.hidden = mine.length === 0;
+    const t = $("invitations-mine");
+    t.replaceChildren();
+    const body = t.createTBody();
+    for (const i of mine) {
+      const tr = body.insertRow();
+      tr.dataset.project = i.project_id;
+      const accept = Object.assign(document.createElement("button"), {type: "button", textContent: "Accept"});
+      accept.addEventListener("click", async () => {
+        accept.disabled = true;
+        try {
+          await PulseApi.post(`/v1/invitations/${i.invitation_id}/accept`, {});
+          writeState({project: i.project_id});
+          await start();
+        } catch (error) {
+          setStatus(error.message);
+          accept.disabled = false;
+        }
+      });
+      cells(tr, [`${i.project_name || i.project_id} (${i.role})`, i.invited_by ? `from ${i.invited_by}` : "",
+                 `until ${(i.expires_at || "").slice(0, 10)}`, accept]);
     }
   }
 
@@ -268,7 +325,8 @@
       $("member-email").value = "";
       await showMembers();
       $("members-status").textContent = answer.status === 202
-        ? `Invitation sent to ${email}: they join once they accept it.` : `${email} is now a member.`;
+        ? `Invitation sent to ${email}: they join when, signed in with that address, they accept it.`
+        : `${email} is now a member.`;
     } catch (error) {
       $("members-status").textContent = error.message;
       $("members-view").dataset.state = "error";
@@ -283,6 +341,7 @@
     const view = keyOnly ? "stats" : state.view;
     show(view);
     if (view === "stats") await showStats();
+    else if (view === "cohorts") await PulseCohorts.show(ctx);
     else if (view === "keys") await showKeys();
     else if (view === "members") await showMembers();
   }
@@ -296,6 +355,7 @@
     if (!session.api_key) {
       PulseApi.resume();
       try {
+        await showMyInvitations();
         await loadProjects();
       } catch (error) {
         if (PulseApi.session) setStatus(error.message);

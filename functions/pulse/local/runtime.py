@@ -58,6 +58,7 @@ from pulse.security.eventauth import LocalIssuer
 from pulse.security.tokens import generate_key_file
 from pulse.services import NEEDS, Services
 from pulse.settings import Settings, SettingsError
+from pulse.storage import persons
 from pulse.storage.migrations import migrate_clickhouse, migrate_postgres
 from pulse.web.http import HttpFunction
 
@@ -90,7 +91,7 @@ class Runtime:
             services = self.services = Services(self.settings)
             services.verify(sorted({need for needs in NEEDS.values() for need in needs}))
             migrate_postgres(services.db)
-            migrate_clickhouse(services.ch, self.settings)
+            persons.after_migrations(services.db, services.ch, migrate_clickhouse(services.ch, self.settings))
             if services.ch.embedded:
                 telemetry.watch_engine_memory(services.ch.memory)
             wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)

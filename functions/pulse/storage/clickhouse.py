@@ -95,6 +95,7 @@ class ClickHouse:
                  engine_options: dict[str, int] | None = None) -> None:
         self.url = url
         self.layout = layout or Layout()
+        self._database: str | None = None
         self.embedded = urlsplit(url).scheme == "chdb"
         # Start-up options of the embedded engine (the first client in the process starts it).
         self.engine_options = engine_options if self.embedded else None
@@ -130,6 +131,13 @@ class ClickHouse:
                 self._idle.put(client)
             else:
                 _close_quietly(client)
+
+    @property
+    def database(self) -> str:
+        """The database this client works in (asked once)."""
+        if self._database is None:
+            self._database = str(self.rows("SELECT currentDatabase()")[0][0])
+        return self._database
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self.borrow() as client:

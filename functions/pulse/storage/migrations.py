@@ -142,8 +142,7 @@ def migrate_postgres(db: Database, root: Path | None = None) -> list[str]:
 def migrate_clickhouse(ch: ClickHouse, settings: Settings, root: Path | None = None) -> list[str]:
     migrations = load("clickhouse", root)
     layout = ch.layout
-    form = ClusterForm(layout, str(ch.rows("SELECT currentDatabase()")[0][0]), placements(root)) \
-        if layout.cluster else None
+    form = ClusterForm(layout, ch.database, placements(root)) if layout.cluster else None
 
     def render(statement: str) -> list[str]:
         return form.render(statement) if form else [statement]
@@ -249,8 +248,9 @@ class ClusterForm:
       rows) when every source keeps the same rows together as ``t``, and
       without replicated block deduplication (copied rows are no retry).
     - ``ALTER``, ``OPTIMIZE``, ``TRUNCATE``: the local tables; column changes
-      the Distributed table too. ``EXCHANGE TABLES``: the local tables (each
-      Distributed table reads its local table by name). ``DROP``: both.
+      the Distributed table too; a view's ``MODIFY QUERY`` reads the local
+      tables. ``EXCHANGE TABLES``: the local tables (each Distributed table
+      reads its local table by name). ``DROP``: both.
 
     Anything else has no cluster form and stops the run (``MigrationError``).
     """
@@ -345,6 +345,12 @@ class ClusterForm:
 
     def _alter(self, m: re.Match[str]) -> list[str]:
         table, commands = m.group(1), m.group(2)
+        if table in self.views:
+            query = re.match(r"\s*MODIFY\s+QUERY\s+(.*)", commands, re.IGNORECASE | re.DOTALL)
+            if query is None:
+                raise MigrationError(f"alter view {table}: only MODIFY QUERY has a cluster form")
+            # the view reads each node's local tables, as when it was created
+            return [f"ALTER TABLE {table}{self.on} MODIFY QUERY\n{self._locally(query.group(1))}"]
         local = f"ALTER TABLE {self._known(table)}{self.on} {commands}"
         if table not in self.sharded:
             return [local]

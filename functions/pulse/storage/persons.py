@@ -27,9 +27,10 @@ LOAD = (
     " WHERE project_id = CAST(:p AS uuid) AND distinct_id = ANY(CAST(:ids AS text[])))"
     " GROUP BY p.person_id, p.primary_id, p.identified, p.properties::text")
 WRITE_OVERRIDES = (
-    f"INSERT INTO {persons.OVERRIDES} (project_id, actor_key, person_key)"
-    " SELECT {p:UUID}, reinterpretAsUInt128(sipHash128(m.1)), reinterpretAsUInt128(sipHash128(m.2))"
-    " FROM (SELECT arrayJoin(arrayZip({members:Array(String)}, {primaries:Array(String)})) AS m)")
+    f"INSERT INTO {persons.OVERRIDES} (link_key, project_id, actor_key, person_key)"
+    f" SELECT {persons.LINK_KEY.format(actor='a', project='{p:UUID}')}, {{p:UUID}}, a, pk FROM"
+    " (SELECT reinterpretAsUInt128(sipHash128(m.1)) AS a, reinterpretAsUInt128(sipHash128(m.2)) AS pk"
+    " FROM (SELECT arrayJoin(arrayZip({members:Array(String)}, {primaries:Array(String)})) AS m))")
 WRITE_PROPERTIES = (
     "INSERT INTO person_properties (project_id, person_key, properties, version)"
     " SELECT {p:UUID}, reinterpretAsUInt128(sipHash128(r.1)), r.2, {v:UInt64}"
@@ -51,12 +52,17 @@ class PersonStore:
         self.db = db
         self.ch = ch
 
-    def apply(self, project_id: str, batch_id: str, ops: Sequence[Operation]) -> Outcome | None:
+    def apply(self, project_id: str, batch_id: str, ops: Sequence[Operation],
+              conn: Connection | None = None) -> Outcome | None:
         """Apply a batch's operations exactly once and bring ClickHouse up to date
-        for the persons they touch. None when an earlier delivery applied them."""
+        for the persons they touch. None when an earlier delivery applied them.
+        ``conn``: the session persisting the batch (persist holds one connection
+        per batch, never a second: a full pool cannot deadlock it)."""
         if not ops:
             return None
-        return self.db.call(lambda conn: self._locked(conn, project_id, batch_id, ops))
+        if conn is not None:
+            return self._locked(conn, project_id, batch_id, ops)
+        return self.db.call(lambda c: self._locked(c, project_id, batch_id, ops))
 
     def _locked(self, conn: Connection, project_id: str, batch_id: str, ops: Sequence[Operation]) -> Outcome | None:
         key = identity_lock(project_id)
@@ -64,7 +70,7 @@ class PersonStore:
         try:
             outcome = in_transaction(conn, lambda: self._apply(conn, project_id, batch_id, ops))
             ids = persons.identifiers(ops)
-            self.sync(project_id, load(conn, project_id, ids),
+            self.sync(conn, project_id, load(conn, project_id, ids),
                       [p.primary for p in outcome.absorbed] if outcome else [])
             return outcome
         finally:
@@ -108,7 +114,8 @@ class PersonStore:
             telemetry.event("identity links refused", refused=len(outcome.refused), batch_id=batch_id)
         return outcome
 
-    def sync(self, project_id: str, current: Sequence[Person], gone_primaries: Sequence[str] = ()) -> None:
+    def sync(self, conn: Connection, project_id: str, current: Sequence[Person],
+             gone_primaries: Sequence[str] = ()) -> None:
         """Write the ClickHouse rows of these persons (as Postgres has them now):
         the overrides of their identifiers and their properties; the persons
         whose primaries are ``gone_primaries`` (absorbed) get empty properties."""
@@ -119,13 +126,42 @@ class PersonStore:
         rows: list[tuple[str, str]] = [(p.primary, orjson.dumps(p.properties).decode()) for p in current]
         rows += [(primary, "{}") for primary in gone_primaries]
         if rows:
-            version = self.db.run("SELECT nextval('person_version')")[0][0]
+            version = conn.run("SELECT nextval('person_version')")[0][0]
             self.ch.command(WRITE_PROPERTIES, {"p": project_id, "primaries": [r[0] for r in rows],
                                                "properties": [r[1] for r in rows], "v": version})
 
     def trim(self, retention_days: int) -> None:
         self.db.run("DELETE FROM person_batches WHERE applied_at < now() - make_interval(days => :d)",
                     d=retention_days)
+
+
+def resync_links(db: Database, ch: ClickHouse) -> int:
+    """Write every project's identity links again from Postgres (each project under
+    its identity lock, so persist's own writes keep their order); returns the
+    number of links written."""
+    written = 0
+    projects = [r[0] for r in db.run("SELECT DISTINCT project_id::text FROM person_ids")]
+    store = PersonStore(db, ch)
+    for project_id in projects:
+        def work(conn: Connection, project_id: str = project_id) -> int:
+            key = identity_lock(project_id)
+            conn.run(LOCK, k=key)
+            try:
+                ids = [r[0] for r in conn.run("SELECT distinct_id FROM person_ids WHERE project_id = CAST(:p AS uuid)",
+                                              p=project_id)]
+                current = load(conn, project_id, ids)
+                store.sync(conn, project_id, current)
+                return len(persons.overrides(current))
+            finally:
+                conn.run(UNLOCK, k=key)
+        written += db.call(work)
+    return written
+
+
+def after_migrations(db: Database, ch: ClickHouse, applied: Sequence[str]) -> None:
+    """Once migration 0022 has created the links table (empty), fill it from Postgres."""
+    if any(name.startswith("0022_") for name in applied):
+        resync_links(db, ch)
 
 
 # Reads (the persons API) --------------------------------------------------------
@@ -200,3 +236,20 @@ def export_lines(db: Database, ch: ClickHouse, project_id: str, distinct_id: str
     yield orjson.dumps({"person": found}) + b"\n"
     yield from ch.stream(f"SELECT {EVENT_FIELDS} FROM events WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
                          " ORDER BY occurred_at", {"p": project_id, "ids": found["distinct_ids"]}, "JSONEachRow")
+
+
+def described(db: Database, project_id: str, groups: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """``{person_id, distinct_ids}`` for each group of identifiers that belong
+    to one person (as a query grouped them by person key): the stored person's
+    identifiers, or the group's own for a person no link names."""
+    seen = sorted({i for ids in groups for i in ids})
+    stored = db.call(lambda conn: load(conn, project_id, seen)) if seen else []
+    by_id = {m: p for p in stored for m in p.members}
+    out = []
+    for ids in groups:
+        person = next((by_id[i] for i in sorted(ids) if i in by_id), None)
+        if person is None:
+            first = sorted(ids)[0]
+            person = Person(persons.person_id(project_id, first), first, False, {}, set(ids), stored=False)
+        out.append({"person_id": person.person_id, "distinct_ids": sorted(person.members | set(ids))})
+    return out

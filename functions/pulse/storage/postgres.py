@@ -8,6 +8,13 @@ A connection that broke (server restarted, network) is dropped and the call
 is tried once more on a fresh one, so a Postgres restart costs one failed
 attempt at most, never a stuck function. Callers keep their statements
 idempotent or inside ``transaction()``, so a retry is harmless.
+
+With a standby (CloudNativePG, docs/scaling.md), a switchover closes every
+connection to the old primary and moves the read-write Service to the new
+one: a call in flight fails once and is retried on a fresh connection; a
+write that reaches a server no longer primary (SQLSTATE 25006, read-only)
+drops the pool and is ``Unavailable`` (503, or a redelivery for persist),
+never a 500.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pg8000.native import Connection
 from pulse.errors import Unavailable
 
 T = TypeVar("T")
+READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or a primary being demoted
 
 
 
@@ -105,6 +113,9 @@ class Database:
                 if _is_shutdown(exc) and attempt == 1:
                     self._drain()
                     continue
+                if _sqlstate(exc) == READ_ONLY:
+                    self._drain()
+                    raise Unavailable("postgres is read-only: its primary is moving (switchover or failover)") from exc
                 raise
         raise AssertionError("unreachable")
 
@@ -162,10 +173,14 @@ def in_transaction(conn: Connection, work: Callable[[], T]) -> T:
     return result
 
 
-def _is_shutdown(exc: DatabaseError) -> bool:
+def _sqlstate(exc: DatabaseError) -> str:
     info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(info.get("C", ""))
+
+
+def _is_shutdown(exc: DatabaseError) -> bool:
     # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now
-    return str(info.get("C", "")).startswith("57P")
+    return _sqlstate(exc).startswith("57P")
 
 
 def _close_quietly(conn: Connection) -> None:
