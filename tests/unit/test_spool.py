@@ -103,14 +103,16 @@ def test_the_broker_carries_a_reference_and_persist_reads_the_record_back(tmp_pa
     box.close()
 
 
-def test_a_dead_lettered_batch_lets_its_segment_go(tmp_path: Path) -> None:
+def test_a_dead_lettered_or_refused_batch_lets_its_segment_go(tmp_path: Path) -> None:
     box = spool.Spool(tmp_path, "owner")
-    poison, fine = record(1), record(2)
-    box.append(poison)
-    box.append(fine)
+    poison, refused, fine = record(1), record(2), record(3)
+    for event in (poison, refused, fine):
+        box.append(event)
     box._segments[-1].sealed = True
     assert box.trim(lambda ids: {fine.id} & set(ids)) == 0
-    spool.mark_dead(tmp_path, poison.id)
+    spool.mark_dead(tmp_path, poison.id)  # the dispatcher dead-lettered it
+    assert box.trim(lambda ids: {fine.id} & set(ids)) == 0
+    box.settle(refused.id)  # the broker never acknowledged it: the client was answered 503
     assert box.trim(lambda ids: {fine.id} & set(ids)) == 1
     assert not (tmp_path / spool.DEAD / poison.id).exists()
     box.close()

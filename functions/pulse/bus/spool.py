@@ -26,7 +26,9 @@ of what was synced: nothing after it was acknowledged.
 
 A record the dispatcher dead-letters goes to the dead-letter topic with its
 data read back from the spool (so that topic stands alone), and a marker file
-``dead/<batch id>`` lets the segment go as if the batch were persisted.
+``dead/<batch id>`` lets the segment go as if the batch were persisted; so
+does a record the broker did not acknowledge (ingest answered 503, the client
+sends its events again), so that a broker outage does not pin segments.
 
 Bounds: a segment takes appends for ``segment_s`` seconds or up to
 ``segment_bytes``; the spool holds at most ``max_bytes`` (appends beyond are
@@ -212,6 +214,10 @@ class Spool:
             segment.unsynced += 1
             segment.batch_ids.append(event.id)
         return ref, segment
+
+    def settle(self, batch_id: str) -> None:
+        """The batch will not be persisted from here (refused): its segment need not wait for it."""
+        mark_dead(self.directory, batch_id)
 
     def sync(self, segment: _Segment) -> None:
         """Returns once what ``write`` appended to ``segment`` is on disk."""

@@ -22,7 +22,7 @@ from pulse.bus.kafka import Producer
 from pulse.bus.spool import Spool
 from pulse.bus.spool import reference as spool_reference
 from pulse.core.events import CANONICAL_UUID, canonical_ids, format_ts
-from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
+from pulse.errors import FieldError, InvalidInput, PayloadTooLarge, Unavailable
 from pulse.settings import Limits
 
 SOURCE = "/pulse/ingest"
@@ -155,7 +155,11 @@ class Ingestor:
             return
         ref, segment = self.spool.write(event)
         spool = self.spool
-        self.producer.send(self.topic, project_id, spool_reference(event, ref), lambda: spool.sync(segment))
+        try:
+            self.producer.send(self.topic, project_id, spool_reference(event, ref), lambda: spool.sync(segment))
+        except Unavailable:  # answered 503: the client sends again; the spooled copy must not pin its segment
+            spool.settle(event.id)
+            raise
 
 
 def count_rejections(errors: Sequence[FieldError]) -> None:
