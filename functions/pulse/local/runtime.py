@@ -15,6 +15,8 @@ stops (each wait bounded by ``shutdown_timeout_s``, the drain by ``timeout_s``).
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import multiprocessing
 import secrets
 import socket
 import threading
@@ -81,6 +83,7 @@ class Runtime:
     brokers: dict[str, Server] = field(default_factory=dict)
     pings: PingScheduler | None = None
     public_url: str = ""
+    access_listener: logging.handlers.QueueListener | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Runtime:
@@ -116,8 +119,8 @@ class Runtime:
             public = socket.create_server((host, self.settings.gateway_port))
             self.public_url = f"http://{host}:{public.getsockname()[1]}"
             inner = socket.create_server(("127.0.0.1", 0)) if self.settings.ingest_processes else None
-            front = Front(public, f"http://127.0.0.1:{inner.getsockname()[1]}", wiring, secrets.token_urlsafe(24)) \
-                if inner is not None else None
+            front = Front(public, f"http://127.0.0.1:{inner.getsockname()[1]}", wiring, secrets.token_urlsafe(24),
+                          self._access_lines()) if inner is not None else None
             self.processes = [FunctionProcess("ingest", self.settings, front).start()
                               for _ in range(self.settings.ingest_processes)]
             self.functions = {
@@ -145,17 +148,42 @@ class Runtime:
             if front is not None and inner is not None:  # behind the ingest processes' fronts
                 gateway = Gateway(wiring.route_for, apps, self.host, front.key, log_access=False)
                 self.gateway = Server("gateway", gateway, host, 0, inner).start()
+                inner.close()  # the server holds its own copy
+                # The public socket stays open here too: should every ingest process die, this
+                # process takes the port over (ingest's paths then answer 503) instead of refusing.
+                threading.Thread(target=self._stand_in, args=(public, Gateway(wiring.route_for, apps, self.host)),
+                                 name="public-port-stand-in", daemon=True).start()
             else:
                 self.gateway = Server("gateway", Gateway(wiring.route_for, apps, self.host), host, 0, public).start()
-            for listener in (public, inner):  # the servers, and the fronts, hold their own copies
-                if listener is not None:
-                    listener.close()
+                public.close()
         except BaseException:
             self.stop(drain=False)
             raise
         log.info("pulse is up", extra={"fields": {"gateway": self.gateway_url,
                                                   "seconds": round(time.monotonic() - started, 2)}})
         return self
+
+    def _stand_in(self, public: socket.socket, gateway: Gateway) -> None:
+        """Serve the public port from this process once no ingest process is left to."""
+        try:
+            while not self._stopped.wait(0.2):
+                if not any(p.process is not None and p.process.is_alive() for p in self.processes) \
+                        and not self._stopped.is_set():
+                    log.warning("no ingest process serves the public port: the main process does")
+                    self.servers["public"] = Server("public", gateway, self.settings.host, 0, public).start()
+                    return
+        finally:
+            public.close()
+
+    def _access_lines(self) -> Any:
+        """With request lines on a terminal (console logs), the queue through which the
+        ingest processes' fronts hand theirs to this process's handler, else None."""
+        if not logging.getLogger(telemetry.ACCESS_LOGGER).isEnabledFor(logging.INFO):
+            return None
+        lines = multiprocessing.get_context("spawn").Queue()
+        self.access_listener = logging.handlers.QueueListener(lines, *logging.getLogger().handlers)
+        self.access_listener.start()
+        return lines
 
     def _dead_letter(self, event: CloudEvent, refusal: InvalidInput, position: str) -> None:
         """A spooled record persist refuses goes where the raw source's refusals go."""
@@ -265,6 +293,8 @@ class Runtime:
             self.services.close()
         if self.stack is not None:
             self.stack.stop()
+        if self.access_listener is not None:
+            self.access_listener.stop()
 
     def describe(self) -> dict[str, Any]:
         functions = {n: s.url for n, s in self.servers.items()}

@@ -22,6 +22,8 @@ included), answers on a free port as well, stops gracefully on SIGTERM
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import multiprocessing
 import signal
 import socket
@@ -29,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from pulse.local.embedded import die_with_parent
 from pulse.local.wiring import Wiring
@@ -45,6 +48,7 @@ class Front:
     upstream: str  # the main process's gateway
     wiring: Wiring  # its route table
     key: str  # vouches to the main gateway for the client address a front passes on
+    access_log: Any = None  # a queue for the console's request lines, which the main process prints
 
 
 @dataclass
@@ -97,7 +101,7 @@ def _serve(name: str, settings: Settings, front: Front | None, report: Connectio
     from pulse.ingest import Ingest
     from pulse.local.gateway import Gateway, Proxy, Server
     from pulse.services import Services
-    from pulse.telemetry import configure_logging
+    from pulse.telemetry import ACCESS_LOGGER, configure_logging
 
     configure_logging(settings.log_level, settings.log_format)  # the parent's format, on the same terminal
     try:
@@ -106,6 +110,11 @@ def _serve(name: str, settings: Settings, front: Front | None, report: Connectio
         server = Server(name, function.wsgi, settings.host, 0).start()
         public = None
         if front is not None:
+            if front.access_log is not None:  # the terminal's request lines go through the main process
+                access = logging.getLogger(ACCESS_LOGGER)
+                access.handlers[:] = [logging.handlers.QueueHandler(front.access_log)]
+                access.propagate = False
+                access.setLevel(logging.INFO)
             gateway = Gateway(front.wiring.route_for, {name: function.wsgi}, Proxy([front.upstream], front.key))
             public = Server("front", gateway, settings.host, 0, front.listener).start()
             front.listener.close()  # the server holds its own copy
