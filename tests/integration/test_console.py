@@ -146,7 +146,9 @@ def test_one_short_line_per_request_after_one_banner(terminal: Callable[..., Ter
     assert not [line for line in lines[:first] if REQUEST_LINE.match(line)], "no request lines before the banner"
     assert not [line for line in lines if line.lstrip().startswith("{")], "no JSON log lines on a terminal"
     logged = [REQUEST_LINE.match(line).groups() for line in lines[last:] if REQUEST_LINE.match(line)]  # type: ignore[union-attr]
-    assert [(m, p, s, f) for m, p, s, _, f in logged] == [(m, p, s, f) for m, p, _, _, s, f in sent]
+    # One line per answer; with several ingest processes serving the port, each logs when its
+    # answer's body is sent, so two quick answers from different processes may print either way.
+    assert sorted((m, p, s, f) for m, p, s, _, f in logged) == sorted((m, p, s, f) for m, p, _, _, s, f in sent)
     assert lines[-2:] in (["Stopped.", ""], ["Stopped."]) or "Stopped." in lines[-3:]
 
 
