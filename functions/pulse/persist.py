@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.bus import kafka, sink
+from pulse.bus import sink
 from pulse.bus.cloudevents import (
     INGESTED,
     MAINTENANCE_REQUESTED,
@@ -35,7 +35,7 @@ from pulse.core.ingestion import decode_batch
 from pulse.core.persisting import Persister
 from pulse.errors import InvalidInput
 from pulse.services import Services
-from pulse.settings import Settings
+from pulse.settings import MAX_RECORD_BYTES, Settings
 from pulse.storage.persons import PersonStore
 from pulse.storage.postgres import Connection
 from pulse.web.body import read_body
@@ -64,7 +64,7 @@ class Persist(HttpFunction):
 
     def ingested(self, request: Request) -> Response:
         results = []
-        for event in receive(request.headers, read_body(request, kafka.MAX_RECORD_BYTES)):
+        for event in receive(request.headers, read_body(request, MAX_RECORD_BYTES)):
             if event.type != INGESTED:
                 raise InvalidInput.field("type", f"expected {INGESTED}, got {event.type}")
             results.append(self.persist_one(event))

@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
-from pulse.bus.kafka import Producer
 from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
 from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
 from pulse.settings import Limits
+
+if TYPE_CHECKING:  # persist decodes batches here and never produces: no Kafka client for it
+    from pulse.bus.kafka import Producer
 
 SOURCE = "/pulse/ingest"
 ROW_KEYS = frozenset(EVENT_COLUMNS)

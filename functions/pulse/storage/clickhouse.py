@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import clickhouse_connect
-from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
 from pulse.settings import CLUSTER_NAME
+
+if TYPE_CHECKING:  # the client library is imported when the first client opens
+    from clickhouse_connect.driver.client import Client
 
 CHUNK = 1 << 16
 # Formats chDB streams block by block (their blocks concatenate into one valid stream).
@@ -78,6 +78,8 @@ class ClickHouse:
         self.linger_s = linger_s
 
     def _open(self) -> Client:
+        import clickhouse_connect
+
         try:
             return clickhouse_connect.get_client(dsn=self.url)
         except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
