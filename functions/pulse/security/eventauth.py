@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 import urllib3
 
@@ -80,6 +79,8 @@ class EventAuth:
 
     def verify(self, authorization: str | None) -> str:
         """The sender's subject, or ``Unauthorized``."""
+        import jwt  # when the first event arrives, not before the function is ready
+
         if not self.audience or not self.subjects:
             raise Unauthorized("internal events are refused: no audience or sender is configured")
         scheme, _, token = (authorization or "").partition(" ")
@@ -209,6 +210,8 @@ class LocalIssuer:
         return LOCAL_ISSUER
 
     def mint(self, audience: str, subject: str, now: float | None = None) -> str:
+        import jwt
+
         issued = int(time.time() if now is None else now)
         claims = {"iss": LOCAL_ISSUER, "aud": [audience], "sub": subject, "iat": issued, "nbf": issued,
                   "exp": issued + self.ttl_s}
