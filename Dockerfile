@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for all five Pulse functions; FUNCTION_TARGET picks the function
-# and `pulse serve` runs it (functions-framework on $PORT, default 8080).
+# and `pulse serve` runs it (gunicorn on $PORT, default 8080).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -2,7 +2,7 @@
 
   pulse up [--demo] [--port 8080] [--state-dir .pulse]   everything, embedded, in one process
   pulse migrate                                          apply pending migrations to both stores
-  pulse serve [FUNCTION]                                 one function under functions-framework (containers)
+  pulse serve [FUNCTION]                                 one function under gunicorn (containers)
   pulse bench [...]                                      ingest end to end vs a sync baseline (pulse/bench.py)
   pulse import FILE [--url URL] [--key KEY]              import a CSV or NDJSON file, resumable (docs/clients.md)
   pulse export [--format csv] [--from D] [--to D] [-o F]  download events into a file
@@ -404,10 +404,16 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve(settings: Settings, function: str | None) -> int:
-    """One function under functions-framework's gunicorn. SIGTERM (after
-    Knative's queue-proxy drained the pod) stops the server taking connections,
-    lets each worker finish the requests it holds, then ``shut_down`` closes
-    the function's clients (pulse.services)."""
+    """One function under gunicorn, set up as functions-framework's production
+    server sets it up (gthread workers: ``WORKERS`` processes, default 1, of
+    ``THREADS`` threads, default 4 per core; ``GUNICORN_LOG_LEVEL``,
+    ``CLOUD_RUN_TIMEOUT_SECONDS``), with the function's target called as
+    functions-framework calls it, on the request, but without Flask around it:
+    a Pulse function routes its own requests, and Flask's import would lengthen
+    every start from zero. SIGTERM (after Knative's queue-proxy drained the
+    pod) stops the server taking connections, lets each worker finish the
+    requests it holds, then ``shut_down`` closes the function's clients
+    (pulse.services)."""
     from pulse.services import NEEDS, Services, shut_down
 
     if not function:
@@ -418,18 +424,42 @@ def _serve(settings: Settings, function: str | None) -> int:
         services.verify(NEEDS[function])  # fail fast, naming the dependency
     finally:
         services.close()
-    from functions_framework import create_app
-    from functions_framework._http import create_server
+    import importlib
 
-    app = create_app(function, str(Path(__file__).with_name(f"{function}.py")), "http")
+    from gunicorn.app.base import BaseApplication
+    from werkzeug.wrappers import Request
+
+    # imported before the workers fork; each worker builds the function on its first request
+    target = getattr(importlib.import_module(f"pulse.{function}"), function)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return target(Request(environ))(environ, start_response)
+
     bound_s = settings.shutdown_timeout_s
 
     def worker_exit(server: object, worker: object) -> None:
         shut_down(bound_s)
 
-    create_server(app, False, graceful_timeout=max(1, int(bound_s)), worker_exit=worker_exit).run(
-        os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on every interface
-        int(os.environ.get("PORT", "8080")))
+    options = {
+        "bind": f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8080'))}",  # noqa: S104 - a container listens on every interface
+        "workers": int(os.environ.get("WORKERS", "1")),
+        "threads": int(os.environ.get("THREADS", str((os.cpu_count() or 1) * 4))),
+        "loglevel": os.environ.get("GUNICORN_LOG_LEVEL", "error"),
+        "limit_request_line": 0,
+        "timeout": int(os.environ.get("CLOUD_RUN_TIMEOUT_SECONDS", "0")),
+        "graceful_timeout": max(1, int(bound_s)),
+        "worker_exit": worker_exit,
+    }
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Server().run()
     return 0
 
 

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.bus import kafka, sink, spool
+from pulse.bus import sink, spool
 from pulse.bus.cloudevents import (
     INGESTED,
     MAINTENANCE_REQUESTED,
@@ -42,7 +42,7 @@ from pulse.core.persisting import Outcome, Persister
 from pulse.errors import InvalidInput, Unavailable
 from pulse.group_commit import GroupCommit
 from pulse.services import Services
-from pulse.settings import Settings
+from pulse.settings import MAX_RECORD_BYTES, Settings
 from pulse.storage.persons import PersonStore
 from pulse.web.body import read_body
 from pulse.web.http import HttpFunction, Route, json_response
@@ -71,7 +71,7 @@ class Persist(HttpFunction):
 
     def ingested(self, request: Request) -> Response:
         results = []
-        for event in receive(request.headers, read_body(request, kafka.MAX_RECORD_BYTES)):
+        for event in receive(request.headers, read_body(request, MAX_RECORD_BYTES)):
             if event.type != INGESTED:
                 raise InvalidInput.field("type", f"expected {INGESTED}, got {event.type}")
             results.append(self.persist_one(event))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pulse.security.access import BearerAccess, Memberships, ReadAccess
-from pulse.security.eventauth import ClusterIssuer, EventAuth, LocalIssuer, TokenFile, TokenSource, subjects_of
 from pulse.security.keys import KeyStore
 from pulse.security.ratelimit import Limit, RateLimiter
 from pulse.security.tokens import (
@@ -25,11 +24,12 @@ from pulse.security.tokens import (
     Verifier,
     load_signing_key,
 )
-from pulse.settings import Settings, SettingsError, redact
+from pulse.settings import RECORD_HEADROOM_BYTES, Settings, SettingsError, redact
 from pulse.storage.postgres import Database
 
 if TYPE_CHECKING:  # imported where first used: a function loads only the clients it needs (cold start)
     from pulse.bus.kafka import Producer
+    from pulse.security.eventauth import ClusterIssuer, EventAuth, LocalIssuer, TokenSource
     from pulse.storage.clickhouse import ClickHouse
 
 log = logging.getLogger("pulse.services")
@@ -79,12 +79,16 @@ class Services:
         embedded runtime, else the one its SinkBinding mounts (when there)."""
         if function in self.sink_tokens:
             return self.sink_tokens[function]
+        from pulse.security.eventauth import TokenFile
+
         path = Path(self.settings.ce_sink_token_file)
         return TokenFile(str(path)) if path.is_file() else None
 
     @property
     def event_keys(self) -> ClusterIssuer | LocalIssuer:
         """Who issues event tokens: the embedded run's key, else the cluster's issuer."""
+        from pulse.security.eventauth import ClusterIssuer, LocalIssuer
+
         settings = self.settings
         with self._lock:
             if self._event_keys is None:
@@ -100,6 +104,8 @@ class Services:
 
     def event_auth(self, function: str) -> EventAuth:
         """What ``function``'s ``/_ce/*`` routes accept (pulse.security.eventauth)."""
+        from pulse.security.eventauth import EventAuth, subjects_of
+
         keys = self.event_keys
         return EventAuth(keys, keys.issuer, self.ce_audiences.get(function) or self.settings.ce_audience,
                          self.ce_senders.get(function) or subjects_of(self.settings.ce_subjects))
@@ -131,7 +137,7 @@ class Services:
                 self._producer = kafka.Producer(_required(self.settings.kafka_bootstrap, "PULSE_KAFKA_BOOTSTRAP"),
                                           self.settings.kafka_ack_timeout_s, self.settings.retry_after_s,
                                           self.settings.kafka_max_in_flight,
-                                          self.settings.limits.max_record_bytes + kafka.RECORD_HEADROOM_BYTES)
+                                          self.settings.limits.max_record_bytes + RECORD_HEADROOM_BYTES)
             return self._producer
 
     @property

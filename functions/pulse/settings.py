@@ -24,6 +24,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+# The largest Kafka record any hop reads or writes (persist's body limit, the
+# consumers' fetch sizes); pulse.bus.kafka uses them.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+# What a record carries besides its value: CloudEvent attributes as headers
+# (and a dead letter's knativeerror* extensions), Kafka's framing.
+RECORD_HEADROOM_BYTES = 64 * 1024
 
 
 class SettingsError(ValueError):
@@ -38,8 +44,8 @@ class Limits:
     max_body_bytes: int = 5 * 1024 * 1024
     # The largest Kafka record value ingest writes: a batch whose encoding is
     # larger (escaping can nearly double a body) goes out as several records.
-    # Every hop after ingest allows this plus RECORD_HEADROOM_BYTES
-    # (pulse.bus.kafka); tests/chart checks the topics and Knative's data planes.
+    # Every hop after ingest allows this plus RECORD_HEADROOM_BYTES (above);
+    # tests/chart checks the topics and Knative's data planes.
     max_record_bytes: int = 6 * 1024 * 1024
     max_properties_bytes: int = 32 * 1024
     max_future_skew_s: int = 300

@@ -28,12 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,9 +40,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:  # the SDK is imported when a provider is installed (OTEL_SDK_DISABLED leaves it out)
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+    from opentelemetry.sdk.trace import Span as SdkSpan
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 project_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("project_id", default="")
@@ -136,6 +136,8 @@ def watch_engine_memory(read: Callable[[], Mapping[str, float]] | None) -> None:
 def metrics_payload() -> tuple[bytes, str]:
     """The text exposition of this process, or of every worker in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -290,8 +292,9 @@ def event(message: str, **fields: Any) -> None:
     log.info(message, extra={"fields": fields})
 
 
-class _Fanout(SpanProcessor):
-    """The provider's one processor: hands spans to those added at run time."""
+class _Fanout:
+    """The span processors added at run time; ``processor`` is the provider's
+    one processor, handing each span to them."""
 
     def __init__(self) -> None:
         self.processors: tuple[SpanProcessor, ...] = ()
@@ -305,20 +308,28 @@ class _Fanout(SpanProcessor):
         with self._lock:
             self.processors = tuple(p for p in self.processors if p is not processor)
 
-    def on_start(self, span: SdkSpan, parent_context: Any = None) -> None:
-        for processor in self.processors:
-            processor.on_start(span, parent_context=parent_context)
+    def processor(self) -> SpanProcessor:
+        from opentelemetry.sdk.trace import SpanProcessor
 
-    def on_end(self, span: ReadableSpan) -> None:
-        for processor in self.processors:
-            processor.on_end(span)
+        fanout = self
 
-    def shutdown(self) -> None:
-        for processor in self.processors:
-            processor.shutdown()
+        class Fanout(SpanProcessor):
+            def on_start(self, span: SdkSpan, parent_context: Any = None) -> None:
+                for processor in fanout.processors:
+                    processor.on_start(span, parent_context=parent_context)
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(p.force_flush(timeout_millis) for p in self.processors)
+            def on_end(self, span: ReadableSpan) -> None:
+                for processor in fanout.processors:
+                    processor.on_end(span)
+
+            def shutdown(self) -> None:
+                for processor in fanout.processors:
+                    processor.shutdown()
+
+            def force_flush(self, timeout_millis: int = 30000) -> bool:
+                return all(p.force_flush(timeout_millis) for p in fanout.processors)
+
+        return Fanout()
 
 
 class _Tracing:
@@ -341,9 +352,12 @@ def _install_provider(service_name: str) -> None:
         _tracing.installed = True
         if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
         provider = TracerProvider(resource=Resource.create(attributes))
-        provider.add_span_processor(_tracing.fanout)
+        provider.add_span_processor(_tracing.fanout.processor())
         trace.set_tracer_provider(provider)
 
 
@@ -357,17 +371,18 @@ def configure_tracing(service_name: str = "pulse") -> None:
         if _tracing.exporters_configured:
             return
         _tracing.exporters_configured = True
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower().replace(" ", "").split(",")
+    names = [name for name in names if name not in ("", "none")]
+    if not names:
+        return
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         ConsoleSpanExporter,
         SpanExporter,
     )
 
-    names = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower().replace(" ", "").split(",")
     for name in names:
         exporter: SpanExporter
-        if name in ("", "none"):
-            continue
         if name == "console":
             exporter = ConsoleSpanExporter(formatter=lambda s: s.to_json(indent=None) + "\n")
         elif name == "otlp":

@@ -26,11 +26,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pulse import telemetry
 from pulse.bus.cloudevents import CloudEvent, to_kafka_headers
 from pulse.errors import Unavailable
+from pulse.settings import MAX_RECORD_BYTES, RECORD_HEADROOM_BYTES  # noqa: F401 - re-exported (dispatcher, dlq)
 
-MAX_RECORD_BYTES = 16 * 1024 * 1024
-# What a record carries besides its value: CloudEvent attributes as headers
-# (and a dead letter's knativeerror* extensions), Kafka's framing.
-RECORD_HEADROOM_BYTES = 64 * 1024
 FAST_GROUP_JOIN = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 

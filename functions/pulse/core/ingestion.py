@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 import orjson
@@ -18,12 +19,14 @@ from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
-from pulse.bus.kafka import Producer
 from pulse.bus.spool import Spool
 from pulse.bus.spool import reference as spool_reference
 from pulse.core.events import CANONICAL_UUID, canonical_ids, format_ts
 from pulse.errors import FieldError, InvalidInput, PayloadTooLarge, Unavailable
 from pulse.settings import Limits
+
+if TYPE_CHECKING:  # persist decodes batches here and never produces: no Kafka client for it
+    from pulse.bus.kafka import Producer
 
 SOURCE = "/pulse/ingest"
 

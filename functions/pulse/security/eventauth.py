@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 import urllib3
 
@@ -103,6 +102,8 @@ class EventAuth:
 
     def _check(self, token: str) -> tuple[str, float]:
         """(subject, exp) of a token whose signature and claims hold; ``Unauthorized`` otherwise."""
+        import jwt  # when the first event arrives, not before the function is ready
+
         try:
             header = jwt.get_unverified_header(token.strip())
         except jwt.PyJWTError as exc:
@@ -227,6 +228,8 @@ class LocalIssuer:
         return LOCAL_ISSUER
 
     def mint(self, audience: str, subject: str, now: float | None = None) -> str:
+        import jwt
+
         issued = int(time.time() if now is None else now)
         claims = {"iss": LOCAL_ISSUER, "aud": [audience], "sub": subject, "iat": issued, "nbf": issued,
                   "exp": issued + self.ttl_s}

@@ -27,22 +27,21 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
 import orjson
-import urllib3
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from pulse.errors import Unauthorized, Unavailable
+
+if TYPE_CHECKING:  # PyJWT and cryptography are imported where first used: ingest needs neither
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+    PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 LEEWAY_S = 10
 JWKS_MIN_REFRESH_S = 10.0
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud", "jti"]
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 class KeyFileError(ValueError):
@@ -51,6 +50,8 @@ class KeyFileError(ValueError):
 
 def algorithm_for(key: PublicKey | PrivateKey) -> str:
     """The one algorithm a key may be used with."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return "EdDSA"
     if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
@@ -65,6 +66,8 @@ def algorithm_for(key: PublicKey | PrivateKey) -> str:
 
 
 def public_jwk(key: PublicKey) -> dict[str, str]:
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
     alg = algorithm_for(key)
     codec = {"EdDSA": OKPAlgorithm, "ES256": ECAlgorithm, "RS256": RSAAlgorithm}[alg]
     jwk: dict[str, str] = codec.to_jwk(key, as_dict=True)  # type: ignore[attr-defined]
@@ -92,6 +95,8 @@ class VerifyingKey:
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any]) -> VerifyingKey:
+        import jwt
+
         try:
             key = jwt.PyJWK(dict(jwk)).key
         except jwt.PyJWTError as exc:
@@ -110,6 +115,8 @@ class SigningKey:
 
 
 def _read_pem(path: Path) -> PrivateKey | PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -142,6 +149,8 @@ def load_ring(path: Path) -> dict[str, VerifyingKey]:
 
 
 def load_signing_key(path: Path) -> SigningKey:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     key = _read_pem(path)
     if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise KeyFileError(f"{path}: the signing key must be a private key")
@@ -151,6 +160,9 @@ def load_signing_key(path: Path) -> SigningKey:
 
 def generate_key_file(path: Path) -> Path:
     """A new Ed25519 private key in PEM, readable by the owner only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -179,6 +191,8 @@ class Issuer:
         self.ttl_s = ttl_s
 
     def issue(self, subject: str, now: float | None = None) -> AccessToken:
+        import jwt
+
         issued = int(time.time() if now is None else now)
         jti = str(uuid.uuid4())
         claims = {"sub": subject, "iat": issued, "nbf": issued, "exp": issued + self.ttl_s,
@@ -216,6 +230,8 @@ Fetch = Callable[[str], bytes]
 
 
 def http_fetch(url: str) -> bytes:
+    import urllib3
+
     response = urllib3.request("GET", url, timeout=urllib3.Timeout(total=5.0), retries=False)
     if response.status != 200:
         raise OSError(f"JWKS answered {response.status}")
@@ -242,6 +258,8 @@ class JwksKeys:
             return self._ring.get(kid)
 
     def _refresh(self) -> None:
+        import urllib3
+
         try:
             document = orjson.loads(self.fetch(self.url))
             ring = {}
@@ -278,6 +296,8 @@ class Verifier:
         self.audience = audience
 
     def verify(self, token: str) -> Claims:
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

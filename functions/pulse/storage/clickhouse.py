@@ -15,17 +15,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import clickhouse_connect
-from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
 from pulse.group_commit import Announcement, GroupCommit
 from pulse.settings import CLUSTER_NAME
 
 __all__ = ["Announcement", "ClickHouse", "insert_group"]
+
+if TYPE_CHECKING:  # the client library is imported when the first client opens
+    from clickhouse_connect.driver.client import Client
 
 CHUNK = 1 << 16
 # Formats chDB streams block by block (their blocks concatenate into one valid stream).
@@ -108,6 +108,8 @@ class ClickHouse:
         self.linger_s = linger_s
 
     def _open(self) -> Client:
+        import clickhouse_connect
+
         try:
             if self.engine_options:
                 return clickhouse_connect.get_client(dsn=self.url, chdb_options=self.engine_options)
