@@ -224,12 +224,10 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
         hours, page_hours = conn.run("SELECT hours, page_hours FROM person_deletions"
                                      " WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)[0]
         for table in ACTOR_TABLES:
-            ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
-                       + SYNC, params)
-        ch.command(f"ALTER TABLE person_properties DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)"
-                   + SYNC, params)
-        ch.command(f"ALTER TABLE person_links DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
-                   + SYNC, params)
+            ch.mutate(table, f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
+        ch.mutate("person_properties", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)" + SYNC,
+                  params)
+        ch.mutate("person_links", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
         _rebuild_hours(ch, project_id, "type_hours", "event_type", "", list(hours or []))
         _rebuild_hours(ch, project_id, "path_hours", "path", " AND event_type = 'page_view'", list(page_hours or []))
         conn.run("UPDATE person_deletions SET stage = 'deleted' WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)
@@ -257,12 +255,11 @@ def _rebuild_hours(ch: ClickHouse, project_id: str, table: str, column: str, whe
     if not hours:
         return
     params = {"p": project_id, "hours": hours, "first": min(hours).date(), "last": max(hours).date()}
-    ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND has({{hours:Array(DateTime)}}, hour)"
-               + SYNC, params)
-    ch.command(f"INSERT INTO {table} SELECT project_id, toStartOfHour(occurred_at) AS h, {column}, count()"
-               " FROM events WHERE project_id = {p:UUID} AND toDate(occurred_at) BETWEEN {first:Date} AND {last:Date}"
-               f" AND has({{hours:Array(DateTime)}}, toStartOfHour(occurred_at)) AND {ROLLED_UP}{where}"
-               f" GROUP BY project_id, h, {column}", params)
+    ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND has({hours:Array(DateTime)}, hour)" + SYNC, params)
+    ch.insert_select(table, f"SELECT project_id, toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
+                     " WHERE project_id = {p:UUID} AND toDate(occurred_at) BETWEEN {first:Date} AND {last:Date}"
+                     f" AND has({{hours:Array(DateTime)}}, toStartOfHour(occurred_at)) AND {ROLLED_UP}{where}"
+                     f" GROUP BY project_id, h, {column}", params)
 
 
 # Retention --------------------------------------------------------------------
@@ -306,15 +303,13 @@ def _expire(ch: ClickHouse, params: dict[str, Any]) -> int:
     rows are deleted before they are written again (a background merge of an old
     row with its recomputed one would otherwise carry the old first time)."""
     removed = _count_old(ch, params)
-    ch.command("ALTER TABLE events DELETE WHERE project_id = {p:UUID} AND occurred_at < {cut:DateTime64(3, 'UTC')}"
-               + SYNC, params)
+    ch.mutate("events", "DELETE WHERE project_id = {p:UUID} AND occurred_at < {cut:DateTime64(3, 'UTC')}" + SYNC,
+              params)
     for table in HOURLY_TABLES:
-        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND hour < {{cut:DateTime64(3, 'UTC')}}"
-                   + SYNC, params)
+        ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND hour < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
     for table, (column, where) in SPANS.items():
-        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}}"
-                   " AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
-        ch.command(f"INSERT INTO {table} SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
-                   f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
-                   f" GROUP BY project_id, {column}, actor_key", params)
+        ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
+        ch.insert_select(table, f"SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
+                         f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
+                         f" GROUP BY project_id, {column}, actor_key", params)
     return removed
