@@ -41,6 +41,35 @@ ingest drops later events that carry any of the identifiers (hashed in
 ``suppressed_ids``); events accepted before (in flight in the topic) are
 still stored.
 
+On a ClickHouse cluster (docs/scaling.md) every statement must reach every
+copy of the rows it changes, and return only when it has; ``ClickHouse.mutate``
+and ``insert_select`` give each its cluster form (one node: the statement as
+written):
+
+- a sharded table (events, the hourly rollups, the spans) is a Distributed
+  table, which takes no mutation (``ALTER TABLE events DELETE`` fails there:
+  "doesn't support mutations"), and a lightweight ``DELETE FROM`` is no
+  different: the delete goes to ``<table>_local ON CLUSTER``, which one
+  replica of each shard runs and replication passes on;
+  ``mutations_sync = 2`` waits for every replica;
+- ``person_links`` is a Join table on each node, not replicated: ``ALTER
+  TABLE person_links ON CLUSTER`` deletes the person's links on every node
+  (a plain ALTER would reach only the node Pulse is connected to);
+- ``person_properties`` and ``cohort_members`` are replicated tables every
+  node has (one replication group): a plain ``ALTER`` is passed to every
+  replica by replication (``ON CLUSTER`` would submit it once per shard);
+- rows computed again (the hourly counts of a deleted person's hours, the
+  spans after retention) are inserted through the Distributed table, written
+  on every shard before the insert returns, never deduplicated (a job run
+  again deletes the rows it wrote and writes the same block again: a
+  replicated table would drop it as a retried insert).
+
+A node that does not answer makes the step fail (``Unavailable``, or the
+``ON CLUSTER`` wait running out); the job keeps its stage and resumes on the
+next delivery, each step being idempotent as below. An ``ON CLUSTER``
+statement that timed out stays queued and still runs on the node when it is
+back.
+
 Retention (``expire``; the daily maintenance job, per project): events before
 the start of the hour ``retention_days`` ago are removed, with the hourly
 rollups' rows before that hour (the same events, as the cut falls on an hour).
