@@ -12,8 +12,9 @@ Two designs, both exact once the write has returned (pulse.core.persons):
     and must then reload the dictionary on every node before it counts.
 
 Printed: the CPU of the lookup in two unique-person queries (over the events
-table and over the hourly rollup, per day of the year), and the time one
-identity write of 10 links takes with 1, 2 and 4 nodes. Nodes here are the
+table and over the hourly rollup, per day of the year); the time one
+identity write of 10 links takes with 1, 2 and 4 nodes; and what one reload
+of the dictionary costs with the bench's links and with ten times as many. Nodes here are the
 local shards of ``remote('localhost,127.0.0.1,...')`` inside one chDB: the
 SQL each design runs per node is measured, the network round trip to each node
 of a real cluster (and for (b) the ``ON CLUSTER`` queue through Keeper) is not.
@@ -107,6 +108,14 @@ def main() -> int:
         print(f"{'(a) insert on every node':<32}{nodes:>6}{a[0]:>11.1f}{a[2]:>8.1f}{a[0] / base:>14.1f}x")
         print(f"{'(b) insert, reload every node':<32}{nodes:>6}{b[0]:>11.1f}{b[2]:>8.1f}{b[0] / base:>14.1f}x")
         node_ch.close()
+    print(f"\n{'(b) one reload of the dictionary':<32}{'links':>10}{'median ms':>11}{'cpu ms':>8}")
+    for factor in (1, 10):
+        if factor > 1:  # as many links again as the store grows (other projects, more users)
+            ch.command("INSERT INTO links_log SELECT reinterpretAsUInt128(sipHash128(toString(number), 'x')),"
+                       " reinterpretAsUInt128(sipHash128(toString(number), 'y')) FROM numbers({n:UInt64})",
+                       {"n": links * (factor - 1)})
+        reload = query_bench.measure(lambda: ch.command("SYSTEM RELOAD DICTIONARY links_dict"), args.repeat)
+        print(f"{'':<32}{links * factor:>10,}{reload[0]:>11.1f}{reload[2]:>8.1f}")
     ch.close()
     return 0
 
