@@ -446,6 +446,7 @@ def main(state: Path) -> None:
                                    default=str)) for ch in (one, two)]
     linked_after = [links(one), links(two)]
     rewritten = {name: person_store.resync_links(db, ch) for name, (ch, db) in forms.items()}
+    differ = person_store.links_differ(two)  # every node's links, compared (the stand-in's nodes share them)
     print(json.dumps({
         "applied": {"first": first, "later": later, "again": migrate_clickhouse(two, settings, root)},
         "ddl": two.ddl, "parsed": len(rendered), "unparsed": unparsed,
@@ -455,7 +456,7 @@ def main(state: Path) -> None:
         "events_after": {n: rows(ch, "SELECT count(), uniqExact(event_id) FROM events") for n, ch in (("one", one),
                                                                                                    ("two", two))},
         "identity": {**written, "links": linked, "links_after": linked_after, "rewritten": rewritten,
-                     "links_rewritten": [links(one), links(two)], "nodes": two.nodes(),
+                     "links_rewritten": [links(one), links(two)], "nodes": two.nodes(), "differ": differ,
                      "link_writes": [LINK_WRITE.findall(s) for s in two.ddl if "person_links" in s and "INSERT" in s],
                      "property_writes": [s for s in two.ddl if s.startswith("INSERT INTO person_properties")][:1],
                      "deletion_ddl": sorted({m.group(1) for s in deletion_ddl if (m := ALTERED.match(s))}),

@@ -258,6 +258,7 @@ def test_identity_writes_reach_every_node_of_the_cluster_form(standin: dict[str,
     assert identity["links_after"][0] == identity["links_after"][1]
     assert identity["links_rewritten"] == identity["links_after"] and len(identity["links_after"][0]) == 227
     assert identity["rewritten"]["one"] == identity["rewritten"]["two"] > 0
+    assert identity["differ"] is False
 
 
 def test_a_node_that_does_not_answer_stops_the_write_until_a_redelivery(standin: dict[str, Any]) -> None:
