@@ -76,7 +76,9 @@ On a ClickHouse cluster (docs/scaling.md)
     answers 503, Kafka redelivers, and the redelivery rewrites the current
     links and properties of the batch's persons from Postgres on every node
     (the crash notes below), so a node that missed a write is written again
-    before any batch that touches those persons is done. While a node is
+    before any batch that touches those persons is done (until then a query
+    may see that batch's links on some nodes and not on others, as it may see
+    a batch's events before the batch is done). While a node is
     down, batches that carry identity operations wait (those without go on:
     they write no links); that is the price of exact figures, as it is for
     events on a shard of two replicas (``insert_quorum = 'auto'``).
