@@ -48,10 +48,9 @@ written):
 
 - a sharded table (events, the hourly rollups, the spans) is a Distributed
   table, which takes no mutation (``ALTER TABLE events DELETE`` fails there:
-  "doesn't support mutations"), and a lightweight ``DELETE FROM`` is no
-  different: the delete goes to ``<table>_local ON CLUSTER``, which one
-  replica of each shard runs and replication passes on;
-  ``mutations_sync = 2`` waits for every replica;
+  "doesn't support mutations"): the delete goes to ``<table>_local ON
+  CLUSTER``, which one replica of each shard runs and replication passes
+  on; ``mutations_sync = 2`` waits for every replica;
 - ``person_links`` is a Join table on each node, not replicated: ``ALTER
   TABLE person_links ON CLUSTER`` deletes the person's links on every node
   (a plain ALTER would reach only the node Pulse is connected to);
