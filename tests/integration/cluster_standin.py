@@ -20,6 +20,19 @@ no ``ON CLUSTER``, ``ReplicatedXMergeTree(path, replica, ...)`` as
 table over ``remote(...)`` with the same key (re-created after column changes,
 since such a table keeps the columns it was created with).
 
+Identity (pulse.core.persons) runs through Pulse's own write path on both
+forms, each with its own Postgres database (the truth): links in batches, a
+chain, a forced merge and a refused one, person properties, then a person
+deleted (pulse.core.erasure) and a project's old events expired, then the
+links rewritten from Postgres. Both shards of the stand-in are one engine, so
+they share each table, the Join table ``person_links`` too: what the stand-in
+shows of the writes that must reach every node is that the cluster form sends
+one to each node (``insert_shard_id`` 1 and 2 of the every-node expression),
+that deletions take the cluster forms of their statements, that every answer
+then equals the one-node form's, and that a node that does not answer stops
+the write (``Unavailable``) until a redelivery rewrites it. That each real
+node's own copy receives its write is left to a live cluster.
+
 Run as its own process (one chDB engine per process):
 ``python cluster_standin.py STATE_DIR`` prints one JSON line.
 """
@@ -42,12 +55,16 @@ from xml.sax.saxutils import escape
 import chdb
 import orjson
 
-from pulse.core import breakdowns, cohorts, funnel, lifecycle, paths, retention, stats, stickiness
+from pulse.core import breakdowns, cohorts, erasure, funnel, lifecycle, paths, persons, retention, stats, stickiness
 from pulse.core.filters import Filters, parse_segments
 from pulse.core.persisting import INSERT_COLUMNS, Persister
+from pulse.errors import NotFound, Unavailable
+from pulse.local.embedded import Postgres
 from pulse.settings import Settings
+from pulse.storage import persons as person_store
 from pulse.storage.clickhouse import ClickHouse, Layout
-from pulse.storage.migrations import cluster_statements, migrate_clickhouse, migrations_root
+from pulse.storage.migrations import cluster_statements, migrate_clickhouse, migrate_postgres, migrations_root
+from pulse.storage.postgres import Database
 
 SHARDS = "localhost,127.0.0.1"
 STANDIN = Layout("pulse", every_replica=f"remote('{SHARDS}', {{table}})")
@@ -55,6 +72,10 @@ DISTRIBUTED = re.compile(r"^CREATE TABLE (IF NOT EXISTS )?(\w+) AS (\w+)\nENGINE
                          r" '(\w+)', (.*)\)$", re.S)
 REPLICATED = re.compile(r"Replicated(\w*MergeTree)\('[^']*', '\{replica\}'(?:, )?")
 ALTER = re.compile(r"^ALTER TABLE (\w+) ")
+# What the cluster form sends: a write to the table of each node, and the target of each deletion.
+LINK_WRITE = re.compile(r"^INSERT INTO FUNCTION (remote\('[^']*', currentDatabase\(\), person_links\)) \(link_key,"
+                        r" project_id, actor_key, person_key\) SETTINGS insert_shard_id = (\d+) ")
+ALTERED = re.compile(r"^ALTER TABLE (\w+(?: ON CLUSTER '\w+')?) DELETE ")
 DROP = re.compile(r"^DROP TABLE (IF EXISTS )?(\w+) SYNC$")
 
 
@@ -88,8 +109,8 @@ def row_policies(keys: dict[str, str]) -> str:
 class StandIn(ClickHouse):
     """Pulse's ClickHouse client on database ``two``, running cluster DDL in its stand-in form."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url, layout=STANDIN)
+    def __init__(self, url: str, layout: Layout = STANDIN) -> None:
+        super().__init__(url, layout=layout)
         self.distributed: dict[str, str] = {}
         self.ddl: list[str] = []
 
@@ -145,8 +166,9 @@ def insert(chs: list[ClickHouse], rows: list[dict[str, Any]], columns: tuple[str
             ch.insert_json_rows("events", columns, body)
 
 
-def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, Any]:
-    """Every stats kernel aggregate serves, over several ranges and segments."""
+def answers(ch: ClickHouse, projects: list[str], last: datetime, only: str = "") -> dict[str, Any]:
+    """Every stats kernel aggregate serves, over several ranges and segments
+    (``only``: the one range of that name)."""
     out: dict[str, Any] = {}
     first = datetime(2026, 3, 1, tzinfo=UTC)
     ranges = {
@@ -158,6 +180,8 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
     segments = {"all": (), "de": parse_segments(["country:DE"]), "docs": parse_segments(["path:/docs"])}
     for index, project in enumerate(projects):
         for rname, (start, end, tz) in ranges.items():
+            if only and rname != only:
+                continue
             for sname, segment in segments.items():
                 f = Filters(project, start, end, tz, segment)
                 key = f"p{index}/{rname}/{sname}"
@@ -180,6 +204,30 @@ def answers(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, An
                 out[f"summary/{key}"] = stats.summary(ch, f, now=last - timedelta(hours=7))
                 out[f"user/{key}"] = stats.user(ch, Filters(project, first, end, "UTC"), "u2" if project == projects[0]
                                                  else "u3")
+    return out
+
+
+def by_person(ch: ClickHouse, project: str, last: datetime) -> dict[str, Any]:
+    """Figures of the first project over person properties (person.plan) and of single
+    persons: a chain's, a forced merge's, and the person deleted later."""
+    out: dict[str, Any] = {}
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), last + timedelta(days=1)
+    for sname, segment in (("pro", parse_segments(["person.plan:pro"])), ("first", parse_segments(["person.first:2"]))):
+        f = Filters(project, start, end, "UTC", segment)
+        for rollups in (True, False):
+            k = f"{sname}/{'rollups' if rollups else 'events'}"
+            out[f"dau/{k}"] = stats.dau(ch, f, rollups)
+            out[f"active/{k}"] = stats.active_users(ch, f, "week", rollups)
+            out[f"retention/{k}"] = retention.retention(ch, f, retention.Retention(date(2026, 3, 2), 6),
+                                                        date(2026, 6, 1), rollups)
+        out[f"overview/{sname}"] = stats.overview(ch, f)
+        steps = (funnel.Step("page_view", ()), funnel.Step("click", ()), funnel.Step("purchase", ()))
+        out[f"funnel/{sname}"] = funnel.funnel(ch, funnel.Funnel(steps, 7 * 86400, f))
+    for identifier in ("u14", "a6", "u0", "u2", "u64", "u66", "u100"):
+        try:
+            out[f"user/{identifier}"] = stats.user(ch, Filters(project, start, end, "UTC"), identifier)
+        except NotFound as exc:  # the person deleted
+            out[f"user/{identifier}"] = str(exc)
     return out
 
 
@@ -221,10 +269,86 @@ def insights(ch: ClickHouse, projects: list[str], last: datetime) -> dict[str, A
     return out
 
 
-LINKS = ("INSERT INTO person_links (link_key, project_id, actor_key, person_key)"
-         " SELECT bitXor(a, reinterpretAsUInt128({p:UUID})), {p:UUID}, a, u FROM (SELECT"
-         " reinterpretAsUInt128(sipHash128('a' || toString(number))) AS a,"
-         " reinterpretAsUInt128(sipHash128('u' || toString(number))) AS u FROM numbers(400) WHERE number % 2 = 0)")
+# Identity for the first project (its users are the even ones; a<n> is the anonymous id of u<n>), in
+# batches as persist applies them (pulse.storage.persons.PersonStore), so that identifiers on both shards
+# are one person: a<n> -> u<n>; chains a6 -> u6, u6 -> u14, a14 -> u14 (one person of four); forced merges
+# of two identified persons (the absorbed one's links rewritten); one refused merge.
+LINKED = [n for n in range(0, 400, 2) if n % 8 != 6]
+CHAINED = [n for n in range(0, 400, 2) if n % 8 == 6][::2]  # 6, 22, 38, ...: each with n + 8
+FORCED = [(n, n + 2) for n in (0, 16, 32, 48)]
+REFUSED = ("u100", "u104")
+DOWN = ("u64", "u66")  # a forced merge written while a node does not answer
+
+
+def identity_batches() -> list[list[persons.Operation]]:
+    batches: list[list[persons.Operation]] = []
+    for start in range(0, len(LINKED), 50):
+        ops: list[persons.Operation] = []
+        for n in LINKED[start:start + 50]:
+            ops += [persons.Link(f"a{n}", f"u{n}"), persons.Identify(f"u{n}"),
+                    persons.SetProperties(f"u{n}", {"plan": "pro" if n % 3 == 0 else "free"}, {"first": n})]
+        batches.append(ops)
+    batches.append([op for n in CHAINED for op in (persons.Link(f"a{n}", f"u{n}"), persons.Identify(f"u{n}"))])
+    batches.append([persons.Link(f"u{n}", f"u{n + 8}") for n in CHAINED])
+    batches.append([persons.Link(f"a{n + 8}", f"u{n + 8}") for n in CHAINED])
+    batches.append([persons.Link(f"u{a}", f"u{b}", force=True) for a, b in FORCED] + [persons.Link(*REFUSED)])
+    return batches
+
+
+def links(ch: ClickHouse) -> list[list[str]]:
+    return sorted([list(map(str, r)) for r in ch.rows("SELECT project_id, actor_key, person_key FROM person_links")])
+
+
+# Every row of a person's identifiers, in every table that keys rows by them.
+LEFT_OF = " UNION ALL ".join(f"SELECT '{t}', count() FROM {t} WHERE has({{keys:Array(UInt128)}}, {c})" for t, c in (
+    ("events", "actor_key"), ("actor_hours", "actor_key"), ("actor_type_hours", "actor_key"),
+    ("page_hours", "actor_key"), ("type_spans", "actor_key"), ("page_spans", "actor_key"),
+    ("person_links", "actor_key"), ("person_links", "person_key"), ("person_properties", "person_key")))
+
+
+def scratch_postgres(admin: Database, url: str, name: str, projects: list[str]) -> Database:
+    admin.run(f"CREATE DATABASE {name}")  # a fixed name, not input
+    db = Database(url.replace("@/postgres?", f"@/{name}?"))
+    migrate_postgres(db)
+    for project in projects:
+        db.run("INSERT INTO projects (project_id, name) VALUES (CAST(:p AS uuid), :p)", p=project)
+    return db
+
+
+def identity(forms: dict[str, tuple[ClickHouse, Database]], project: str, down: StandIn) -> dict[str, Any]:
+    """Pulse's identity writes on both forms; returns what the cluster form sent and what failed."""
+    for index, ops in enumerate(identity_batches()):
+        batch = str(uuid.UUID(int=1000 + index, version=4))
+        for ch, db in forms.values():
+            person_store.PersonStore(db, ch).apply(project, batch, ops)
+    # A node that does not answer: the batch's Postgres transaction commits, its ClickHouse writes fail
+    # (persist answers 503); the redelivery, with every node back, rewrites the persons from Postgres.
+    batch, ops = str(uuid.UUID(int=2000, version=4)), [persons.Link(*DOWN, force=True)]
+    failed = ""
+    try:
+        person_store.PersonStore(forms["two"][1], down).apply(project, batch, ops)
+    except Unavailable as exc:
+        failed = f"{exc} ({type(exc.__cause__).__name__})"
+    missing = person_store.person_of(forms["two"][1], project, DOWN[0]).primary
+    for ch, db in forms.values():
+        person_store.PersonStore(db, ch).apply(project, batch, ops)
+    return {"down": failed, "down_primary": missing}
+
+
+def erase(forms: dict[str, tuple[ClickHouse, Database]], projects: list[str]) -> dict[str, Any]:
+    """A person with identifiers on both shards deleted on request, and the second project's
+    events before 2026-03-21 expired, on both forms."""
+    out: dict[str, Any] = {"deleted": {}, "left": {}, "expired": {}}
+    for name, (ch, db) in forms.items():
+        person = person_store.person_of(db, projects[0], "u6")
+        deletion = erasure.Deletions(db).create(projects[0], person.person_id, sorted(person.members), "test", False)
+        erasure.run_deletion(db, ch, projects[0], deletion)
+        out["deleted"][name] = [sorted(person.members), erasure.Deletions(db).get(projects[0], deletion).events_deleted]
+        keys = [r[0] for r in ch.rows(f"SELECT {persons.KEY_OF.format('x')} FROM (SELECT arrayJoin({{ids:Array(String)}})"
+                                      " AS x)", {"ids": sorted(person.members)})]
+        out["left"][name] = sorted(ch.rows(LEFT_OF, {"keys": keys}))
+        out["expired"][name] = erasure.expire(db, ch, projects[1], 30, now=datetime(2026, 4, 20, 6, tzinfo=UTC))
+    return out
 ROLLUPS = {  # every rollup as rows, straight from the tables the queries read
     "actor_hours": "SELECT project_id, hour, country, actor_key, sum(events) FROM actor_hours GROUP BY ALL",
     "actor_type_hours": "SELECT project_id, hour, event_type, country, actor_key, sum(events) FROM actor_type_hours"
@@ -280,11 +404,19 @@ def main(state: Path) -> None:
     later = {"one": migrate_clickhouse(one, settings, root), "two": migrate_clickhouse(two, settings, root)}
     late = make_events(2, 8000, projects, start)
     insert([one, two], late)  # through the views
-    # Identity links for the first project (anonymous a<n> is user u<n>): its figures count persons,
-    # whose identifiers' rows sit on different shards; the second project's count identifiers.
-    for ch in (one, two):
-        ch.command(LINKS, {"p": projects[0]})
-    last = max(datetime.fromisoformat(r["occurred_at"]).replace(tzinfo=UTC) for r in early + late)
+    # Identity for the first project: its figures count persons, whose identifiers' rows sit on
+    # different shards; the second project's count identifiers. Then events of linked identifiers
+    # arrive after their links.
+    postgres = Postgres.start(state / "postgres")
+    admin = Database(postgres.url)
+    forms = {"one": (one, scratch_postgres(admin, postgres.url, "one", projects)),
+             "two": (two, scratch_postgres(admin, postgres.url, "two", projects))}
+    down = StandIn(f"chdb://{state / 'ch'}?database=two",
+                   Layout("pulse", every_replica=f"remote('{SHARDS},localhost:1', {{table}})"))
+    written = identity(forms, projects[0], down)
+    after_links = make_events(3, 2000, projects, start)
+    insert([one, two], after_links)
+    last = max(datetime.fromisoformat(r["occurred_at"]).replace(tzinfo=UTC) for r in early + late + after_links)
 
     def rows(ch: ClickHouse, sql: str) -> list[list[str]]:
         return sorted([list(map(str, r)) for r in ch.rows(sql)])
@@ -300,22 +432,48 @@ def main(state: Path) -> None:
     batch = early[0]["batch_id"]
     stored = {name: sorted(Persister._stored_by_batch(SimpleNamespace(ch=ch), early[0]["project_id"], batch))
               for name, ch in (("one", one), ("two", two))}
+    figures = {
+        "answers": [json.loads(json.dumps(answers(ch, projects, last), default=str)) for ch in (one, two)],
+        "persons": [json.loads(json.dumps(by_person(ch, projects[0], last), default=str)) for ch in (one, two)],
+        "insights": [json.loads(json.dumps(insights(ch, projects, last), default=str)) for ch in (one, two)],
+    }
+    linked = [links(one), links(two)]
+    counted = {n: rows(ch, "SELECT count(), uniqExact(event_id) FROM events") for n, ch in (("one", one), ("two", two))}
+    mark = len(two.ddl)
+    erased = erase(forms, projects)
+    deletion_ddl = two.ddl[mark:]
+    after = [json.loads(json.dumps({**answers(ch, projects, last, only="whole"), **by_person(ch, projects[0], last)},
+                                   default=str)) for ch in (one, two)]
+    linked_after = [links(one), links(two)]
+    rewritten = {name: person_store.resync_links(db, ch) for name, (ch, db) in forms.items()}
+    differ = person_store.links_differ(two)  # every node's links, compared (the stand-in's nodes share them)
     print(json.dumps({
         "applied": {"first": first, "later": later, "again": migrate_clickhouse(two, settings, root)},
         "ddl": two.ddl, "parsed": len(rendered), "unparsed": unparsed,
         "tables": rows(two, "SELECT name, engine, sorting_key FROM system.tables WHERE database = 'two'"),
         "shards": rows(two, "SELECT _shard_num, count() FROM events GROUP BY 1"),
-        "events": {n: rows(ch, "SELECT count(), uniqExact(event_id) FROM events") for n, ch in (("one", one), ("two", two))},
+        "events": counted,
+        "events_after": {n: rows(ch, "SELECT count(), uniqExact(event_id) FROM events") for n, ch in (("one", one),
+                                                                                                   ("two", two))},
+        "identity": {**written, "links": linked, "links_after": linked_after, "rewritten": rewritten,
+                     "links_rewritten": [links(one), links(two)], "nodes": two.nodes(), "differ": differ,
+                     "link_writes": [LINK_WRITE.findall(s) for s in two.ddl if "person_links" in s and "INSERT" in s],
+                     "property_writes": [s for s in two.ddl if s.startswith("INSERT INTO person_properties")][:1],
+                     "deletion_ddl": sorted({m.group(1) for s in deletion_ddl if (m := ALTERED.match(s))}),
+                     **erased, "after": after},
         "rollups": {t: [rows(one, sql), rows(two, sql)] for t, sql in ROLLUPS.items()},
         "spans_final": [rows(one, SPANS_FINAL), rows(two, SPANS_FINAL)],
         "split_users": two.rows(SPLIT_USERS)[0][0],
         "users_per_shard": rows(two, "SELECT _shard_num, uniqExact(actor_key) FROM events GROUP BY 1"),
         "stored": stored, "batch_events": sum(1 for r in early if r["batch_id"] == batch),
-        "answers": [json.loads(json.dumps(answers(ch, projects, last), default=str)) for ch in (one, two)],
-        "insights": [json.loads(json.dumps(insights(ch, projects, last), default=str)) for ch in (one, two)],
+        **figures,
     }))
-    for ch in (one, two, setup):
+    for ch in (one, two, setup, down):
         ch.close()
+    for _, db in forms.values():
+        db.close()
+    admin.close()
+    postgres.stop()
     engine.close()
 
 

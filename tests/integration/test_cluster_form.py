@@ -180,7 +180,7 @@ def test_each_shard_holds_its_own_users(standin: dict[str, Any]) -> None:
     per_shard = dict(standin["users_per_shard"])
     assert set(per_shard) == {"1", "2"} and all(int(n) > 300 for n in per_shard.values())
     assert standin["split_users"] == 0
-    assert standin["events"]["one"] == standin["events"]["two"] == [["16000", "16000"]]
+    assert standin["events"]["one"] == standin["events"]["two"] == [["18000", "18000"]]
 
 
 def test_rollups_backfilled_and_fed_by_views_match_the_one_node_form(standin: dict[str, Any]) -> None:
@@ -195,8 +195,9 @@ def test_every_answer_is_the_same_over_distributed_tables(standin: dict[str, Any
     assert len(one) == 624
     assert [k for k in one if one[k] != two[k]] == []
     assert sum(1 for k in one if k.startswith("funnel/") and one[k]["steps"][2]["users"] > 0) >= 4
-    # the first project counts persons (a<n> and u<n> are one, on different shards): 200 of them
-    assert two["overview/p0/whole/all"]["unique_users"] == 200 < two["overview/p1/whole/all"]["unique_users"]
+    # the first project counts persons (a<n> and u<n> are one, on different shards, and more by chains and
+    # forced merges), as many as the links make
+    assert two["overview/p0/whole/all"]["unique_users"] == _persons() < two["overview/p1/whole/all"]["unique_users"]
     assert two["overview/p0/whole/all"]["bot_events_excluded"] > 0
 
 
@@ -213,3 +214,88 @@ def test_insights_are_the_same_over_distributed_tables(standin: dict[str, Any]) 
 def test_persist_finds_a_batch_stored_on_any_replica(standin: dict[str, Any]) -> None:
     assert standin["stored"]["one"] == standin["stored"]["two"]
     assert len(standin["stored"]["two"]) == standin["batch_events"] > 0
+
+
+def _persons(deleted: frozenset[str] = frozenset()) -> int:
+    """Persons of the stand-in's first project, from the links it applies (every user u<n>
+    has events; a<n> is its anonymous id): the groups that union-find makes."""
+    from tests.integration.cluster_standin import CHAINED, DOWN, FORCED, LINKED
+
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    pairs = [(f"a{n}", f"u{n}") for n in LINKED + CHAINED + [n + 8 for n in CHAINED]]
+    pairs += [(f"u{n}", f"u{n + 8}") for n in CHAINED] + [(f"u{a}", f"u{b}") for a, b in FORCED] + [DOWN]
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    users = {f"u{n}" for n in range(0, 400, 2)} - deleted
+    return len({root(u) for u in users})
+
+
+def _history(user: dict[str, Any]) -> dict[str, Any]:
+    """A person's history as asked by one of its identifiers, without the one asked."""
+    return {k: v for k, v in user.items() if k != "user_id"}
+
+
+def test_identity_writes_reach_every_node_of_the_cluster_form(standin: dict[str, Any]) -> None:
+    """Each write of links goes to every node (node k by insert_shard_id = k), person
+    properties wait for every replica, and both forms hold the same links throughout."""
+    identity = standin["identity"]
+    assert identity["nodes"] == 2
+    writes = identity["link_writes"]
+    assert len(writes) >= 8 and all(len(w) == 1 for w in writes)
+    target = "remote('localhost,127.0.0.1', currentDatabase(), person_links)"
+    assert [w[0] for w in writes] == [[target, str(k)] for _ in range(len(writes) // 2) for k in (1, 2)]
+    (properties,) = identity["property_writes"]
+    assert properties.startswith("INSERT INTO person_properties (project_id, person_key, properties, version)"
+                                 " SETTINGS insert_quorum = 2 SELECT")
+    one, two = identity["links"]
+    assert one == two and len(one) == 230  # 150 + 25 chains of 3 + 5 forced merges
+    assert identity["links_after"][0] == identity["links_after"][1]
+    assert identity["links_rewritten"] == identity["links_after"] and len(identity["links_after"][0]) == 227
+    assert identity["rewritten"]["one"] == identity["rewritten"]["two"] > 0
+    assert identity["differ"] is False
+
+
+def test_a_node_that_does_not_answer_stops_the_write_until_a_redelivery(standin: dict[str, Any]) -> None:
+    identity = standin["identity"]
+    assert identity["down"].startswith("clickhouse: a node of the cluster does not answer")
+    # Postgres had applied the merge (the user side survives a forced merge); the redelivery wrote it
+    assert identity["down_primary"] == "u66"
+    one, two = standin["persons"]
+    assert one["user/u64"] == two["user/u64"] and _history(one["user/u64"]) == _history(one["user/u66"])
+    assert one["user/u64"]["events"] > 0
+
+
+def test_person_figures_are_the_same_over_distributed_tables(standin: dict[str, Any]) -> None:
+    one, two = standin["persons"]
+    assert len(one) == 23 and [k for k in one if one[k] != two[k]] == []
+    assert one["overview/pro"]["unique_users"] > 0 and one["overview/first"]["unique_users"] == 1
+    # a chain and a forced merge: every identifier of the person gives the person's history
+    assert _history(one["user/u14"]) == _history(one["user/a6"]) and _history(one["user/u0"]) == _history(one["user/u2"])
+    assert one["overview/first"]["events"] == one["user/u2"]["events"]  # person.first = 2: u2's, with u0's events
+    assert _history(one["user/u100"]) != _history(one["user/u2"])
+
+
+def test_a_deletion_and_retention_reach_every_shard_and_node(standin: dict[str, Any]) -> None:
+    identity = standin["identity"]
+    members, gone = identity["deleted"]["two"]
+    assert members == ["a14", "a6", "u14", "u6"] and identity["deleted"]["one"] == [members, gone] and gone > 0
+    assert all(n == 0 for _, n in identity["left"]["two"]) and identity["left"]["one"] == identity["left"]["two"]
+    assert identity["expired"]["one"] == identity["expired"]["two"] > 0
+    # sharded tables through their local tables on every shard; the Join table on every node; the
+    # replicated tables every node has, through replication
+    on = " ON CLUSTER 'pulse'"
+    assert identity["deletion_ddl"] == sorted(
+        [f"{t}_local{on}" for t in ("actor_hours", "actor_type_hours", "events", "page_hours", "page_spans",
+                                    "path_hours", "type_hours", "type_spans")]
+        + ["cohort_members", f"person_links{on}", "person_properties"])
+    one, two = identity["after"]
+    assert len(one) == 179 and [k for k in one if one[k] != two[k]] == []
+    assert two["overview/p0/whole/all"]["unique_users"] == _persons(frozenset({"u6", "u14"}))
+    assert [two[f"user/{i}"] for i in ("u14", "a6")] == [f"no events from user '{i}' in this range" for i in ("u14", "a6")]
+    assert standin["events_after"]["one"] == standin["events_after"]["two"]

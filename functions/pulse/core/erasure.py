@@ -41,6 +41,34 @@ ingest drops later events that carry any of the identifiers (hashed in
 ``suppressed_ids``); events accepted before (in flight in the topic) are
 still stored.
 
+On a ClickHouse cluster (docs/scaling.md) every statement must reach every
+copy of the rows it changes, and return only when it has; ``ClickHouse.mutate``
+and ``insert_select`` give each its cluster form (one node: the statement as
+written):
+
+- a sharded table (events, the hourly rollups, the spans) is a Distributed
+  table, which takes no mutation (``ALTER TABLE events DELETE`` fails there:
+  "doesn't support mutations"): the delete goes to ``<table>_local ON
+  CLUSTER``, which one replica of each shard runs and replication passes
+  on; ``mutations_sync = 2`` waits for every replica;
+- ``person_links`` is a Join table on each node, not replicated: ``ALTER
+  TABLE person_links ON CLUSTER`` deletes the person's links on every node
+  (a plain ALTER would reach only the node Pulse is connected to);
+- ``person_properties`` and ``cohort_members`` are replicated tables every
+  node has (one replication group): a plain ``ALTER`` is passed to every
+  replica by replication (``ON CLUSTER`` would submit it once per shard);
+- rows computed again (the hourly counts of a deleted person's hours, the
+  spans after retention) are inserted through the Distributed table, written
+  on every shard before the insert returns, never deduplicated (a job run
+  again deletes the rows it wrote and writes the same block again: a
+  replicated table would drop it as a retried insert).
+
+A node that does not answer makes the step fail (``Unavailable``, or the
+``ON CLUSTER`` wait running out); the job keeps its stage and resumes on the
+next delivery, each step being idempotent as below. An ``ON CLUSTER``
+statement that timed out stays queued and still runs on the node when it is
+back.
+
 Retention (``expire``; the daily maintenance job, per project): events before
 the start of the hour ``retention_days`` ago are removed, with the hourly
 rollups' rows before that hour (the same events, as the cut falls on an hour).
@@ -224,12 +252,10 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
         hours, page_hours = conn.run("SELECT hours, page_hours FROM person_deletions"
                                      " WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)[0]
         for table in ACTOR_TABLES:
-            ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
-                       + SYNC, params)
-        ch.command(f"ALTER TABLE person_properties DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)"
-                   + SYNC, params)
-        ch.command(f"ALTER TABLE person_links DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)"
-                   + SYNC, params)
+            ch.mutate(table, f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
+        ch.mutate("person_properties", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)" + SYNC,
+                  params)
+        ch.mutate("person_links", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
         _rebuild_hours(ch, project_id, "type_hours", "event_type", "", list(hours or []))
         _rebuild_hours(ch, project_id, "path_hours", "path", " AND event_type = 'page_view'", list(page_hours or []))
         conn.run("UPDATE person_deletions SET stage = 'deleted' WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)
@@ -257,12 +283,11 @@ def _rebuild_hours(ch: ClickHouse, project_id: str, table: str, column: str, whe
     if not hours:
         return
     params = {"p": project_id, "hours": hours, "first": min(hours).date(), "last": max(hours).date()}
-    ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND has({{hours:Array(DateTime)}}, hour)"
-               + SYNC, params)
-    ch.command(f"INSERT INTO {table} SELECT project_id, toStartOfHour(occurred_at) AS h, {column}, count()"
-               " FROM events WHERE project_id = {p:UUID} AND toDate(occurred_at) BETWEEN {first:Date} AND {last:Date}"
-               f" AND has({{hours:Array(DateTime)}}, toStartOfHour(occurred_at)) AND {ROLLED_UP}{where}"
-               f" GROUP BY project_id, h, {column}", params)
+    ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND has({hours:Array(DateTime)}, hour)" + SYNC, params)
+    ch.insert_select(table, f"SELECT project_id, toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
+                     " WHERE project_id = {p:UUID} AND toDate(occurred_at) BETWEEN {first:Date} AND {last:Date}"
+                     f" AND has({{hours:Array(DateTime)}}, toStartOfHour(occurred_at)) AND {ROLLED_UP}{where}"
+                     f" GROUP BY project_id, h, {column}", params)
 
 
 # Retention --------------------------------------------------------------------
@@ -306,15 +331,13 @@ def _expire(ch: ClickHouse, params: dict[str, Any]) -> int:
     rows are deleted before they are written again (a background merge of an old
     row with its recomputed one would otherwise carry the old first time)."""
     removed = _count_old(ch, params)
-    ch.command("ALTER TABLE events DELETE WHERE project_id = {p:UUID} AND occurred_at < {cut:DateTime64(3, 'UTC')}"
-               + SYNC, params)
+    ch.mutate("events", "DELETE WHERE project_id = {p:UUID} AND occurred_at < {cut:DateTime64(3, 'UTC')}" + SYNC,
+              params)
     for table in HOURLY_TABLES:
-        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}} AND hour < {{cut:DateTime64(3, 'UTC')}}"
-                   + SYNC, params)
+        ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND hour < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
     for table, (column, where) in SPANS.items():
-        ch.command(f"ALTER TABLE {table} DELETE WHERE project_id = {{p:UUID}}"
-                   " AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
-        ch.command(f"INSERT INTO {table} SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
-                   f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
-                   f" GROUP BY project_id, {column}, actor_key", params)
+        ch.mutate(table, "DELETE WHERE project_id = {p:UUID} AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC, params)
+        ch.insert_select(table, f"SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
+                         f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
+                         f" GROUP BY project_id, {column}, actor_key", params)
     return removed

@@ -63,6 +63,50 @@ When a link is visible
     ClickHouse under the same lock, then the batch is done. Once the batch
     that carries a link is persisted, every query reflects the link.
 
+On a ClickHouse cluster (docs/scaling.md)
+    Each shard's part of a query looks links up in the ``person_links`` of the
+    node that runs it, so every node must have every link before the batch is
+    done. A Join table is not replicated: each node keeps its own, and
+    ``ClickHouse.insert_on_every_node`` writes the rows on each node, one
+    synchronous insert per node (node k of ``clusterAllReplicas`` by
+    ``insert_shard_id = k``; the nodes are counted by asking every one of
+    them). Person properties are a replicated table every node has: their
+    insert waits for every replica (``insert_quorum`` = the number of nodes).
+    A node that does not answer makes the write ``Unavailable``: persist
+    answers 503, Kafka redelivers, and the redelivery rewrites the current
+    links and properties of the batch's persons from Postgres on every node
+    (the crash notes below), so a node that missed a write is written again
+    before any batch that touches those persons is done (until then a query
+    may see that batch's links on some nodes and not on others, as it may see
+    a batch's events before the batch is done). While a node is
+    down, batches that carry identity operations wait (those without go on:
+    they write no links); that is the price of exact figures, as it is for
+    events on a shard of two replicas (``insert_quorum = 'auto'``).
+    Deletions take the cluster forms of their statements (pulse.core.erasure);
+    ``resync_links`` (after ``pulse migrate``, which also runs it when the
+    nodes' links differ: a node added, or one that lost its disk) writes
+    through the same path. Writes are upserts (the last row of a key counts),
+    so a node written twice, or one written before a failure on another,
+    holds the same links after the next write of those persons.
+
+    Designs weighed (bench/identity_bench.py measures both; docs/scaling.md
+    has the figures): (a) this one, the Join table written on every node: the
+    read side is unchanged (one node and a cluster run the same SQL), a write
+    costs one insert per node (a network round trip each on a real cluster);
+    (b) a replicated table of links read through a dictionary
+    (``dictGetOrNull``) on every node: replication copies the rows, but a
+    dictionary is only exact after a reload, which re-reads every link of
+    every project on every node for each identity batch (a cost that grows
+    with the store, not with the batch), and deletions need the same reload.
+    A Join table rebuilt on each node from a replicated table costs the same
+    rebuild. Measured on 1M events with 30k links (one chDB, shared machine):
+    the dictionary lookup took 1.44-1.47x the CPU of the Join table's in
+    unique-person queries; one reload took 2.4 ms of CPU with 30k links and
+    47 ms (184 ms wall) with 300k, per node and per identity batch; writing
+    10 links on every node took 3.1, 7.7 and 18.8 ms of CPU for 1, 2 and 4
+    nodes (what a real cluster adds, a network round trip per node, is not
+    in these figures).
+
 For query builders (stats, insights)
     ``who = resolver(ch, project_id)`` once per query, then ``who.key`` wherever
     the SQL means "the user" of a row of ``events`` or of a rollup (it needs

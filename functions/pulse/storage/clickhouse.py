@@ -181,6 +181,100 @@ class ClickHouse:
                 group = self._groups[key] = insert_group(write, self._group_max_bytes, self.linger_s)
             return group
 
+    # Writes that every node must have before they count (pulse.core.persons) -------
+
+    def nodes(self) -> int:
+        """The nodes of the store: 1 on one node; on a cluster every replica of every
+        shard, each one asked (a node that does not answer makes this ``Unavailable``)."""
+        if not self.layout.cluster:
+            return 1
+        every = self.layout.on_every_replica("system.one")
+        return int(self._on_the_cluster("a node of the cluster does not answer", lambda: self.rows(
+            f"SELECT count() FROM {every} SETTINGS skip_unavailable_shards = 0"))[0][0])
+
+    def insert_on_every_node(self, table: str, columns: Sequence[str], select: str,
+                             parameters: dict[str, Any] | None = None) -> int:
+        """``INSERT INTO table (columns) SELECT ...`` into a table that each node keeps by
+        itself (not replicated: a Join table), on every node. On a cluster: one insert
+        per node, node k of ``layout.on_every_replica(table)`` by ``insert_shard_id = k``,
+        each synchronous; a node that cannot be written makes this ``Unavailable``
+        after the others were written (writing the same rows again is harmless: the
+        caller's work is redone). Returns how many nodes were written."""
+        names = ", ".join(columns)
+        if not self.layout.cluster:
+            self.command(f"INSERT INTO {table} ({names}) {select}", parameters)
+            return 1
+        count = self.nodes()
+        target = self.layout.on_every_replica(table)
+        for node in range(1, count + 1):
+            self._on_the_cluster(f"node {node} of {count} did not take the write to {table}", lambda node=node: (
+                self.command(f"INSERT INTO FUNCTION {target} ({names}) SETTINGS insert_shard_id = {node} {select}",
+                             parameters)))
+        return count
+
+    def insert_replicated_everywhere(self, table: str, columns: Sequence[str], select: str,
+                                     parameters: dict[str, Any] | None = None) -> None:
+        """``INSERT INTO table (columns) SELECT ...`` into a replicated table that every
+        node has (one replication group of all nodes): on a cluster it returns once
+        every node has the rows (``insert_quorum`` = the number of nodes); a node that
+        is down makes it ``Unavailable``."""
+        names = ", ".join(columns)
+        if not self.layout.cluster:
+            self.command(f"INSERT INTO {table} ({names}) {select}", parameters)
+            return
+        count = self.nodes()
+        self._on_the_cluster(f"not every node took the write to {table}", lambda: self.command(
+            f"INSERT INTO {table} ({names}) SETTINGS insert_quorum = {count} {select}", parameters))
+
+    def insert_select(self, table: str, select: str, parameters: dict[str, Any] | None = None) -> None:
+        """``INSERT INTO table SELECT ...`` of rows computed again (a rollup rebuilt after a
+        deletion): on a cluster written on every shard, on a majority of its replicas,
+        before it returns (as persist's inserts), and never taken for a retried insert
+        (replicated tables drop a block equal to a recent one; rows written again after
+        their deletion are no retry)."""
+        settings = (" SETTINGS insert_deduplicate = 0, " + ", ".join(
+            f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in CLUSTER_INSERT_SETTINGS.items())
+            if self.layout.cluster else "")
+        self.command(f"INSERT INTO {table}{settings} {select}", parameters)
+
+    def mutate(self, table: str, command: str, parameters: dict[str, Any] | None = None) -> None:
+        """``ALTER TABLE table <command>`` (a DELETE with ``mutations_sync = 2``) carried out
+        on every copy of the table's rows before it returns. On a cluster, by where the
+        table is (as the migrations placed it; each node has the same tables):
+
+        - sharded (``<table>_local`` exists): ``<table>_local ON CLUSTER`` (a Distributed
+          table takes no mutation); one replica of each shard runs it, replication
+          passes it on, ``mutations_sync = 2`` waits for every replica;
+        - a replicated table every node has: the table itself (one replication group:
+          replication passes the mutation to every node);
+        - any other (a Join table, each node's own): the table ``ON CLUSTER`` (every node).
+        """
+        target = table
+        if self.layout.cluster:
+            engines = dict(self.rows("SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
+                                     " AND name IN ({t:String}, {l:String})",
+                                     {"t": table, "l": self.layout.local(table)}))
+            on = f" ON CLUSTER '{self.layout.cluster}'"
+            if self.layout.local(table) in engines:
+                target = self.layout.local(table) + on
+            elif not engines.get(table, "").endswith("MergeTree"):
+                target = table + on
+        self._on_the_cluster(f"the change to {table} did not reach every node", lambda: self.command(
+            f"ALTER TABLE {target} {command}", parameters))
+
+    def _on_the_cluster(self, what: str, work: Any) -> Any:
+        """``work()``; on a cluster, any failure is ``Unavailable`` (a node down, a quorum
+        not reached): the caller's work is redone later (a 503, a redelivery, a job
+        resumed). One node: errors pass as they are."""
+        if not self.layout.cluster:
+            return work()
+        try:
+            return work()
+        except Unavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the cause is kept (logged, never answered)
+            raise Unavailable(f"clickhouse: {what}") from exc
+
     def insert_json_rows(self, table: str, columns: Sequence[str], body: bytes) -> None:
         """Insert ``JSONEachRow`` bytes; ClickHouse parses them, no Python per row.
 

@@ -26,14 +26,17 @@ LOAD = (
     " WHERE p.project_id = CAST(:p AS uuid) AND p.person_id IN (SELECT person_id FROM person_ids"
     " WHERE project_id = CAST(:p AS uuid) AND distinct_id = ANY(CAST(:ids AS text[])))"
     " GROUP BY p.person_id, p.primary_id, p.identified, p.properties::text")
+# The rows persist writes to ClickHouse for a person: its identifiers' links, on
+# every node (each keeps its own Join table), and its properties, on every
+# replica (a replicated table every node has).
+LINK_COLUMNS = ("link_key", "project_id", "actor_key", "person_key")
 WRITE_OVERRIDES = (
-    f"INSERT INTO {persons.OVERRIDES} (link_key, project_id, actor_key, person_key)"
-    f" SELECT {persons.LINK_KEY.format(actor='a', project='{p:UUID}')}, {{p:UUID}}, a, pk FROM"
+    f"SELECT {persons.LINK_KEY.format(actor='a', project='{p:UUID}')}, {{p:UUID}}, a, pk FROM"
     " (SELECT reinterpretAsUInt128(sipHash128(m.1)) AS a, reinterpretAsUInt128(sipHash128(m.2)) AS pk"
     " FROM (SELECT arrayJoin(arrayZip({members:Array(String)}, {primaries:Array(String)})) AS m))")
+PROPERTY_COLUMNS = ("project_id", "person_key", "properties", "version")
 WRITE_PROPERTIES = (
-    "INSERT INTO person_properties (project_id, person_key, properties, version)"
-    " SELECT {p:UUID}, reinterpretAsUInt128(sipHash128(r.1)), r.2, {v:UInt64}"
+    "SELECT {p:UUID}, reinterpretAsUInt128(sipHash128(r.1)), r.2, {v:UInt64}"
     " FROM (SELECT arrayJoin(arrayZip({primaries:Array(String)}, {properties:Array(String)})) AS r)")
 
 
@@ -121,14 +124,14 @@ class PersonStore:
         whose primaries are ``gone_primaries`` (absorbed) get empty properties."""
         pairs = persons.overrides(current)
         if pairs:
-            self.ch.command(WRITE_OVERRIDES, {"p": project_id, "members": [m for m, _ in pairs],
-                                              "primaries": [p for _, p in pairs]})
+            self.ch.insert_on_every_node(persons.OVERRIDES, LINK_COLUMNS, WRITE_OVERRIDES, {
+                "p": project_id, "members": [m for m, _ in pairs], "primaries": [p for _, p in pairs]})
         rows: list[tuple[str, str]] = [(p.primary, orjson.dumps(p.properties).decode()) for p in current]
         rows += [(primary, "{}") for primary in gone_primaries]
         if rows:
             version = conn.run("SELECT nextval('person_version')")[0][0]
-            self.ch.command(WRITE_PROPERTIES, {"p": project_id, "primaries": [r[0] for r in rows],
-                                               "properties": [r[1] for r in rows], "v": version})
+            self.ch.insert_replicated_everywhere("person_properties", PROPERTY_COLUMNS, WRITE_PROPERTIES, {
+                "p": project_id, "primaries": [r[0] for r in rows], "properties": [r[1] for r in rows], "v": version})
 
     def trim(self, retention_days: int) -> None:
         self.db.run("DELETE FROM person_batches WHERE applied_at < now() - make_interval(days => :d)",
@@ -158,9 +161,22 @@ def resync_links(db: Database, ch: ClickHouse) -> int:
     return written
 
 
+def links_differ(ch: ClickHouse) -> bool:
+    """Whether some node's identity links are not those of the others (on a cluster:
+    a node added since, or one whose disk was replaced, starts with none)."""
+    if not ch.layout.cluster:
+        return False
+    every = ch.layout.on_every_replica(persons.OVERRIDES)
+    found = dict(ch.rows(f"SELECT _shard_num, (count(), sum(cityHash64(link_key, person_key))) FROM {every}"
+                         " GROUP BY _shard_num SETTINGS skip_unavailable_shards = 0"))
+    return len({found.get(node, (0, 0)) for node in range(1, ch.nodes() + 1)}) > 1
+
+
 def after_migrations(db: Database, ch: ClickHouse, applied: Sequence[str]) -> None:
-    """Once migration 0022 has created the links table (empty), fill it from Postgres."""
-    if any(name.startswith("0022_") for name in applied):
+    """Once migration 0022 has created the links table (empty), fill it from Postgres;
+    on a cluster, also when the nodes' links differ (``pulse migrate`` after adding
+    nodes fills theirs)."""
+    if any(name.startswith("0022_") for name in applied) or links_differ(ch):
         resync_links(db, ch)
 
 
