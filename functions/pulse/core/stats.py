@@ -27,11 +27,14 @@ from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
     PROJECT_HOURS,
+    SPAN_REACHES,
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
     covers,
     page_source,
+    session_parts,
+    sessions_reaching,
     span_read,
     span_state,
     spans_hold,
@@ -297,10 +300,39 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
-def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
+def overview_from_spans(ch: ClickHouse, filters: Filters, who: Resolver) -> dict[str, Any] | None:
+    """The overview without a segment, over a range the span tables answer
+    (``spans_answer``): events and event types from ``type_hours``, persons from
+    ``type_spans``, sessions from ``session_spans`` (``sessions_reaching``), the
+    bots' events from the events table's ``bot`` column alone (PREWHERE: the
+    other columns are read only where a bot's event is). None otherwise."""
+    if filters.segments or filters.event_type is not None or spans_answer(ch, filters, frozenset()) is None:
+        return None
+    counted, params = condition(filters, time_column="hour")
+    spanned, _ = condition(filters, time_column=None)
+    parts, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
+    sessions, extra = sessions_reaching(int(parts), str(largest), bool(ch.layout.cluster))
+    params.update(extra)
+    e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
+                 params)[0]
+    u = query("overview", ch, f"SELECT uniqExactIf({who.key}, {SPAN_REACHES}) FROM type_spans WHERE {spanned}",
+              params)[0][0]
+    s = query("overview", ch, f"SELECT {sessions} FROM session_spans WHERE {spanned}", params)[0][0]
+    b = query("overview", ch, "SELECT count() FROM events PREWHERE bot = 1 WHERE project_id = {f_project:UUID}"
+              " AND occurred_at >= {f_start:DateTime64(3, 'UTC')} AND occurred_at < {f_end:DateTime64(3, 'UTC')}",
+              params)[0][0]
+    return {"events": int(e or 0), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s),
+            "bot_events_excluded": int(b)}
+
+
+def overview(ch: ClickHouse, filters: Filters, rollups: bool = True) -> dict[str, Any]:
     """Also how many events of known bots the figures leave out (0 with include_bots)."""
-    where, params = condition(replace(filters, include_bots=True))
     who = resolver(ch, filters.project_id)
+    if rollups:
+        fast = overview_from_spans(ch, filters, who)
+        if fast is not None:
+            return fast
+    where, params = condition(replace(filters, include_bots=True))
     counted = "1" if filters.include_bots else "bot = 0"
     e, u, t, s, b = query("overview", ch,
                           f"SELECT countIf({counted}), uniqExactIf({who.key}, {counted}),"
