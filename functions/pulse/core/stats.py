@@ -118,12 +118,27 @@ def _source(filters: Filters, rollups: bool, by_type: bool = False, bd: Breakdow
 
 def _split(src: Source, key: str, bd: Breakdown, who: Resolver, where: str,
            params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Rows of ``src`` split by ``bd`` per ``key`` (an expression, named ``b``):
-    ``b, breakdown, rank, events, users`` (pulse.core.breakdowns)."""
+    """The rows of ``src`` to split by ``bd`` per ``key`` (an expression, named
+    ``b``): ``b, person, n, bd<i>...`` (pulse.core.breakdowns)."""
     values, value_params = breakdowns.event_values(bd)
     rows = f"SELECT {key} AS b, {who.key} AS person, {src.weight} AS n{values} FROM {src.table} WHERE {where}"
     rows, person_params = breakdowns.with_person_values(rows, bd, "f_project")
-    return breakdowns.ranked(rows, ["b"], bd), {**params, **value_params, **person_params}
+    return rows, {**params, **value_params, **person_params}
+
+
+def split(endpoint: str, ch: ClickHouse, rows: str, params: dict[str, Any],
+          bd: Breakdown) -> list[tuple[Any, list[str], int, int, int]]:
+    """``(b, breakdown, rank, events, users)``: one pass when it fits, a second
+    for ``"$other"`` when there are more values than kept."""
+    first = query(endpoint, ch, breakdowns.split_query(rows, "b", bd), params)
+    if len(first) > breakdowns.SPLIT_CAP:
+        return [(b, list(t), int(r), int(e), int(u))
+                for b, t, r, e, u in query(endpoint, ch, breakdowns.ranked(rows, ["b"], bd), params)]
+    kept = breakdowns.top(first, bd)
+    values = sum(1 for r in first if r[4])
+    others = query(endpoint, ch, breakdowns.others_query(rows, "b", bd), {**params, "bd_top": kept}) \
+        if values > len(kept) else []
+    return breakdowns.assemble(first, kept, others, bd)
 
 
 def _by_bucket(rows: list[tuple[Any, ...]], time_order: bool) -> list[tuple[Any, ...]]:
@@ -139,7 +154,7 @@ def _by_bucket(rows: list[tuple[Any, ...]], time_order: bool) -> list[tuple[Any,
 
 def events_query(filters: Filters, group_by: str, who: Resolver, bd: Breakdown | None = None,
                  rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``b, events, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
+    """``b, events, users`` per bucket; with ``bd``: the rows to split (``split``)."""
     by_property = group_by.startswith("properties.")
     src = EVENTS if by_property else _source(filters, rollups, group_by == "event_type", bd)
     where, params = condition(filters, time_column=src.time)
@@ -163,10 +178,11 @@ def events_query(filters: Filters, group_by: str, who: Resolver, bd: Breakdown |
 def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True,
            bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query("events", ch, *events_query(filters, group_by, who, bd, rollups))
     if bd is not None:
-        return [{"bucket": _bucket_text(b, group_by, filters.tz), "breakdown": list(t), "events": int(e),
-                 "users": int(u)} for b, t, _, e, u in _by_bucket(rows, group_by in TIME_BUCKETS)]
+        found = split("events", ch, *events_query(filters, group_by, who, bd, rollups), bd)
+        return [{"bucket": _bucket_text(b, group_by, filters.tz), "breakdown": t, "events": e, "users": u}
+                for b, t, _, e, u in _by_bucket(found, group_by in TIME_BUCKETS)]
+    rows = query("events", ch, *events_query(filters, group_by, who, bd, rollups))
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
 
@@ -178,7 +194,7 @@ def dau(ch: ClickHouse, filters: Filters, rollups: bool = True) -> list[dict[str
 
 def active_users_query(filters: Filters, interval: str, who: Resolver, bd: Breakdown | None = None,
                        rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``b, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
+    """``b, users`` per bucket; with ``bd``: the rows to split (``split``)."""
     src = _source(filters, rollups, bd=bd)
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
@@ -192,10 +208,11 @@ def active_users_query(filters: Filters, interval: str, who: Resolver, bd: Break
 def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
                  endpoint: str = "active-users", bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups))
     if bd is not None:
-        return [{"bucket": b.isoformat(), "breakdown": list(t), "unique_users": int(u)}
-                for b, t, _, _, u in _by_bucket(rows, True)]
+        found = split(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups), bd)
+        return [{"bucket": b.isoformat(), "breakdown": t, "unique_users": u}
+                for b, t, _, _, u in _by_bucket(found, True)]
+    rows = query(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups))
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
@@ -219,7 +236,7 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
 
 def top_events_split(filters: Filters, who: Resolver, bd: Breakdown,
                      rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``event_type, breakdown, rank, events, users`` for every type."""
+    """The rows to split per event type (``split``)."""
     src = _source(filters, rollups, by_type=True, bd=bd)
     where, params = condition(filters, time_column=src.time)
     return _split(src, "event_type", bd, who, where, params)
@@ -229,13 +246,13 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
                bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
     if bd is not None:
-        rows = query("top-events", ch, *top_events_split(filters, who, bd, rollups))
+        found = split("top-events", ch, *top_events_split(filters, who, bd, rollups), bd)
         totals: dict[str, int] = {}
-        for row in rows:
-            totals[row[0]] = totals.get(row[0], 0) + int(row[3])
+        for row in found:
+            totals[row[0]] = totals.get(row[0], 0) + row[3]
         kept = set(sorted(totals, key=lambda t: (-totals[t], t))[:limit])
-        return [{"event_type": t, "breakdown": list(v), "count": int(c), "users": int(u)}
-                for t, v, _, c, u in _by_bucket([r for r in rows if r[0] in kept], False)]
+        return [{"event_type": t, "breakdown": v, "count": c, "users": u}
+                for t, v, _, c, u in _by_bucket([r for r in found if r[0] in kept], False)]
     spans = spans_answer(ch, filters, TYPE_SPAN_FIELDS) if rollups else None
     if spans is not None:
         counted, params = condition(filters, time_column="hour")
