@@ -1,6 +1,7 @@
 """Property-based fuzzing from the contract: every operation of every function's
-OpenAPI document (docs/openapi/), with inputs schemathesis generates from it,
-sent to the function on the real embedded stack with valid credentials (the
+OpenAPI document (docs/openapi/, the public host's own included), with inputs
+schemathesis generates from it, sent to the function on the real embedded
+stack with valid credentials (the
 project's ingest+read key, a signed-in owner's token, the eventing layer's
 token for /_ce/*). Every answer must be:
 
@@ -75,6 +76,7 @@ def problem_json_for_every_error(ctx: Any, response: Any, case: Case) -> bool | 
     return None
 
 
+CREDENTIAL_HEADERS = {"authorization", "x-api-key"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           problem_json_for_every_error]
 
@@ -86,14 +88,17 @@ class Credentials:
         self.owner = owner
         self.owned = owner.new_project("fuzzed")
 
-    def headers(self, function: str, operation: dict[str, Any], path: str) -> dict[str, str]:
+    def headers(self, function: str, operation: dict[str, Any], path: str, prefer_token: bool) -> dict[str, str]:
+        """The credential the operation takes: the eventing layer's token on /_ce/*, else the
+        key or the owner's token (``prefer_token`` picks one where both are accepted)."""
         if path.startswith("/_ce/"):
             return {"Authorization": f"Bearer {self.event_token(function)}"}
         schemes = {name for requirement in operation.get("security") or [] for name in requirement}
+        if "bearer" in schemes and (prefer_token or "apiKey" not in schemes):
+            # ingest's bearer is the key itself (as PostHog SDKs send it); elsewhere a user's token
+            return {"Authorization": f"Bearer {self.key if function == 'ingest' else self.owner.access}"}
         if "apiKey" in schemes:
             return {"X-API-Key": self.key}
-        if "bearer" in schemes:
-            return {"Authorization": f"Bearer {self.owner.access}"}
         return {}
 
     def event_token(self, function: str) -> str:
@@ -125,17 +130,22 @@ def test_operation_answers_as_documented_whatever_the_input(pulse: Any, credenti
     app = pulse.host.wsgi if function == "host" else pulse.functions[function].wsgi
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)  # the host's: every function's, merged
     operation = schema[path][method]
-    document = json.loads((DOCS / f"{function}.json").read_text())
-    headers = credentials.headers(function, document["paths"][path][method.lower()], path)
+    documented = json.loads((DOCS / f"{function}.json").read_text())["paths"][path][method.lower()]
 
     @seed(SEED)
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
-                          operation.as_strategy(GenerationMode.NEGATIVE)))
-    def exercise(case: Case) -> None:
+                          operation.as_strategy(GenerationMode.NEGATIVE)),
+           prefer_token=st.booleans())
+    def exercise(case: Case, prefer_token: bool) -> None:
+        headers = credentials.headers(function, documented, path, prefer_token)
+        # the credentials are ours (valid); schemathesis would otherwise make some up
+        case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in CREDENTIAL_HEADERS}
         if "project_id" in (case.path_parameters or {}):
             case.path_parameters["project_id"] = credentials.owned  # reach past the membership check
+        if "Authorization" in headers and isinstance(case.query, dict) and "project_id" in case.query:
+            case.query["project_id"] = credentials.owned  # the project a token's user is a member of
         response = case.call(headers=headers)
         if os.environ.get("PULSE_FUZZ_TRACE"):
             print("fuzz", function, method, path, response.status_code)  # noqa: T201 - asked for

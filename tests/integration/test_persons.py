@@ -325,3 +325,53 @@ def test_a_redelivered_batch_rewrites_overrides_a_crash_lost(pulse: Any, project
     assert users() == 2
     assert resync_links(pulse.services.db, ch) >= 1
     assert users() == 1
+
+
+def test_a_deletion_while_others_keep_sending_leaves_every_count_exact(pulse: Any) -> None:
+    """Deletion rebuilds the current hour's counts while other users' batches keep
+    landing in that hour: persist waits for the job (the project's lock), so the
+    rebuilt counts and the events table agree row for row afterwards."""
+    import threading
+
+    account = owned_project(pulse, f"busy-{uuid.uuid4().hex[:6]}")
+    project = Owned(pulse, account, oracle.build(datetime.now(UTC), seed=5))
+    mine = [make_event(user_id="leaving", event_type=kind) for kind in ("page_view", "signup", "page_view")]
+    assert project.api.post("/v1/events", {"events": mine}).status == 202
+    wait_persisted(pulse)
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def others() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [make_event(user_id=f"staying-{i % 7}", event_type=("page_view", "click")[i % 2],
+                                context={"page": {"path": "/busy"}}) for i in range(n, n + 20)]
+            assert project.api.post("/v1/events", {"events": batch}).status == 202
+            sent.append(len(batch))
+            n += 20
+
+    sender = threading.Thread(target=others)
+    sender.start()
+    try:
+        answer = project.api.request("DELETE", f"/v1/persons/leaving?project_id={project.project_id}",
+                                     headers=project.owner)
+        assert answer.status == 202, answer.body
+        job = wait_deletion(project, answer.json["deletion_id"])
+    finally:
+        stop.set()
+        sender.join(30)
+    wait_persisted(pulse)
+    assert job["status"] == "done" and job["events_deleted"] == 3
+    ch, p = pulse.services.ch, {"p": project.project_id}
+    assert ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID} AND actor = 'leaving'", p)[0][0] == 0
+    assert ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID}", p)[0][0] == sum(sent) > 0
+    for table, column, measure, where in (("type_hours", "event_type", "events", ""),
+                                          ("path_hours", "path", "views", " AND event_type = 'page_view'")):
+        held = ch.rows(f"SELECT hour, {column}, sum({measure}) AS n FROM {table} WHERE project_id = {{p:UUID}}"
+                       " GROUP BY ALL HAVING n != 0 ORDER BY ALL", p)
+        counted = ch.rows(f"SELECT toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
+                          f" WHERE project_id = {{p:UUID}} AND bot = 0{where} GROUP BY ALL ORDER BY ALL", p)
+        assert held == counted, table
+    half = sum(sent) // 2  # every batch: 10 page views and 10 clicks, over the same 7 users
+    assert project.get("/v1/stats/top-events") == [{"event_type": "click", "count": half, "users": 7},
+                                                   {"event_type": "page_view", "count": half, "users": 7}]
