@@ -134,7 +134,7 @@ def test_funnel_sql_binds_every_value_and_reads_what_the_order_needs(order: str)
     # strict reads every event of the person (another event breaks it); the others only the steps' and exclusions'
     assert ("AND ((event_type = {t0:String})" in sql) == (order != "strict")
     assert "bitTest(x, 3)" in sql  # the exclusion's bit, after the three steps'
-    assert "quantileExactInclusive(0.5)(d)" in sql
+    assert "quantileExactInclusiveState(0.5)(d)" in sql and "quantileExactInclusiveMerge(0.5)(q)" in sql
 
 
 def test_people_of_a_step_are_paged_in_a_stable_order() -> None:
