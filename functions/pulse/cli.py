@@ -3,7 +3,7 @@
   pulse up [--demo] [--port 8080] [--state-dir .pulse]   everything, embedded, in one process
   pulse migrate                                          apply pending migrations to both stores
   pulse serve [FUNCTION]                                 one function under functions-framework (containers)
-  pulse bench [...]                                      ingest throughput benchmark (see pulse/bench.py)
+  pulse bench [...]                                      ingest end to end vs a sync baseline (pulse/bench.py)
   pulse import FILE [--url URL] [--key KEY]              import a CSV or NDJSON file, resumable (docs/clients.md)
   pulse export [--format csv] [--from D] [--to D] [-o F]  download events into a file
   pulse dlq list|replay [--bootstrap HOST:PORT] [...]   inspect and re-drive dead-lettered records
@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve one function (container entry point)")
     serve.add_argument("function", nargs="?", default=os.environ.get("FUNCTION_TARGET"), choices=FUNCTIONS)
 
-    bench = sub.add_parser("bench", help="measure ingest throughput end to end")
-    bench.add_argument("--events", type=int, default=200_000)
-    bench.add_argument("--batch", type=int, default=1000)
-    bench.add_argument("--clients", type=int, default=4)
-    bench.add_argument("--baseline-events", type=int, default=5_000,
-                       help="events posted one per request for the baseline")
+    bench = sub.add_parser("bench", help="measure ingest end to end on real traffic, against a sync baseline")
+    bench.add_argument("--events", type=int, default=60_000, help="distinct events per workload")
+    bench.add_argument("--resend", type=float, default=0.02, help="share of records that are re-sends")
+    bench.add_argument("--days", type=int, default=56, help="the events' time span")
+    bench.add_argument("--workloads", default="b500,b1000,b50,c16,tenants",
+                       help="comma-separated, from b500, b1000, b50, c16, tenants (see pulse/bench.py)")
+    bench.add_argument("--no-baseline", action="store_true", help="skip the synchronous baseline")
 
     imp = sub.add_parser("import", help="import a CSV or NDJSON file through POST /v1/import, resumably")
     imp.add_argument("file", type=Path)

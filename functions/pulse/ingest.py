@@ -1,15 +1,22 @@
 """ingest — HTTP function: clients POST events; each accepted request becomes
-one Kafka record, answered 202 only after the broker acknowledged it."""
+one Kafka record, answered 202 only after the broker acknowledged it (and,
+when ``spool_dir`` is set, after the record is in the spool on disk: see
+pulse/bus/spool.py)."""
 
 from __future__ import annotations
 
 import functools
+import itertools
+import os
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
 from pulse.bus.cloudevents import receive
+from pulse.bus.spool import Spool
 from pulse.core import compat
 from pulse.core.erasure import Suppressions
 from pulse.core.events import Batch, parse_batch
@@ -21,6 +28,7 @@ from pulse.core.importing import (
     file_format,
 )
 from pulse.core.ingestion import Ingestor, count_rejections
+from pulse.core.persisting import persisted_batches
 from pulse.errors import InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
 from pulse.security.keys import ApiKey
 from pulse.services import Services
@@ -36,11 +44,16 @@ class Ingest(HttpFunction):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
+        self.spool = open_spool(services)
         self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
-                                 services.settings.limits.max_record_bytes)
+                                 services.settings.limits.max_record_bytes, self.spool)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
         self.suppressions = Suppressions(services.db, services.settings.key_cache_ttl_s)
         super().__init__(services.readiness(self.name))
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
     def routes(self) -> Iterable[Route]:
         return [
@@ -153,6 +166,19 @@ class Ingest(HttpFunction):
         stream = body_stream(request.stream, request.headers.get("Content-Encoding"))
         result = self.importer.run(key.project_id, stream, fmt, declared_sha256(request.headers.get("Content-Digest")))
         return json_response(result.as_dict())
+
+
+_owners = itertools.count(1)
+
+
+def open_spool(services: Services) -> Spool | None:
+    """ingest's write-ahead spool when ``spool_dir`` is set, trimmed as persist finishes batches."""
+    settings = services.settings
+    if not settings.spool_dir:
+        return None
+    owner = f"ingest-{os.getpid()}-{time.time_ns()}-{next(_owners)}"
+    return Spool(Path(settings.spool_dir), owner, settings.spool_segment_s, max_bytes=settings.spool_max_bytes,
+                 persisted=lambda ids: persisted_batches(services.db, ids))
 
 
 @functools.cache

@@ -1,11 +1,15 @@
 """persist — CloudEvent function: each ``dev.pulse.events.ingested`` batch
 (delivered by the KafkaSource, one record at a time) goes into the dedup
-ledger and ClickHouse exactly once; see pulse/core/persisting.py for how.
+ledger and ClickHouse exactly once; see pulse/core/persisting.py for how. In
+embedded mode a record may carry its batch by reference to ingest's spool
+(pulse.bus.spool), read from there.
 
-It answers 2xx only when the batch is durable in both stores and the
-``dev.pulse.events.persisted`` event was handed to ``K_SINK``; otherwise 5xx,
-and the source redelivers. A malformed batch gets 400, which a KafkaSource
-does not retry: it goes to the dead-letter sink.
+It answers 2xx only when the batch is durable in both stores and a
+``dev.pulse.events.persisted`` event naming it was handed to ``K_SINK``;
+otherwise 5xx, and the source redelivers. Batches finishing at the same
+moment share one such event per project (``batches`` lists their ids), so the
+notification costs one request per group, not per batch. A malformed batch
+gets 400, which a KafkaSource does not retry: it goes to the dead-letter sink.
 
 Served as an HTTP target that parses CloudEvents itself (binary, structured
 and batch modes), so it also answers /healthz, /readyz and /metrics.
@@ -16,13 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import orjson
 from opentelemetry.trace import SpanKind
 from werkzeug.wrappers import Request, Response
 
 from pulse import telemetry
-from pulse.bus import kafka, sink
+from pulse.bus import kafka, sink, spool
 from pulse.bus.cloudevents import (
     INGESTED,
     MAINTENANCE_REQUESTED,
@@ -31,13 +36,14 @@ from pulse.bus.cloudevents import (
     receive,
 )
 from pulse.core import erasure, persons
+from pulse.core.events import RowView
 from pulse.core.ingestion import decode_batch
-from pulse.core.persisting import Persister
-from pulse.errors import InvalidInput
+from pulse.core.persisting import Outcome, Persister
+from pulse.errors import InvalidInput, Unavailable
+from pulse.group_commit import GroupCommit
 from pulse.services import Services
 from pulse.settings import Settings
 from pulse.storage.persons import PersonStore
-from pulse.storage.postgres import Connection
 from pulse.web.body import read_body
 from pulse.web.http import HttpFunction, Route, json_response
 
@@ -54,6 +60,7 @@ class Persist(HttpFunction):
         self.services = services
         self.persons = PersonStore(services.db, services.ch)
         self.persister = Persister(services.db, services.ch, identity=self.identity)
+        self.notices: GroupCommit[tuple[str, Outcome, str | None], None] = GroupCommit(self._notify)
         super().__init__(services.readiness(self.name), services.event_auth(self.name))
 
     def routes(self) -> Iterable[Route]:
@@ -70,21 +77,48 @@ class Persist(HttpFunction):
             results.append(self.persist_one(event))
         return json_response({"results": results})
 
-    def identity(self, conn: Connection, project_id: str, batch_id: str, rows: Sequence[dict[str, str]]) -> None:
-        self.persons.apply(project_id, batch_id, persons.operations(rows), conn)
+    def identity(self, project_id: str, batch_id: str, rows: Sequence[RowView]) -> None:
+        # A pooled connection of its own: persist holds none while a batch is in hand (its
+        # steps take one for each grouped statement), so a full pool cannot deadlock it.
+        self.persons.apply(project_id, batch_id, persons.operations(rows))
 
     def persist_one(self, event: CloudEvent) -> dict[str, object]:
-        project_id, received_at, rows = decode_batch(event)
+        spool_dir = self.services.settings.spool_dir
+        record = spool.resolve(Path(spool_dir), event) if spool_dir else event
+        if record is None:  # a reference whose segment is gone: every batch in it was persisted
+            outcome = self.persister.recorded(event.id, event.get("partitionkey") or "")
+            if outcome is None:
+                raise Unavailable(f"the spooled record of batch {event.id} is missing", 1)
+            return self._finished(event, outcome)
+        project_id, received_at, rows = decode_batch(record)
         with telemetry.span("persist batch", event.get("traceparent"), SpanKind.CONSUMER, attributes={
                 "messaging.message.id": event.id, "pulse.events": len(rows), "pulse.project_id": project_id}), \
                 telemetry.bound(project_id=project_id):
-            outcome = self.persister.persist(event.id, project_id, received_at, rows)
-            notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(outcome.as_event_data()),
-                                    partitionkey=project_id, traceparent=telemetry.current_traceparent())
-            sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name))
-            telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
-                            duplicates=outcome.duplicates, redelivered=outcome.redelivered)
+            return self._finished(event, self.persister.persist(event.id, project_id, received_at, rows))
+
+    def _finished(self, event: CloudEvent, outcome: Outcome) -> dict[str, object]:
+        """Announce the batch (grouped with others finishing now) and log it."""
+        self.notices.submit((event.id, outcome, telemetry.current_traceparent()))
+        telemetry.event("batch persisted", batch_id=event.id, inserted=outcome.inserted,
+                        duplicates=outcome.duplicates, redelivered=outcome.redelivered)
         return {"batch_id": event.id, **outcome.as_event_data()}
+
+    def _notify(self, finished: list[tuple[str, Outcome, str | None]]) -> list[None]:
+        """One ``persisted`` event per project for the batches that finished together."""
+        by_project: dict[str, list[tuple[str, Outcome, str | None]]] = {}
+        for item in finished:
+            by_project.setdefault(item[1].project_id, []).append(item)
+        for project_id, items in by_project.items():
+            firsts = [o.first for _, o, _ in items if o.first]
+            lasts = [o.last for _, o, _ in items if o.last]
+            data = {"project_id": project_id, "batches": [batch_id for batch_id, _, _ in items],
+                    "inserted": sum(o.inserted for _, o, _ in items),
+                    "duplicates": sum(o.duplicates for _, o, _ in items),
+                    "from": min(firsts) if firsts else None, "to": max(lasts) if lasts else None}
+            notice = CloudEvent.new(PERSISTED, SOURCE, orjson.dumps(data), partitionkey=project_id,
+                                    traceparent=items[0][2])
+            sink.publish(self.services.sink(self.name), notice, token=self.services.sink_token(self.name))
+        return [None] * len(finished)
 
     def maintenance(self, request: Request) -> Response:
         for event in receive(request.headers, request.get_data()):

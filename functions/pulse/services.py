@@ -115,10 +115,11 @@ class Services:
     def ch(self) -> ClickHouse:
         with self._lock:
             if self._ch is None:
-                from pulse.storage.clickhouse import ClickHouse, Layout
+                from pulse.storage.clickhouse import ClickHouse, Layout, embedded_caches
 
                 self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"),
-                                      layout=Layout(self.settings.clickhouse_cluster))
+                                      layout=Layout(self.settings.clickhouse_cluster),
+                                      engine_options=embedded_caches(self.settings.chdb_cache_mb))
             return self._ch
 
     @property
@@ -276,6 +277,7 @@ def shut_down(timeout_s: float) -> bool:
         function.begin_stop()
         in_flight = function.in_flight
         done = function.wait_idle(timeout_s)
+        function.close()
         services = getattr(function, "services", None)
         if isinstance(services, Services):
             services.close()

@@ -73,6 +73,18 @@ class Settings:
     key_cache_ttl_s: float = 2.0
     kafka_ack_timeout_s: float = 5.0
     kafka_max_in_flight: int = 64
+    # ingest's write-ahead spool (pulse.bus.spool): set by `pulse up` to
+    # <state_dir>/spool when it runs the embedded broker, which keeps records
+    # in memory only. At most spool_max_bytes not yet persisted.
+    spool_dir: str | None = None
+    spool_max_bytes: int = 1 << 30
+    spool_segment_s: float = 5.0
+    # Embedded dispatcher: records in flight to each KafkaSource's sink (persist
+    # groups the claims and inserts of those in flight, so more means larger
+    # inserts, at a thread each on both sides).
+    dispatch_window: int = 128
+    # The embedded ClickHouse engine's caches, in all (pulse.storage.clickhouse.CACHE_SHARES).
+    chdb_cache_mb: int = 128
     shutdown_timeout_s: float = 20.0
     # Embedded mode: ingest runs in this many processes of its own (0: inside
     # the main process); the gateway spreads its requests over them.
@@ -192,6 +204,14 @@ class Settings:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
         if not 0 <= self.ingest_processes <= 16:
             raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
+        if self.chdb_cache_mb < 8:
+            raise SettingsError("PULSE_CHDB_CACHE_MB: must be at least 8")
+        if not 1 <= self.dispatch_window <= 1024:
+            raise SettingsError("PULSE_DISPATCH_WINDOW: must be from 1 to 1024")
+        if self.spool_max_bytes < 1 << 20:
+            raise SettingsError("PULSE_SPOOL_MAX_BYTES: must be at least 1048576")
+        if self.spool_segment_s <= 0:
+            raise SettingsError("PULSE_SPOOL_SEGMENT_S: must be above 0")
         if self.ledger_retention_days < 1:
             raise SettingsError("PULSE_LEDGER_RETENTION_DAYS: must be at least 1")
         for positive in ("access_token_ttl_s", "refresh_token_ttl_s", "ingest_rate_limit", "ingest_rate_window_s",

@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -44,6 +45,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 project_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("project_id", default="")
@@ -65,6 +67,9 @@ EVENTS_REJECTED = Counter("pulse_events_rejected_total", "Events refused by inge
 KAFKA_PRODUCE_LATENCY = Histogram(
     "pulse_kafka_produce_duration_seconds", "Time until the broker acknowledged a record", ["topic"],
     buckets=LATENCY_BUCKETS)
+SPOOL_SYNC_LATENCY = Histogram(
+    "pulse_spool_sync_duration_seconds", "Time until a spooled record was on disk (its group's fsync)",
+    buckets=LATENCY_BUCKETS)
 KAFKA_PRODUCE_ERRORS = Counter(
     "pulse_kafka_produce_errors_total", "Records the broker did not acknowledge", ["topic"])
 PERSIST_BATCH_SIZE = Histogram(
@@ -78,6 +83,9 @@ QUERY_LATENCY = Histogram(
     "pulse_query_duration_seconds", "Stats query latency", ["endpoint"], buckets=LATENCY_BUCKETS)
 DISPATCH_DELIVERIES = Counter(
     "pulse_dispatch_deliveries_total", "Deliveries by the eventing dispatcher", ["route", "outcome"])
+DISPATCH_FAILED_ATTEMPTS = Counter(
+    "pulse_dispatch_failed_attempts_total", "Delivery attempts not answered 2xx, retries included",
+    ["route", "status"])
 DEAD_LETTERS = Counter(
     "pulse_dispatch_dead_letters_total", "Records sent to a dead-letter topic", ["route"])
 CONSUMER_LAG = Gauge(
@@ -92,6 +100,37 @@ PERSON_DELETIONS = Counter(
 KAFKA_PRODUCE_REFUSED = Counter(
     "pulse_kafka_produce_refused_total", "Records refused because too many were waiting for the broker",
     ["topic"])
+
+
+class _EngineMemory:
+    """``pulse_clickhouse_memory_bytes{kind}``, read from the embedded engine at each scrape."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Mapping[str, float]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        read = self.read
+        if read is None:
+            return
+        try:
+            values = read()
+        except Exception:  # noqa: BLE001 - a scrape shows what it can
+            return
+        family = GaugeMetricFamily("pulse_clickhouse_memory_bytes",
+                                   "The embedded ClickHouse engine's memory: all it tracks, and each cache",
+                                   labels=["kind"])
+        for kind, value in sorted(values.items()):
+            family.add_metric([kind], value)
+        yield family
+
+
+_engine_memory = _EngineMemory()
+REGISTRY.register(_engine_memory)
+
+
+def watch_engine_memory(read: Callable[[], Mapping[str, float]] | None) -> None:
+    """Report the embedded engine's memory (``read``: kind → bytes) in this process's metrics."""
+    _engine_memory.read = read
 
 
 def metrics_payload() -> tuple[bytes, str]:

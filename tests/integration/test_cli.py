@@ -3,14 +3,17 @@ again on the same state directory (which keeps the Postgres and ClickHouse data)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.conftest import ROOT, Api, make_event
@@ -77,10 +80,11 @@ def test_up_demo_then_restart_keeps_data_and_stops_cleanly(tmp_path: Path) -> No
         assert stop(process) == 0
 
 
-def test_ingest_runs_in_a_process_of_its_own_behind_the_gateway(tmp_path: Path) -> None:
-    """`pulse up` serves ingest from a child process; the gateway proxies to it:
-    statuses, problem bodies and request ids come back, bodies stream both
-    ways (a CSV import sent chunked), and a stop ends the child too."""
+def test_ingest_runs_in_a_process_of_its_own_that_serves_the_public_port(tmp_path: Path) -> None:
+    """`pulse up` serves ingest from a child process, which also serves the
+    public port and proxies every other path to the main process: statuses,
+    problem bodies and request ids come back, bodies stream both ways (a CSV
+    import sent chunked), and a stop ends the child too."""
     import psutil
     import urllib3
 
@@ -93,8 +97,8 @@ def test_ingest_runs_in_a_process_of_its_own_behind_the_gateway(tmp_path: Path) 
         gateway_port = int(found["url"].rsplit(":", 1)[1])
         listeners = {c.laddr.port: pid for pid in [process.pid, *(p.pid for p in psutil.Process(process.pid).children())]
                      for c in psutil.Process(pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-        assert listeners[gateway_port] == process.pid
         assert listeners[ingest_port] != process.pid
+        assert listeners[gateway_port] == listeners[ingest_port]  # ingest's requests never enter the main process
         assert psutil.Process(listeners[ingest_port]).ppid() == process.pid
         child_pids.append(listeners[ingest_port])
 
@@ -124,6 +128,64 @@ def test_ingest_runs_in_a_process_of_its_own_behind_the_gateway(tmp_path: Path) 
                for row in Api(restarted["url"], found["key"]).get("/v1/stats/top-events?limit=100").json}
         assert top["proxied"] == 7
         assert sum(n for name, n in top.items() if name.startswith("chunked-")) == 3000 - len(bad)
+    finally:
+        assert stop(process) == 0
+
+
+def kill_everything(process: subprocess.Popen[str], state: Path) -> None:
+    """SIGKILL for every process of the embedded run at once: pulse up, its ingest
+    process, the broker, the Postgres server and its backends. Nobody gets to
+    clean up (children first, so none is told by its parent's death to stop)."""
+    import psutil
+
+    victims = psutil.Process(process.pid).children(recursive=True)
+    postmaster = state / "postgres" / "postmaster.pid"
+    if postmaster.exists():
+        server = psutil.Process(int(postmaster.read_text().split()[0]))
+        victims += [*server.children(recursive=True), server]
+    for victim in [*victims, psutil.Process(process.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.send_signal(signal.SIGKILL)
+    process.wait(10)
+    assert process.stdout is not None
+    process.stdout.close()
+    psutil.wait_procs(victims, timeout=10)
+
+
+def exported_ids(api: Api, event_type: str) -> list[str]:
+    answer = api.get(f"/v1/export?format=ndjson&event_type={event_type}")
+    assert answer.status == 200, answer.body[:300]
+    return [orjson.loads(line)["event_id"] for line in answer.body.splitlines() if line]
+
+
+@pytest.mark.slow
+def test_a_kill_9_of_the_whole_stack_right_after_the_last_202_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """The embedded broker keeps records in memory; ingest's spool keeps what it
+    acknowledged, and the next start hands that to persist."""
+    process, found = start_up(tmp_path, "--demo", "--demo-events", "1")
+    events = [make_event(event_type="kill9") for _ in range(12_000)]
+    batches = [events[i:i + 500] for i in range(0, len(events), 500)]
+    answers: list[int] = []
+    try:
+        def client(mine: list[list[dict[str, object]]]) -> None:
+            api = Api(found["url"], found["key"])
+            answers.extend(api.post("/v1/events", {"events": batch}).status for batch in mine)
+
+        threads = [threading.Thread(target=client, args=(batches[n::4],)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        kill_everything(process, tmp_path)
+    assert answers == [202] * len(batches)
+    assert list((tmp_path / "spool").glob("*.spool"))  # what the kill left for the next start
+
+    process, restarted = start_up(tmp_path)
+    try:
+        ids = exported_ids(Api(restarted["url"], found["key"]), "kill9")
+        assert len(ids) == len(events)  # nothing doubled
+        assert set(ids) == {e["event_id"] for e in events}  # nothing lost
     finally:
         assert stop(process) == 0
 

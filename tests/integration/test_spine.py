@@ -248,3 +248,31 @@ def test_persisted_events_reach_aggregate_through_the_broker_trigger(pulse: Any,
     while delivered() <= before and datetime.now(UTC) < deadline:
         pulse.drain(1)
     assert delivered() > before
+
+
+def test_a_spool_left_by_a_hard_stop_is_persisted_once_at_start(pulse: Any, project: Any, tmp_path: Any) -> None:
+    """What `pulse up` does before ingest takes requests (pulse.local.recovery):
+    a batch already stored is not stored again, one that never reached persist
+    is stored, a malformed record is dead-lettered, and the spool is emptied."""
+    from pulse.bus.spool import Spool, segments
+    from pulse.errors import InvalidInput
+    from pulse.local.recovery import replay_spool
+
+    stored = encode_batch(project.project_id, validate_events(generated(40, seed=7), Limits()).rows)
+    produce(pulse, stored, project.project_id)
+    wait_persisted(pulse)
+    missed = encode_batch(project.project_id, validate_events(generated(60, seed=8), Limits()).rows)
+    malformed = CloudEvent.new("dev.pulse.events.ingested", "/pulse/ingest", b'{"events": 7}',
+                               partitionkey=project.project_id)
+    box = Spool(tmp_path, "ingest-test")
+    for record in (stored, missed, malformed):
+        box.append(record)
+    box.close()
+    refused: list[tuple[str, InvalidInput]] = []
+    replayed = replay_spool(tmp_path, pulse.functions["persist"],
+                            lambda event, error, where: refused.append((event.id, error)))
+    assert replayed == 2  # the stored batch was skipped as done
+    assert [(event_id, error.status) for event_id, error in refused] == [(malformed.id, 400)]
+    assert segments(tmp_path) == []
+    top, _ = stats(project.api)
+    assert sum(row["count"] for row in top) == 100

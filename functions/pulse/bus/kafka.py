@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -64,7 +64,9 @@ class Producer:
                     raise Unavailable("kafka is unreachable", self.retry_after_s) from exc
             return self._producer
 
-    def send(self, topic: str, key: str, event: CloudEvent) -> None:
+    def send(self, topic: str, key: str, event: CloudEvent, meanwhile: Callable[[], None] | None = None) -> None:
+        """Returns once the broker acknowledged the record. ``meanwhile`` runs
+        while the record is on its way (ingest's spool write)."""
         if not self._slots.acquire(blocking=False):
             telemetry.KAFKA_PRODUCE_REFUSED.labels(topic).inc()
             raise Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
@@ -75,6 +77,8 @@ class Producer:
         try:
             future = self._get().send(
                 topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
+            if meanwhile is not None:
+                meanwhile()
             future.get(timeout=self.ack_timeout_s)
         except KafkaError as exc:
             telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()

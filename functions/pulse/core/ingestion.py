@@ -7,23 +7,25 @@ CloudEvent id is the batch id persist dedups redeliveries by.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
+import msgspec
 import orjson
 from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus.cloudevents import INGESTED, CloudEvent
 from pulse.bus.kafka import Producer
-from pulse.core.events import CANONICAL_UUID, EVENT_COLUMNS, format_ts
-from pulse.errors import FieldError, InvalidInput, PayloadTooLarge
+from pulse.bus.spool import Spool
+from pulse.bus.spool import reference as spool_reference
+from pulse.core.events import CANONICAL_UUID, canonical_ids, format_ts
+from pulse.errors import FieldError, InvalidInput, PayloadTooLarge, Unavailable
 from pulse.settings import Limits
 
 SOURCE = "/pulse/ingest"
-ROW_KEYS = frozenset(EVENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -59,43 +61,105 @@ def encode_records(project_id: str, rows: Sequence[dict[str, str]], max_record_b
             + encode_records(project_id, rows[half:], max_record_bytes, received_at, traceparent))
 
 
-def decode_batch(event: CloudEvent) -> tuple[str, str, list[dict[str, str]]]:
+class Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A normalized event as a record carries it: every column of EVENT_COLUMNS,
+    in that order, as text. Read as ``row["column"]`` too."""
+
+    event_id: str
+    event_type: str
+    user_id: str
+    anonymous_id: str
+    session_id: str
+    occurred_at: str
+    properties: str
+    path: str
+    url: str
+    referrer: str
+    title: str
+    user_agent: str
+    ip: str
+    locale: str
+    country: str
+    bot: str = "0"  # a record from before bots were marked
+
+    def __getitem__(self, column: str) -> str:
+        value: str = getattr(self, column)
+        return value
+
+
+class _Record(msgspec.Struct):
+    project_id: str
+    received_at: str
+    events: list[Row]
+
+
+_decode_record = msgspec.json.Decoder(_Record).decode
+_AT_INDEX = re.compile(r"\$\.events\[(\d+)\]")
+_AT_FIELD = re.compile(r"\$\.(\w+)")
+
+
+def decode_batch(event: CloudEvent) -> tuple[str, str, list[Row]]:
     """(project_id, received_at, rows) of an ingested batch; InvalidInput if malformed."""
-    doc: Any = event.json()
-    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
-        raise InvalidInput.field("data.events", "must be an array")
-    project_id, received_at = doc.get("project_id"), doc.get("received_at")
-    if not isinstance(project_id, str) or not CANONICAL_UUID.match(project_id) or not isinstance(received_at, str):
+    try:
+        record = _decode_record(event.data)
+    except msgspec.ValidationError as exc:
+        at = _AT_INDEX.search(str(exc))
+        if at is not None:
+            index = int(at.group(1))
+            raise InvalidInput(f"data.events[{index}] is not a normalized event ({exc})",
+                               [FieldError("data.events", "not a normalized event", index)]) from exc
+        where = _AT_FIELD.search(str(exc))
+        raise InvalidInput.field(f"data.{where.group(1)}" if where else "data",
+                                 f"does not fit an ingested batch ({exc})") from exc
+    except msgspec.DecodeError as exc:  # (after its subclass ValidationError)
+        raise InvalidInput.field("data", f"is not valid JSON ({exc})") from exc
+    if not CANONICAL_UUID.match(record.project_id):
         raise InvalidInput.field("data.project_id", "project_id (a UUID) and received_at are required")
-    rows = doc["events"]
-    for index, row in enumerate(rows):
-        if type(row) is dict and "bot" not in row:  # a record from before bots were marked
-            row["bot"] = "0"
-        if type(row) is not dict or row.keys() != ROW_KEYS or type(row["event_id"]) is not str \
-                or not CANONICAL_UUID.match(row["event_id"]):
-            raise InvalidInput(f"data.events[{index}] is not a normalized event",
-                               [FieldError("data.events", "not a normalized event", index)])
-    return project_id, received_at, rows
+    rows = record.events
+    if not canonical_ids([row.event_id for row in rows]):
+        index = next(i for i, row in enumerate(rows) if not CANONICAL_UUID.match(row.event_id))
+        raise InvalidInput(f"data.events[{index}] is not a normalized event",
+                           [FieldError("data.events", "not a normalized event", index)])
+    return record.project_id, record.received_at, rows
 
 
 class Ingestor:
-    def __init__(self, producer: Producer, topic: str, max_record_bytes: int = Limits.max_record_bytes) -> None:
+    def __init__(self, producer: Producer, topic: str, max_record_bytes: int = Limits.max_record_bytes,
+                 spool: Spool | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self.max_record_bytes = max_record_bytes
+        self.spool = spool
 
     def submit(self, project_id: str, rows: Sequence[dict[str, str]], source: str = "events",
                received_at: datetime | None = None) -> Submitted:
         """Send the rows as one record (several if one would be over the record
-        limit); returns once the broker acknowledged them."""
+        limit); returns once the broker acknowledged them (and, with a spool,
+        once the spool has them on disk)."""
         with telemetry.span(f"{self.topic} publish", kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": "kafka", "messaging.destination.name": self.topic, "pulse.events": len(rows)}):
             events = encode_records(project_id, rows, self.max_record_bytes, received_at,
                                     telemetry.current_traceparent())
             for event in events:
-                self.producer.send(self.topic, project_id, event)
+                self._send(project_id, event)
         telemetry.EVENTS_ACCEPTED.labels(source).inc(len(rows))
         return Submitted(events[0].id, len(rows))
+
+
+    def _send(self, project_id: str, event: CloudEvent) -> None:
+        """One record to the broker; with a spool, the record goes there and the
+        broker carries a reference to it (pulse.bus.spool), the spool's fsync
+        running while the broker acknowledges."""
+        if self.spool is None:
+            self.producer.send(self.topic, project_id, event)
+            return
+        ref, segment = self.spool.write(event)
+        spool = self.spool
+        try:
+            self.producer.send(self.topic, project_id, spool_reference(event, ref), lambda: spool.sync(segment))
+        except Unavailable:  # answered 503: the client sends again; the spooled copy must not pin its segment
+            spool.settle(event.id)
+            raise
 
 
 def count_rejections(errors: Sequence[FieldError]) -> None:

@@ -94,6 +94,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from pulse.core.events import RowView
+
 OVERRIDES = "person_links"
 # The Join table's key for an identifier of a project (migration 0022).
 LINK_KEY = "bitXor({actor}, reinterpretAsUInt128({project}))"
@@ -157,7 +159,7 @@ def _object(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def operations(rows: Iterable[Mapping[str, str]]) -> list[Operation]:
+def operations(rows: Iterable[RowView]) -> list[Operation]:
     """The identity operations normalized event rows carry, in event time order
     (a stable sort: rows of one moment keep their order). Pure."""
     ops: list[Operation] = []

@@ -23,6 +23,7 @@ filter). The semantics follow Knative's:
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import urllib3
@@ -42,6 +44,7 @@ from opentelemetry.trace import SpanKind
 
 from pulse import telemetry
 from pulse.bus import kafka as kafka_bus
+from pulse.bus import spool
 from pulse.bus.cloudevents import (
     CloudEvent,
     from_http,
@@ -49,11 +52,13 @@ from pulse.bus.cloudevents import (
     to_http,
     to_kafka_headers,
 )
+from pulse.errors import InvalidInput
 
 log = logging.getLogger("pulse.dispatcher")
 RETRYABLE = frozenset({404, 408, 409, 429})
 ERROR_DATA_BYTES = 1024
-WINDOW = 32  # records in flight per unordered subscription (and delivery threads per subscription)
+WINDOW = 32  # records in flight per unordered subscription (and delivery threads), unless it says otherwise
+COMMIT_EVERY_S = 0.2  # an unordered subscription commits at most this often while records are in flight
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Subscription:
     filter: tuple[tuple[str, str], ...] = ()
     reply_to: str | None = None  # a Trigger's Broker topic; None for a source
     source_uri: str = ""
+    window: int = WINDOW
     # The sender's OIDC token for the target's audience (pulse.security.eventauth).
     token: Callable[[], str] | None = None
 
@@ -107,18 +113,30 @@ def wrap_record(record: ConsumerRecord, source_uri: str) -> CloudEvent:
     return CloudEvent(MappingProxyType(attrs), record.value or b"")
 
 
+def error_headers(code: int, destination: str, answer: bytes, source_topic: str,
+                  source_position: str) -> list[tuple[str, bytes]]:
+    """The attributes a dead letter carries: who refused it, with what, and where it came from."""
+    return [("ce_knativeerrorcode", str(code).encode()),
+            ("ce_knativeerrordest", destination.encode()),
+            ("ce_knativeerrordata", base64.b64encode(answer[:ERROR_DATA_BYTES])),
+            ("ce_pulsesourcetopic", source_topic.encode()),
+            ("ce_pulsesourceoffset", source_position.encode())]
+
+
 class Worker:
     """Consumes one subscription until stopped."""
 
     def __init__(self, subscription: Subscription, bootstrap: str, producer: KafkaProducer,
-                 http: urllib3.PoolManager) -> None:
+                 http: urllib3.PoolManager, spool_dir: Path | None = None) -> None:
         self.sub = subscription
         self.bootstrap = bootstrap
         self.producer = producer
         self.http = http
+        self.spool_dir = spool_dir
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{subscription.name}", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=WINDOW, thread_name_prefix=f"deliver-{subscription.name}")
+        self._pool = ThreadPoolExecutor(max_workers=subscription.window,
+                                        thread_name_prefix=f"deliver-{subscription.name}")
         self.consumer: KafkaConsumer | None = None
         self.assigned = threading.Event()
 
@@ -173,16 +191,21 @@ class Worker:
             self._report_lag(consumer)
 
     def _loop_unordered(self, consumer: KafkaConsumer) -> None:
-        """Up to ``WINDOW`` records in flight at once, whatever their partition, a
+        """Up to ``window`` records in flight at once, whatever their partition, a
         new one sent as soon as one is done (no waiting for the slowest of a
         poll); a partition's commit point is the offset up to which every
-        record was handled, so a crash redelivers only what may be unhandled."""
+        record was handled, so a crash redelivers only what may be unhandled.
+        Commits go out every ``COMMIT_EVERY_S`` while records are in flight
+        (at once when none is), not one per record."""
         pending: dict[TopicPartition, deque[tuple[int, Future[int | None]]]] = {}
         lag_reported = 0.0
+        window = self.sub.window
+        uncommitted: dict[TopicPartition, int] = {}
+        committed_at = 0.0
         while not self._stop.is_set():
             in_flight = sum(len(queue) for queue in pending.values())
-            if in_flight < WINDOW:
-                polled = consumer.poll(timeout_ms=20 if in_flight else 200, max_records=WINDOW - in_flight)
+            if in_flight < window:
+                polled = consumer.poll(timeout_ms=20 if in_flight else 200, max_records=window - in_flight)
                 if consumer.assignment():
                     self.assigned.set()
                 for tp, records in polled.items():
@@ -190,7 +213,6 @@ class Worker:
                     queue.extend((r.offset, self._pool.submit(self._deliver_partition, [r])) for r in records)
             else:
                 wait([queue[0][1] for queue in pending.values() if queue], timeout=0.2, return_when=FIRST_COMPLETED)
-            offsets = {}
             for tp, queue in pending.items():
                 while queue and queue[0][1].done():
                     offset, future = queue.popleft()
@@ -198,9 +220,12 @@ class Worker:
                         consumer.seek(tp, offset)
                         queue.clear()
                         break
-                    offsets[tp] = offset + 1
-            if offsets:
-                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+                    uncommitted[tp] = offset + 1
+            idle = not any(pending.values())
+            if uncommitted and (idle or time.monotonic() - committed_at >= COMMIT_EVERY_S):
+                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in uncommitted.items()})
+                uncommitted = {}
+                committed_at = time.monotonic()
             if time.monotonic() - lag_reported > 1.0:
                 self._report_lag(consumer)
                 lag_reported = time.monotonic()
@@ -259,11 +284,13 @@ class Worker:
                 code, answer = response.status, response.data or b""
             except urllib3.exceptions.HTTPError as exc:
                 code, answer = 0, type(exc).__name__.encode()
+                telemetry.DISPATCH_FAILED_ATTEMPTS.labels(self.sub.name, "0").inc()
                 log.info("delivery of %s to %s failed: %s", event.id, self.sub.target, type(exc).__name__)
                 continue
             if 200 <= code < 300:
                 self._reply(response)
                 return "delivered", code, b""
+            telemetry.DISPATCH_FAILED_ATTEMPTS.labels(self.sub.name, str(code)).inc()
             if code < 500 and code not in RETRYABLE:
                 return "rejected", code, answer
         return ("stopped" if self._stop.is_set() else "exhausted"), code, answer
@@ -287,12 +314,16 @@ class Worker:
             return
         headers = list(record.headers or []) if from_kafka(record.headers or [], record.value) else \
             to_kafka_headers(event)
-        headers += [("ce_knativeerrorcode", str(code).encode()),
-                    ("ce_knativeerrordest", self.sub.target.encode()),
-                    ("ce_knativeerrordata", base64.b64encode(answer[:ERROR_DATA_BYTES])),
-                    ("ce_pulsesourcetopic", record.topic.encode()),
-                    ("ce_pulsesourceoffset", f"{record.partition}:{record.offset}".encode())]
-        self.producer.send(topic, key=record.key, value=record.value, headers=headers).get(30)
+        value = record.value
+        if self.spool_dir is not None and event.get(spool.ATTRIBUTE):
+            # A record carried by reference goes with its data, and its spool segment may go.
+            with contextlib.suppress(InvalidInput):
+                spooled = spool.resolve(self.spool_dir, event)
+                if spooled is not None:
+                    headers, value = to_kafka_headers(spooled), spooled.data
+            spool.mark_dead(self.spool_dir, event.id)
+        headers += error_headers(code, self.sub.target, answer, record.topic, f"{record.partition}:{record.offset}")
+        self.producer.send(topic, key=record.key, value=value, headers=headers).get(30)
         telemetry.DEAD_LETTERS.labels(self.sub.name).inc()
         log.warning("subscription %s dead-lettered %s (status %s)", self.sub.name, event.id, code)
 
@@ -314,13 +345,14 @@ class _Stopping(Exception):
 
 
 class Dispatcher:
-    def __init__(self, bootstrap: str, subscriptions: Sequence[Subscription]) -> None:
+    def __init__(self, bootstrap: str, subscriptions: Sequence[Subscription], spool_dir: Path | None = None) -> None:
         self.bootstrap = bootstrap
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                       max_request_size=kafka_bus.MAX_RECORD_BYTES, linger_ms=1)
         # A connection per delivery thread, so none is opened and dropped per record.
-        self.http = urllib3.PoolManager(num_pools=16, maxsize=WINDOW, retries=False)
-        self.workers = [Worker(sub, bootstrap, self.producer, self.http) for sub in subscriptions]
+        self.http = urllib3.PoolManager(num_pools=16, maxsize=max((s.window for s in subscriptions), default=WINDOW),
+                                        retries=False)
+        self.workers = [Worker(sub, bootstrap, self.producer, self.http, spool_dir) for sub in subscriptions]
 
     def start(self, wait_assigned_s: float = 30.0) -> None:
         for worker in self.workers:

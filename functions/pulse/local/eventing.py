@@ -32,7 +32,7 @@ from werkzeug.wrappers import Request, Response
 from pulse.bus.cloudevents import CloudEvent, receive
 from pulse.bus.kafka import Producer
 from pulse.errors import InvalidInput
-from pulse.local.dispatcher import DeliverySpec, Subscription
+from pulse.local.dispatcher import WINDOW, DeliverySpec, Subscription
 from pulse.local.wiring import RELEASE_NAMESPACE, Broker, Delivery, Destination, Wiring, WiringError
 from pulse.security.eventauth import EventAuth, LocalIssuer, TokenSource, knative_oidc_subject
 from pulse.web.http import EventCheck, HttpFunction, Route
@@ -83,17 +83,18 @@ def token_for(issuer: LocalIssuer | None, destination: Destination, subject: str
 
 
 def subscriptions(wiring: Wiring, address: Callable[[Destination], str],
-                  issuer: LocalIssuer | None = None) -> list[Subscription]:
+                  issuer: LocalIssuer | None = None, source_window: int = WINDOW) -> list[Subscription]:
     """The dispatcher's work as the chart describes it: one subscription per
     KafkaSource and one per Trigger (its own consumer group on the Broker's
     topic, its exact attribute filter, replies back into the Broker), each
-    presenting its sender's token when an issuer is given."""
+    presenting its sender's token when an issuer is given. An unordered
+    KafkaSource keeps up to ``source_window`` records in flight."""
     subs = [Subscription(
         name=source.name, topics=source.topics, group=source.consumer_group,
         target=address(source.sink), delivery=delivery_spec(source.delivery),
         initial_offset=source.initial_offset, ordered=source.ordering == "ordered",
         source_uri=f"/apis/v1/namespaces/pulse/kafkasources/{source.name}",
-        token=token_for(issuer, source.sink, sender("KafkaSource", source.name)),
+        token=token_for(issuer, source.sink, sender("KafkaSource", source.name)), window=source_window,
     ) for source in wiring.sources]
     brokers = {b.name: b for b in wiring.brokers}
     for trigger in wiring.triggers:

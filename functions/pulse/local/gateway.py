@@ -3,8 +3,10 @@ the embedded run, routing paths to the functions as the cluster's HTTPRoutes do.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +29,13 @@ access = logging.getLogger("pulse.access")
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        # werkzeug writes a response's headers and body apart: with Nagle's algorithm
+        # the body waits for the client's delayed ACK of the headers (~40 ms a request).
+        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def version_string(self) -> str:
         return "Pulse"  # not werkzeug's and Python's versions
 
@@ -38,11 +47,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class Server:
-    """One WSGI app on one port, in a thread."""
+    """One WSGI app on one port, in a thread; on ``listener`` when given (a socket
+    bound and listening already, shared by several processes)."""
 
-    def __init__(self, name: str, app: WSGIApp, host: str, port: int) -> None:
+    def __init__(self, name: str, app: WSGIApp, host: str, port: int, listener: socket.socket | None = None) -> None:
         self.name = name
-        self.httpd: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+        if listener is not None:
+            host, port = listener.getsockname()[:2]
+        self.httpd: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler,
+                                                 fd=listener.fileno() if listener is not None else None)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"http-{name}", daemon=True)
 
     @property
@@ -63,12 +76,19 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
 
 
+PEER = "X-Pulse-Peer"  # a front's client address, for the gateway behind it
+FRONT = "X-Pulse-Front"  # the key that shows a request comes from a front
+
+
 class Proxy:
     """A function served by other processes: each request goes to the next of
-    their URLs, the body streamed both ways."""
+    their URLs, the body streamed both ways. With ``front_key`` (a front
+    handing paths to the main process's gateway) the client's address goes
+    along in ``X-Pulse-Peer``, vouched for by the key."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], front_key: str = "") -> None:
         self.urls = itertools.cycle(urls)
+        self.front_key = front_key
         self.http = urllib3.PoolManager(maxsize=64, retries=False)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -79,6 +99,9 @@ class Proxy:
                    if key.startswith("HTTP_") and key[5:].replace("_", "-").lower() not in HOP_BY_HOP}
         if environ.get("CONTENT_TYPE"):
             headers["Content-Type"] = environ["CONTENT_TYPE"]
+        if self.front_key:
+            headers[PEER] = environ.get("REMOTE_ADDR", "")
+            headers[FRONT] = self.front_key
         length = environ.get("CONTENT_LENGTH")
         body: Any = None
         if length:
@@ -125,23 +148,38 @@ class Gateway:
     the function's logs and the answer agree, and set here on answers that
     lack it (a proxied failure). One ``pulse.access`` log line per answer
     (method, path, status, milliseconds, function) once its body is sent.
+
+    Two places, one class: with ingest processes, each serves the public port
+    with a gateway of ``{"ingest": <its own ingest>}`` whose ``host`` is a
+    ``Proxy`` to the main process (a *front*: ingest's requests never enter
+    the main process, whose interpreter persist keeps busy); the main process
+    serves every other path on a loopback port with the gateway that holds
+    the host's own routes, takes the client's address a front vouches for
+    (``front_key``) and logs nothing a front already logged.
     """
 
-    def __init__(self, route: Callable[[str], str | None], apps: dict[str, WSGIApp], host: HttpFunction) -> None:
+    def __init__(self, route: Callable[[str], str | None], apps: dict[str, WSGIApp],
+                 host: HttpFunction | WSGIApp, front_key: str = "", log_access: bool = True) -> None:
         self.route = route
         self.apps = apps
-        self.host = host
+        self.host: WSGIApp = host.wsgi if isinstance(host, HttpFunction) else host
+        self.front_key = front_key
+        self.log_access = log_access
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
+        vouched = environ.pop("HTTP_X_PULSE_FRONT", "")
+        peer = environ.pop("HTTP_X_PULSE_PEER", "")
+        if self.front_key and peer and hmac.compare_digest(vouched, self.front_key):
+            environ["REMOTE_ADDR"] = peer  # the client's, as the front saw it
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         environ["HTTP_X_REQUEST_ID"] = request_id
         path = environ.get("PATH_INFO", "/")
         function = "host" if host_serves(path) else (self.route(path) or "host")
         app = self.apps.get(function) if function != "host" else None
-        if app is None:
-            function, app = "host", self.host.wsgi
+        if app is None:  # the host's own path, one no function serves (its 404), or in a front: the main process
+            app = self.host
         status = ["-"]
 
         def answer(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -151,7 +189,7 @@ class Gateway:
             return start_response(line, headers, exc_info) if exc_info else start_response(line, headers)
 
         body = app(environ, answer)
-        if not access.isEnabledFor(logging.INFO):  # JSON logs: each function logs its own line
+        if not self.log_access or not access.isEnabledFor(logging.INFO):  # JSON logs: each function logs its own
             return body
         return _Logged(body, lambda: access.info(
             "%s %s %s", environ.get("REQUEST_METHOD", ""), path, status[0],

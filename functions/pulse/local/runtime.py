@@ -15,20 +15,28 @@ stops (each wait bounded by ``shutdown_timeout_s``, the drain by ``timeout_s``).
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import orjson
+
+from pulse import telemetry
 from pulse.aggregate import Aggregate
 from pulse.auth import Auth
 from pulse.bus import kafka as kafka_bus
 from pulse.bus import sink
+from pulse.bus.cloudevents import CloudEvent
+from pulse.errors import InvalidInput
 from pulse.export import Export
 from pulse.host import Host, probe_functions
 from pulse.ingest import Ingest
 from pulse.local import wiring as wiring_mod
-from pulse.local.dispatcher import Dispatcher, Subscription
+from pulse.local.dispatcher import Dispatcher, Subscription, error_headers
 from pulse.local.embedded import EmbeddedStack
 from pulse.local.eventing import (
     BrokerIngress,
@@ -43,7 +51,8 @@ from pulse.local.eventing import (
     token_for,
 )
 from pulse.local.gateway import Gateway, Proxy, Server, WSGIApp
-from pulse.local.worker import FunctionProcess
+from pulse.local.recovery import replay_spool
+from pulse.local.worker import Front, FunctionProcess
 from pulse.persist import Persist
 from pulse.security.eventauth import LocalIssuer
 from pulse.security.tokens import generate_key_file
@@ -71,6 +80,7 @@ class Runtime:
     host: Host | None = None
     brokers: dict[str, Server] = field(default_factory=dict)
     pings: PingScheduler | None = None
+    public_url: str = ""
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Runtime:
@@ -82,6 +92,8 @@ class Runtime:
             services.verify(sorted({need for needs in NEEDS.values() for need in needs}))
             migrate_postgres(services.db)
             persons.after_migrations(services.db, services.ch, migrate_clickhouse(services.ch, self.settings))
+            if services.ch.embedded:
+                telemetry.watch_engine_memory(services.ch.memory)
             wiring = self.wiring = wiring_mod.load_wiring(self.chart_values)
             self._check(wiring)
             kafka_bus.ensure_topics(self.settings.kafka_bootstrap or "", self._topics(wiring))
@@ -96,19 +108,29 @@ class Runtime:
             services.ce_audiences, services.ce_senders = function_senders(wiring)
             services.sink_tokens.update({b.function: issuer.source(b.sink.audience or "", sender("SinkBinding", b.name))
                                          for b in wiring.sink_bindings})
-            # ingest in processes of its own unless settings say 0 (pulse.local.worker).
-            self.processes = [FunctionProcess("ingest", self.settings).start()
+            persist = Persist(services)
+            if self.settings.spool_dir:  # what ingest acknowledged before a hard stop (pulse.local.recovery)
+                replay_spool(Path(self.settings.spool_dir), persist, self._dead_letter)
+            # The public port; with ingest in processes of its own (unless settings say 0), they serve it
+            # and hand other paths to the main process's gateway on a loopback port (pulse.local.worker).
+            public = socket.create_server((host, self.settings.gateway_port))
+            self.public_url = f"http://{host}:{public.getsockname()[1]}"
+            inner = socket.create_server(("127.0.0.1", 0)) if self.settings.ingest_processes else None
+            front = Front(public, f"http://127.0.0.1:{inner.getsockname()[1]}", wiring, secrets.token_urlsafe(24)) \
+                if inner is not None else None
+            self.processes = [FunctionProcess("ingest", self.settings, front).start()
                               for _ in range(self.settings.ingest_processes)]
             self.functions = {
                 **({} if self.processes else {"ingest": Ingest(services)}),
                 "auth": Auth(services),
-                "persist": Persist(services),
+                "persist": persist,
                 "aggregate": Aggregate(services),
                 "export": Export(services),
             }
             for name, function in self.functions.items():
                 self.servers[name] = Server(name, function.wsgi, host, 0).start()
-            self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions())
+            self.dispatcher = Dispatcher(self.settings.kafka_bootstrap or "", self.subscriptions(),
+                                         Path(self.settings.spool_dir) if self.settings.spool_dir else None)
             self.dispatcher.start()
             ping_tokens = {self._address(p.sink): token_for(issuer, p.sink, sender("PingSource", p.name))
                            for p in wiring.pings}
@@ -120,14 +142,35 @@ class Runtime:
             if self.processes:
                 apps["ingest"] = Proxy([p.url for p in self.processes])
             self.host = Host(self.function_readiness, self.settings.public_url)
-            gateway = Gateway(wiring.route_for, apps, self.host)
-            self.gateway = Server("gateway", gateway, host, self.settings.gateway_port).start()
+            if front is not None and inner is not None:  # behind the ingest processes' fronts
+                gateway = Gateway(wiring.route_for, apps, self.host, front.key, log_access=False)
+                self.gateway = Server("gateway", gateway, host, 0, inner).start()
+            else:
+                self.gateway = Server("gateway", Gateway(wiring.route_for, apps, self.host), host, 0, public).start()
+            for listener in (public, inner):  # the servers, and the fronts, hold their own copies
+                if listener is not None:
+                    listener.close()
         except BaseException:
             self.stop(drain=False)
             raise
         log.info("pulse is up", extra={"fields": {"gateway": self.gateway_url,
                                                   "seconds": round(time.monotonic() - started, 2)}})
         return self
+
+    def _dead_letter(self, event: CloudEvent, refusal: InvalidInput, position: str) -> None:
+        """A spooled record persist refuses goes where the raw source's refusals go."""
+        if self.wiring is None or self.services is None:
+            raise RuntimeError("the runtime is not started")
+        source = next(s for s in self.wiring.sources if self.settings.raw_topic in s.topics)
+        topic = source.delivery.dead_letter_topic
+        if not topic:
+            log.error("dropped spooled record %s that persist refused (no dead-letter sink)", event.id)
+            return
+        answer = orjson.dumps({"status": refusal.status, "detail": refusal.detail})
+        errors = error_headers(refusal.status, self._address(source.sink), answer, "spool", position)
+        attributes = {**event.attributes, **{name[3:]: value.decode() for name, value in errors}}
+        self.services.producer.send(topic, event.get("partitionkey") or "", CloudEvent(attributes, event.data))
+        log.warning("spooled record %s refused by persist, dead-lettered", event.id)
 
     def _check(self, wiring: wiring_mod.Wiring) -> None:
         topics = {topic for source in wiring.sources for topic in source.topics}
@@ -161,7 +204,7 @@ class Runtime:
     def subscriptions(self) -> list[Subscription]:
         if self.wiring is None:
             raise RuntimeError("the runtime is not started")
-        return subscriptions(self.wiring, self._address, self.issuer)
+        return subscriptions(self.wiring, self._address, self.issuer, self.settings.dispatch_window)
 
     def function_readiness(self) -> dict[str, bool]:
         """Each function's readiness, for the host's /readyz: in process, asked
@@ -179,7 +222,8 @@ class Runtime:
 
     @property
     def gateway_url(self) -> str:
-        return self.gateway.url if self.gateway else ""
+        """The public port's address (served by the ingest processes when there are any)."""
+        return self.public_url if self.gateway else ""
 
     def drain(self, timeout_s: float = 60.0) -> bool:
         if self.dispatcher is None:
@@ -215,6 +259,8 @@ class Runtime:
                 log.warning("%s still had requests in hand after %ss", function.name, bound_s)
         for server in [*self.servers.values(), *self.brokers.values()]:
             server.stop()
+        for function in self.functions.values():
+            function.close()
         if self.services is not None:
             self.services.close()
         if self.stack is not None:

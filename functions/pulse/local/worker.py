@@ -5,33 +5,53 @@ validating every event of every request) and persist's (ledger, inserts,
 notifications) would otherwise take turns for that one lock, and each
 request would also wait for its Kafka acknowledgement behind the other's
 work. ingest needs no ClickHouse, so it can live in another process (chDB
-opens its path in one process only); the gateway proxies its paths there, as
-a cluster's ingress routes to ingest's own pods.
+opens its path in one process only), as a cluster's ingress routes to
+ingest's own pods.
+
+Given a ``Front`` (the public port's socket, the main process's gateway URL,
+the route table), the child also serves the public port: a gateway that
+answers ingest's paths itself and proxies every other path to the main
+process (pulse.local.gateway). Several ingest processes share that socket;
+the kernel hands each connection to one of them. So ingest's requests never
+wait for the main process's interpreter.
 
 The child gets the parent's resolved settings (the embedded services' URLs
-included), answers on a free port, stops gracefully on SIGTERM (refuses new
-work with 503, finishes what it holds) and dies with its parent.
+included), answers on a free port as well, stops gracefully on SIGTERM
+(refuses new work with 503, finishes what it holds) and dies with its parent.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from pulse.local.embedded import die_with_parent
+from pulse.local.wiring import Wiring
 from pulse.settings import Settings
 
 FUNCTIONS_WITHOUT_CLICKHOUSE = ("ingest",)
+
+
+@dataclass(frozen=True)
+class Front:
+    """What a process needs to serve the public port."""
+
+    listener: socket.socket  # bound and listening, shared with the other ingest processes
+    upstream: str  # the main process's gateway
+    wiring: Wiring  # its route table
+    key: str  # vouches to the main gateway for the client address a front passes on
 
 
 @dataclass
 class FunctionProcess:
     name: str
     settings: Settings
+    front: Front | None = None
     url: str = ""
     process: BaseProcess | None = field(default=None, repr=False)
 
@@ -40,7 +60,7 @@ class FunctionProcess:
             raise ValueError(f"{self.name} needs the ClickHouse engine of the main process")
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
-        self.process = context.Process(target=_serve, args=(self.name, self.settings, sending),
+        self.process = context.Process(target=_serve, args=(self.name, self.settings, self.front, sending),
                                        name=f"pulse-{self.name}", daemon=True)
         self.process.start()
         sending.close()
@@ -69,13 +89,13 @@ class FunctionProcess:
         return process.exitcode == 0
 
 
-def _serve(name: str, settings: Settings, report: Connection) -> None:
+def _serve(name: str, settings: Settings, front: Front | None, report: Connection) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     from pulse.ingest import Ingest
-    from pulse.local.gateway import Server
+    from pulse.local.gateway import Gateway, Proxy, Server
     from pulse.services import Services
     from pulse.telemetry import configure_logging
 
@@ -84,6 +104,11 @@ def _serve(name: str, settings: Settings, report: Connection) -> None:
         services = Services(settings)
         function = {"ingest": Ingest}[name](services)  # FUNCTIONS_WITHOUT_CLICKHOUSE
         server = Server(name, function.wsgi, settings.host, 0).start()
+        public = None
+        if front is not None:
+            gateway = Gateway(front.wiring.route_for, {name: function.wsgi}, Proxy([front.upstream], front.key))
+            public = Server("front", gateway, settings.host, 0, front.listener).start()
+            front.listener.close()  # the server holds its own copy
     except BaseException as exc:
         report.send(("error", f"{type(exc).__name__}: {exc}"))
         raise
@@ -92,5 +117,8 @@ def _serve(name: str, settings: Settings, report: Connection) -> None:
     stop.wait()
     function.begin_stop()
     function.wait_idle(settings.shutdown_timeout_s)
+    if public is not None:
+        public.stop()
     server.stop()
+    function.close()
     services.close()

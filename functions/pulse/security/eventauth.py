@@ -21,6 +21,9 @@ Every ``/_ce/*`` route verifies, before its handler runs:
   patterns such as ``system:serviceaccount:pulse:*-oidc-sources.knative.dev-kafkasource``);
 
 and refuses anything else with 401 (nothing configured: everything refused).
+A sender presents the same token on every delivery until it renews it, so a
+token that passed is remembered (at most ``VERIFIED_TTL_S`` and never past
+its ``exp``) rather than its signature checked again per delivery.
 
 Embedded mode plays the same protocol: ``LocalIssuer`` holds a key under the
 state directory, the dispatcher and the sink present tokens it mints for the
@@ -36,7 +39,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,8 @@ from pulse.security.tokens import (
 
 log = logging.getLogger("pulse.security")
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+VERIFIED_TTL_S = 60.0  # how long a token that passed is taken on trust
+VERIFIED_MAX = 1024
 LOCAL_ISSUER = "pulse-embedded"
 TokenSource = Callable[[], str]
 
@@ -77,6 +82,7 @@ class EventAuth:
     issuer: Callable[[], str]
     audience: str | None
     subjects: tuple[str, ...]
+    _verified: dict[str, tuple[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def verify(self, authorization: str | None) -> str:
         """The sender's subject, or ``Unauthorized``."""
@@ -85,6 +91,18 @@ class EventAuth:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("internal events need Authorization: Bearer <OIDC token>")
+        now = time.time()
+        known = self._verified.get(token.strip())
+        if known is not None and now < known[1]:
+            return known[0]
+        subject, expires = self._check(token.strip())
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[token.strip()] = (subject, min(expires, now + VERIFIED_TTL_S))
+        return subject
+
+    def _check(self, token: str) -> tuple[str, float]:
+        """(subject, exp) of a token whose signature and claims hold; ``Unauthorized`` otherwise."""
         try:
             header = jwt.get_unverified_header(token.strip())
         except jwt.PyJWTError as exc:
@@ -107,7 +125,7 @@ class EventAuth:
         subject = claims["sub"]
         if not isinstance(subject, str) or not any(fnmatch.fnmatchcase(subject, p) for p in self.subjects):
             raise Unauthorized("this sender may not send internal events here")
-        return subject
+        return subject, float(claims["exp"])
 
 
 # The cluster: Kubernetes' service-account issuer ---------------------------------------

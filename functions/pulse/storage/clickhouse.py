@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,10 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from pulse.errors import Unavailable
+from pulse.group_commit import Announcement, GroupCommit
 from pulse.settings import CLUSTER_NAME
+
+__all__ = ["Announcement", "ClickHouse", "insert_group"]
 
 CHUNK = 1 << 16
 # Formats chDB streams block by block (their blocks concatenate into one valid stream).
@@ -63,22 +65,52 @@ class Layout:
         return self.every_replica.format(cluster=self.cluster, table=where)
 
 
+# The embedded engine's caches, each a share of one budget (``PULSE_CHDB_CACHE_MB``).
+# ClickHouse's own defaults are sized for a server (5 GiB of marks, 5 GiB of primary
+# index, ...) and grow as queries read parts, which in one process beside Pulse's
+# functions shows as memory that only rises. Caches left out keep their defaults
+# (the uncompressed and query caches are off, the page cache has no size).
+CACHE_SHARES = {
+    "mark_cache_size": 0.40,
+    "primary_index_cache_size": 0.20,
+    "index_mark_cache_size": 0.10,
+    "query_condition_cache_size": 0.10,
+    "compiled_expression_cache_size": 0.10,
+    "skipping_index_cache_size": 0.05,
+    "vector_similarity_index_cache_size": 0.05,
+}
+# What ``memory()`` reports, from system.metrics: the caches and all the engine tracks.
+MEMORY_METRICS = ("MemoryTracking", "MarkCacheBytes", "PrimaryIndexCacheBytes", "IndexMarkCacheBytes",
+                  "UncompressedCacheBytes", "QueryConditionCacheBytes", "CompiledExpressionCacheBytes",
+                  "QueryCacheBytes")
+
+
+def embedded_caches(total_mb: int) -> dict[str, int]:
+    """Engine options bounding the embedded engine's caches to ``total_mb`` in all."""
+    return {name: int(total_mb * share * 2**20) for name, share in CACHE_SHARES.items()}
+
+
 class ClickHouse:
-    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None) -> None:
+    def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None,
+                 engine_options: dict[str, int] | None = None) -> None:
         self.url = url
         self.layout = layout or Layout()
         self._database: str | None = None
         self.embedded = urlsplit(url).scheme == "chdb"
+        # Start-up options of the embedded engine (the first client in the process starts it).
+        self.engine_options = engine_options if self.embedded else None
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._max_idle = max_idle
         self._closed = False
         self._lock = threading.Lock()
-        self._groups: dict[tuple[str, tuple[str, ...]], _InsertGroup] = {}
+        self._groups: dict[tuple[str, tuple[str, ...]], GroupCommit[bytes, None]] = {}
         self._group_max_bytes = 32 * 1024 * 1024
         self.linger_s = linger_s
 
     def _open(self) -> Client:
         try:
+            if self.engine_options:
+                return clickhouse_connect.get_client(dsn=self.url, chdb_options=self.engine_options)
             return clickhouse_connect.get_client(dsn=self.url)
         except Exception as exc:  # noqa: BLE001 - any failure to open is "unreachable"
             raise Unavailable("clickhouse is unreachable") from exc
@@ -129,8 +161,7 @@ class ClickHouse:
         new part per table and view. Returns when this caller's rows are written;
         if the combined insert fails, every caller in it gets the error.
         ``announcement`` (from ``announce_insert``) ends as the rows are queued."""
-        self._group(table, columns).insert(body, lambda combined: self.insert_json_rows(table, columns, combined),
-                                           announcement)
+        self._group(table, columns).submit(body, announcement)
 
     def announce_insert(self, table: str, columns: Sequence[str]) -> Announcement:
         """Say that this caller will soon ``insert_grouped`` into the table, so the
@@ -139,12 +170,13 @@ class ClickHouse:
         that leads to the insert: leaving the block ends it if the insert did not."""
         return self._group(table, columns).announce()
 
-    def _group(self, table: str, columns: Sequence[str]) -> _InsertGroup:
+    def _group(self, table: str, columns: Sequence[str]) -> GroupCommit[bytes, None]:
         key = (table, tuple(columns))
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _InsertGroup(self._group_max_bytes, self.linger_s)
+                write = lambda body: self.insert_json_rows(table, list(columns), body)  # noqa: E731
+                group = self._groups[key] = insert_group(write, self._group_max_bytes, self.linger_s)
             return group
 
     def insert_json_rows(self, table: str, columns: Sequence[str], body: bytes) -> None:
@@ -181,6 +213,12 @@ class ClickHouse:
                 while chunk := read(CHUNK):
                     yield chunk
 
+    def memory(self) -> dict[str, float]:
+        """The engine's memory by kind (``MEMORY_METRICS``), in bytes; for a server too."""
+        return {str(name): float(value) for name, value in self.rows(
+            "SELECT metric, value FROM system.metrics WHERE has({names:Array(String)}, metric)",
+            {"names": list(MEMORY_METRICS)})}
+
     def ping(self) -> bool:
         try:
             return self.rows("SELECT 1") == [(1,)]
@@ -197,99 +235,14 @@ class ClickHouse:
                 return
 
 
-class _Ticket:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+def insert_group(write: Callable[[bytes], None], max_bytes: int, linger_s: float) -> GroupCommit[bytes, None]:
+    """Inserts of ``JSONEachRow`` bodies written as one (``max_bytes`` at most per insert)."""
 
+    def combined(bodies: list[bytes]) -> list[None]:
+        write(b"\n".join(bodies))
+        return [None] * len(bodies)
 
-class Announcement:
-    """An insert a caller means to make; a ``with`` block, or the insert itself,
-    ends it."""
-
-    def __init__(self, group: _InsertGroup) -> None:
-        self.group = group
-        self.live = True
-
-    def __enter__(self) -> Announcement:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.group.withdraw(self)
-
-
-class _InsertGroup:
-    """Callers queue their rows; whoever finds no insert running becomes the
-    leader and writes everything queued (up to ``max_bytes`` per insert) until
-    the queue is empty, then wakes each caller with the outcome of its insert.
-
-    Callers may announce an insert they are about to make: a leader waits for
-    announced rows, up to ``linger_s``, before writing, since every insert
-    costs a new part per table and view whatever its size."""
-
-    def __init__(self, max_bytes: int, linger_s: float) -> None:
-        self.max_bytes = max_bytes
-        self.linger_s = linger_s
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-        self.queue: list[_Ticket] = []
-        self.busy = False
-        self.announced = 0
-
-    def announce(self) -> Announcement:
-        with self.lock:
-            self.announced += 1
-        return Announcement(self)
-
-    def withdraw(self, announcement: Announcement) -> None:
-        with self.lock:
-            self._take_back(announcement)
-
-    def _take_back(self, announcement: Announcement | None) -> None:
-        if announcement is not None and announcement.live:
-            announcement.live = False
-            self.announced -= 1
-            self.changed.notify_all()
-
-    def insert(self, body: bytes, write: Any, announcement: Announcement | None = None) -> None:
-        ticket = _Ticket(body)
-        with self.lock:
-            self.queue.append(ticket)
-            self._take_back(announcement)
-            leader = not self.busy
-            self.busy = True
-            self.changed.notify_all()
-        if leader:
-            self._lead(write)
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _lead(self, write: Any) -> None:
-        while True:
-            with self.lock:
-                deadline = time.monotonic() + self.linger_s
-                while (self.announced and sum(len(t.body) for t in self.queue) < self.max_bytes
-                       and (left := deadline - time.monotonic()) > 0):
-                    self.changed.wait(left)
-                taken: list[_Ticket] = []
-                size = 0
-                while self.queue and (not taken or size + len(self.queue[0].body) <= self.max_bytes):
-                    ticket = self.queue.pop(0)
-                    taken.append(ticket)
-                    size += len(ticket.body)
-                if not taken:
-                    self.busy = False
-                    return
-            error: BaseException | None = None
-            try:
-                write(b"\n".join(t.body for t in taken))
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller in the group
-                error = exc
-            for ticket in taken:
-                ticket.error = error
-                ticket.done.set()
+    return GroupCommit(combined, max_size=max_bytes, size=len, linger_s=linger_s)
 
 
 def _close_quietly(client: Client) -> None:

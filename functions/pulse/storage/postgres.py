@@ -51,6 +51,9 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     if socket_dir and socket_dir.startswith("/"):
         port = parts.port or 5432
         kwargs["unix_sock"] = f"{socket_dir}/.s.PGSQL.{port}"
+        # No TLS over a local socket (as libpq); pg8000 would otherwise build a TLS
+        # context per connection (~10 ms of CPU) only to be told no.
+        kwargs["ssl_context"] = False
     else:
         kwargs["host"] = parts.hostname or "localhost"
         kwargs["port"] = parts.port or 5432
@@ -63,6 +66,8 @@ class Database:
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(max_connections)
         self._closed = False
+        self._sessions: list[Connection] = []
+        self._sessions_lock = threading.Lock()
 
     def _open(self) -> Connection:
         try:
@@ -114,6 +119,19 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
+    def session(self) -> Connection:
+        """A connection of the caller's own, outside the pool (for session state
+        such as advisory locks); ended by ``end_session``, or at the latest by ``close``."""
+        conn = self._open()
+        with self._sessions_lock:
+            self._sessions.append(conn)
+        return conn
+
+    def end_session(self, conn: Connection) -> None:
+        with self._sessions_lock:
+            self._sessions = [c for c in self._sessions if c is not conn]
+        _close_quietly(conn)
+
     def run(self, sql: str, **params: Any) -> list[list[Any]]:
         return self.call(lambda conn: conn.run(sql, **params) or [])
 
@@ -136,6 +154,10 @@ class Database:
     def close(self) -> None:
         self._closed = True
         self._drain()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for conn in sessions:
+            _close_quietly(conn)
 
 
 def in_transaction(conn: Connection, work: Callable[[], T]) -> T:

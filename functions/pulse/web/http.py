@@ -244,6 +244,9 @@ class HttpFunction:
         """Take no more work: every route but the probes answers 503 from now on."""
         self.stopping = True
 
+    def close(self) -> None:
+        """Release what the function holds beyond its services (after ``wait_idle``)."""
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until the requests in hand are answered; False if some still run after ``timeout_s``."""
         with self._idle:
