@@ -497,8 +497,9 @@ def test_the_overview_reads_spans_where_they_hold_and_answers_as_the_events_tabl
 
 
 def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) -> None:
-    """A session whose events came in two inserts has a row in each part until they
-    merge: counted once, as after the merge."""
+    """A session whose events came in several inserts has a row in each part until
+    they merge: counted once, as after the merge, and as when the table is merged
+    into one part."""
     from pulse.core import rollups, stats
     from pulse.core.filters import parse_filters
     from tests.conftest import make_event, wait_persisted
@@ -516,7 +517,10 @@ def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) ->
     rows = ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0]
     assert parts > 1 and rows > 4, "the case is one session in several parts"
     assert stats.overview(ch, f)["unique_sessions"] == 4 == stats.overview(ch, f, rollups=False)["unique_sessions"]
-    for kind in ((int(parts), str(largest), False), (int(parts), str(largest), True)):
-        sessions, extra = rollups.sessions_reaching(*kind)
+    for cluster in (False, True):
+        sessions, extra = rollups.sessions_reaching(str(largest), cluster)
         where, params = stats.condition(f, time_column=None)
         assert ch.rows(f"SELECT {sessions} FROM session_spans WHERE {where}", {**params, **extra})[0][0] == 4
+    ch.command("OPTIMIZE TABLE session_spans FINAL")
+    assert ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0] == 4
+    assert stats.overview(ch, f)["unique_sessions"] == 4

@@ -74,7 +74,7 @@ def span_state(layout: Layout) -> str:
                              type_hours=layout.local("type_hours"), parts=layout.on_every_replica("system.parts"))
 
 
-# The session span table's parts: how many (on every node) and the largest one.
+# The session span table's parts (on every node): how many, and the largest one.
 SESSION_PARTS = ("SELECT count(), argMax(name, rows) FROM {parts} WHERE active AND database = currentDatabase()"
                  " AND table = '{table}'")
 
@@ -83,18 +83,18 @@ def session_parts(layout: Layout) -> str:
     return SESSION_PARTS.format(parts=layout.on_every_replica("system.parts"), table=layout.local("session_spans"))
 
 
-def sessions_reaching(parts: int, largest: str, cluster: bool) -> tuple[str, dict[str, str]]:
+def sessions_reaching(largest: str, cluster: bool) -> tuple[str, dict[str, str]]:
     """The distinct sessions among ``session_spans`` rows that reach into the
     range (``SPAN_REACHES``), and its parameters. Each part holds a session at
     most once (a view's insert groups by session; a merge joins its rows), so a
     session in several rows has one in a part other than the largest: the rows
     are counted, less those repeated, which are found among the few sessions
-    of the other parts. Merged into one part, that is a count of rows. On a
-    cluster a session's rows may sit on several shards: a distinct count."""
+    of the other parts (none when the table is merged into one part; a part
+    written or merged since ``largest`` was read is among the others, so the
+    count stays exact). On a cluster a session's rows may sit on several
+    shards: a distinct count."""
     if cluster:
         return f"uniqExactIf(session_id, {SPAN_REACHES})", {}
-    if parts <= 1:
-        return f"countIf({SPAN_REACHES})", {}
     repeated = ("session_id IN (SELECT session_id FROM session_spans WHERE project_id = {f_project:UUID}"
                 " AND _part != {largest:String})")
     return (f"countIf({SPAN_REACHES}) - countIf({SPAN_REACHES} AND {repeated})"

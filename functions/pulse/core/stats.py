@@ -327,8 +327,8 @@ def overview_from_spans(ch: ClickHouse, filters: Filters, who: Resolver) -> dict
         return None
     counted, params = condition(filters, time_column="hour")
     spanned, _ = condition(filters, time_column=None)
-    parts, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
-    sessions, extra = sessions_reaching(int(parts), str(largest), bool(ch.layout.cluster))
+    _, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
+    sessions, extra = sessions_reaching(str(largest), bool(ch.layout.cluster))
     params.update(extra)
     e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
                  params)[0]
