@@ -802,8 +802,12 @@ def paths(events: list[Event], anchor: str, forward: bool = True, steps: int = 3
     node_users: Counter[tuple[int, tuple[str, str]]] = Counter()
     node_events: Counter[tuple[int, tuple[str, str]]] = Counter()
     edge_users: Counter[tuple[str, str]] = Counter()
+    def order(e: Event) -> tuple[Any, ...]:  # time, then name: event types before page paths
+        n = name(e)
+        return (e.at, 1, n[1]) if n[1] else (e.at, 0, n[0])
+
     for mine in by_person.values():
-        mine.sort(key=lambda e: (e.at, e.event_id))
+        mine.sort(key=order)
         marks = [i for i, e in enumerate(mine) if is_anchor(e)]
         if not marks:
             continue

@@ -82,7 +82,7 @@ def test_every_statement_runs_on_the_cluster_and_sharded_tables_keep_their_names
 def test_views_read_and_write_the_local_tables() -> None:
     statements = [s for _, ss in _rendered() for s in ss]
     views = [s for s in statements if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 7
+    assert len(views) == 8
     for view in views:
         target = re.search(r" TO (\w+) AS", view).group(1)
         sources = re.findall(r"\bFROM (\w+)", view)
@@ -93,7 +93,7 @@ def test_views_read_and_write_the_local_tables() -> None:
 
 def test_backfills_run_on_each_shard_and_are_not_taken_for_retries() -> None:
     inserts = [s for _, ss in _rendered() for s in ss if s.startswith("INSERT")]
-    assert len(inserts) == 9
+    assert len(inserts) == 10
     for insert in inserts:
         assert insert.endswith("insert_deduplicate = 0"), insert
         # every source and target keeps a user's rows together, or is a plain sum

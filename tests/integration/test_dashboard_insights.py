@@ -145,7 +145,10 @@ def test_cohorts_view_makes_lists_and_filters_by_them(pulse: Any, tabs: Any) -> 
     page.wait_for_selector("#cohorts-view", state="visible")
     page.wait_for_function("() => document.querySelector('#cohorts-view').dataset.state === 'empty'")
     page.fill("#cohort-name", "Early users")
-    page.fill("#cohort-users", "u1\nu2\nvisitor-3")
+    page.set_input_files("#cohort-file", files=[{"name": "users.csv", "mimeType": "text/csv",
+                                                 "buffer": b"user_id,plan\nu1,pro\nu2,free\nvisitor-3,pro\n"}])
+    page.wait_for_function("() => document.querySelector('#cohort-users').value.includes('visitor-3')")
+    assert page.input_value("#cohort-users") == "u1\nu2\nvisitor-3", "the header line is left out"
     page.click("#cohort-form button[type=submit]")
     page.wait_for_function("() => document.querySelectorAll('#cohorts tbody tr').length === 1")
     page.fill("#cohort-name", "Buyers")

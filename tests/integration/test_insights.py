@@ -473,3 +473,54 @@ def test_a_cohort_parameter_must_be_an_id(seeded: Seeded) -> None:
     for value in ("nope", str(uuid.uuid4())):
         answer = seeded.api.get(f"/v1/stats/events?cohort={value}")
         assert answer.status == 400 and answer.json["errors"][0]["field"] == "cohort"
+
+
+# The overview from the span tables ---------------------------------------------
+
+@pytest.mark.parametrize(("after_first", "before_last", "tz"), [(0, 0, "UTC"), (0, 30, "Europe/Kyiv"),
+                                                                (30, 0, "UTC"), (40, 15, "Europe/Kyiv")])
+def test_the_overview_reads_spans_where_they_hold_and_answers_as_the_events_table(
+        pulse: Any, seeded: Seeded, after_first: int, before_last: int, tz: str) -> None:
+    from pulse.core import stats
+    from pulse.core.filters import parse_filters
+
+    ch = pulse.services.ch
+    first, last = seeded.first + timedelta(days=after_first), seeded.last - timedelta(days=before_last)
+    f = parse_filters({"from": [first.isoformat()], "to": [last.isoformat()], "tz": [tz]}, seeded.project_id, 731)
+    who = stats.resolver(ch, seeded.project_id)
+    fast = stats.overview_from_spans(ch, f, who)
+    times = [e.at for e in seeded.data.events]
+    assert (fast is not None) == (f.start <= min(times) or f.end > max(times))
+    assert stats.overview(ch, f) == stats.overview(ch, f, rollups=False)
+    everything = oracle.select(seeded.data, first, last, tz, include_bots=True)
+    assert stats.overview(ch, f) == oracle.overview(everything)
+
+
+def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) -> None:
+    """A session whose events came in several inserts has a row in each part until
+    they merge: counted once, as after the merge, and as when the table is merged
+    into one part."""
+    from pulse.core import rollups, stats
+    from pulse.core.filters import parse_filters
+    from tests.conftest import make_event, wait_persisted
+
+    ch = pulse.services.ch
+    now = datetime.now(UTC)
+    for batch in range(3):
+        events = [make_event(user_id=f"s-user-{n}", session_id=f"s-{n % 4}",
+                             occurred_at=(now - timedelta(hours=batch + 1, minutes=n)).isoformat())
+                  for n in range(8)]
+        assert project.api.post("/v1/events", {"events": events}).status == 202
+        wait_persisted(pulse)
+    f = parse_filters({}, project.project_id, 731)
+    parts, largest = ch.rows(rollups.session_parts(ch.layout))[0]
+    rows = ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0]
+    assert parts > 1 and rows > 4, "the case is one session in several parts"
+    assert stats.overview(ch, f)["unique_sessions"] == 4 == stats.overview(ch, f, rollups=False)["unique_sessions"]
+    for cluster in (False, True):
+        sessions, extra = rollups.sessions_reaching(str(largest), cluster)
+        where, params = stats.condition(f, time_column=None)
+        assert ch.rows(f"SELECT {sessions} FROM session_spans WHERE {where}", {**params, **extra})[0][0] == 4
+    ch.command("OPTIMIZE TABLE session_spans FINAL")
+    assert ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0] == 4
+    assert stats.overview(ch, f)["unique_sessions"] == 4

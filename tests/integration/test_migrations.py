@@ -53,8 +53,8 @@ def test_clickhouse_migrations_are_idempotent_and_the_ttl_is_configurable(pulse:
         "SELECT name, extract(create_table_query, 'min_age_to_force_merge_seconds = (\\d+)') FROM system.tables"
         " WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
         " AND name NOT IN ('events', 'schema_migrations', 'person_properties', 'cohort_members')"))
-    assert merged == {"type_spans": "60", "page_spans": "60", "actor_hours": "120", "actor_type_hours": "120",
-                      "page_hours": "120", "type_hours": "120", "path_hours": "120"}
+    assert merged == {"type_spans": "60", "page_spans": "60", "session_spans": "60", "actor_hours": "120",
+                      "actor_type_hours": "120", "page_hours": "120", "type_hours": "120", "path_hours": "120"}
 
 
 def test_migration_names_are_checked(tmp_path: Path, scratch_db: Database) -> None:

@@ -58,7 +58,7 @@ def test_a_country_breakdown_reads_the_hourly_rollup_and_a_property_the_events()
     f = filters(**{"from": "2026-10-01", "to": "2026-10-31", "tz": "Europe/Kyiv"})
     by_country = breakdowns.make(["country"])
     sql, params = stats.events_query(f, "day", ACTORS, by_country)
-    assert "FROM actor_hours" in sql and "GROUPING SETS ((b, t), (t))" in sql
+    assert "FROM actor_hours" in sql
     only_bound(sql, params)
     by_plan = breakdowns.make([f"properties.{'plan'}"])
     sql, params = stats.events_query(f, "day", PERSONS, by_plan)
@@ -74,7 +74,19 @@ def test_person_breakdowns_join_the_persons_newest_properties() -> None:
     assert bd is not None
     sql, params = stats.events_query(filters(), "week", PERSONS, bd)
     assert "person_properties FINAL" in sql and "LEFT ANY JOIN" in sql and params["bd_pk0"] == "plan"
-    assert "vrank <= 2" in sql and "'$other'" in sql
+    assert "GROUPING SETS ((b, t), (t))" in breakdowns.split_query(sql, "b", bd)
+    assert "NOT has({bd_top:Array(Array(String))}, [bd0])" in breakdowns.others_query(sql, "b", bd)
+    assert "vrank <= 2" in breakdowns.ranked(sql, ["b"], bd) and "'$other'" in breakdowns.ranked(sql, ["b"], bd)
+
+
+def test_values_are_kept_by_users_then_by_text_and_the_rest_is_other() -> None:
+    bd = breakdowns.Breakdown(("country",), 2)
+    first = [("d1", ["UA"], 5, 3, 0), ("d1", ["DE"], 4, 3, 0), ("d2", ["FR"], 9, 2, 0),
+             (None, ["UA"], 5, 3, 1), (None, ["DE"], 4, 3, 1), (None, ["FR"], 9, 2, 1)]
+    kept = breakdowns.top(first, bd)
+    assert kept == [["DE"], ["UA"]]  # 3 users each: by text; FR has fewer users though more events
+    assert breakdowns.assemble(first, kept, [("d2", 9, 2)], bd) == [
+        ("d1", ["UA"], 2, 5, 3), ("d1", ["DE"], 1, 4, 3), ("d2", ["$other"], 3, 9, 2)]
 
 
 def test_retention_split_takes_each_persons_first_event() -> None:
@@ -122,7 +134,7 @@ def test_funnel_sql_binds_every_value_and_reads_what_the_order_needs(order: str)
     # strict reads every event of the person (another event breaks it); the others only the steps' and exclusions'
     assert ("AND ((event_type = {t0:String})" in sql) == (order != "strict")
     assert "bitTest(x, 3)" in sql  # the exclusion's bit, after the three steps'
-    assert "quantileExactInclusive(0.5)(d)" in sql
+    assert "quantileExactInclusiveState(0.5)(d)" in sql and "quantileExactInclusiveMerge(0.5)(q)" in sql
 
 
 def test_people_of_a_step_are_paged_in_a_stable_order() -> None:

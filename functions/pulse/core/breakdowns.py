@@ -25,9 +25,12 @@ The top values
 Two kinds of kernel
     - Event-level (events, active users, top events): a person may have
       several values (two countries, several event types), so a person counts
-      once in each value they have. ``ranked`` aggregates per (keys, value)
-      and per value in one pass (``GROUPING SETS``) and merges the
-      ``uniqExact`` states of the ``"$other"`` values.
+      once in each value they have. ``split_query`` counts per (key, value)
+      and per value in one pass (``GROUPING SETS``); the kept values are
+      ranked from it, and ``others_query`` counts the ``"$other"`` rows when
+      there are more values (a second pass, persons counted once). A split
+      with too many rows for one answer is ranked in ClickHouse (``ranked``:
+      ``uniqExact`` states, those of the other values merged).
     - Person-level (funnels, retention): the kernel gives each person one
       value (funnels: that of the person's first event that can start the
       funnel; retention: of their first event ever; ``person.<key>`` the
@@ -182,6 +185,42 @@ def with_person_values(rows: str, bd: Breakdown, project_param: str,
 
 def value_list(bd: Breakdown) -> str:
     return "[" + ", ".join(f"bd{i}" for i in range(len(bd.fields))) + "]"
+
+
+SPLIT_CAP = 50_000  # rows of a one-pass split the runner takes; beyond, the split is ranked in ClickHouse
+
+
+def split_query(rows: str, key: str, bd: Breakdown) -> str:
+    """Event-level, one pass: ``rows`` selects ``key`` (as ``b``), ``person``,
+    ``n`` (events the row stands for) and every ``bd<i>``. The answer: per
+    (``b``, value) and per value (``whole``), ``b, t, events, users, whole``;
+    at most ``SPLIT_CAP`` + 1 rows (more: use ``ranked``)."""
+    return (f"SELECT {key}, {value_list(bd)} AS t, sum(n), uniqExact(person), toUInt8(grouping({key})) AS whole"
+            f" FROM ({rows}) GROUP BY GROUPING SETS (({key}, t), (t)) LIMIT {SPLIT_CAP + 1}")
+
+
+def others_query(rows: str, key: str, bd: Breakdown) -> str:
+    """Per ``b``, the events and persons of every value not among the kept ones
+    (bound as ``bd_top``): the ``"$other"`` rows."""
+    return (f"SELECT {key}, sum(n), uniqExact(person) FROM ({rows})"
+            f" WHERE NOT has({{bd_top:Array(Array(String))}}, {value_list(bd)}) GROUP BY {key}")
+
+
+def top(rows: Sequence[tuple[Any, ...]], bd: Breakdown) -> list[list[str]]:
+    """The kept values, in rank order, from ``split_query``'s per-value rows."""
+    totals = [(int(users), list(t)) for _, t, _, users, whole in rows if whole]
+    return [t for _, t in sorted(totals, key=lambda r: (-r[0], r[1]))[:bd.limit]]
+
+
+def assemble(rows: Sequence[tuple[Any, ...]], kept: list[list[str]], others: Sequence[tuple[Any, ...]],
+             bd: Breakdown) -> list[tuple[Any, list[str], int, int, int]]:
+    """``(b, breakdown, rank, events, users)`` from ``split_query``'s rows of the
+    kept values and ``others_query``'s rows."""
+    rank = {tuple(t): i + 1 for i, t in enumerate(kept)}
+    out = [(b, list(t), rank[tuple(t)], int(e), int(u)) for b, t, e, u, whole in rows
+           if not whole and tuple(t) in rank]
+    out += [(b, bd.others, bd.limit + 1, int(e), int(u)) for b, e, u in others]
+    return out
 
 
 def ranked(rows: str, keys: Sequence[str], bd: Breakdown) -> str:

@@ -20,7 +20,8 @@ identifiers until it is done and moves through stages:
    (``actor_hours``, ``actor_type_hours``, ``page_hours``, ``type_spans``,
    ``page_spans``, ``cohort_members``), their overrides and person properties; then the rows of
    ``type_hours`` and ``path_hours`` (counts without actors) for the stored
-   hours are deleted and rebuilt from the events that remain.
+   hours, and the ``session_spans`` rows of the stored sessions, are deleted
+   and rebuilt from the events that remain.
 3. ``deleted`` → done: one transaction removes the events' ledger rows, the
    person's rows (``persons``, ``person_ids``, ``person_refusals``), the
    stored event ids, identifiers and hours, and marks the job done.
@@ -229,18 +230,21 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
     ids = list(identifiers or [])
     params = {"p": project_id, "ids": ids}
     if stage == "requested":
-        event_ids, n, hours, page_hours = ch.rows(
+        event_ids, n, hours, page_hours, sessions = ch.rows(
             "SELECT groupArray(toString(event_id)), count(),"
             f" arraySort(groupUniqArrayIf(toStartOfHour(occurred_at), {ROLLED_UP})),"
-            f" arraySort(groupUniqArrayIf(toStartOfHour(occurred_at), event_type = 'page_view' AND {ROLLED_UP}))"
+            f" arraySort(groupUniqArrayIf(toStartOfHour(occurred_at), event_type = 'page_view' AND {ROLLED_UP})),"
+            f" arraySort(groupUniqArrayIf(session_id, session_id != '' AND {ROLLED_UP}))"
             f" FROM events WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)", params)[0]
 
         def counted() -> None:
             conn.run("INSERT INTO person_deletion_events (deletion_id, event_id) SELECT CAST(:d AS uuid), e"
                      " FROM unnest(CAST(:e AS uuid[])) AS e ON CONFLICT DO NOTHING", d=deletion_id, e=event_ids)
             conn.run("UPDATE person_deletions SET stage = 'counted', events_deleted = :n, hours = CAST(:h AS"
-                     " timestamp[]), page_hours = CAST(:ph AS timestamp[]) WHERE deletion_id = CAST(:d AS uuid)",
-                     n=int(n), h=[str(h) for h in hours], ph=[str(h) for h in page_hours], d=deletion_id)
+                     " timestamp[]), page_hours = CAST(:ph AS timestamp[]), sessions = CAST(:s AS text[])"
+                     " WHERE deletion_id = CAST(:d AS uuid)",
+                     n=int(n), h=[str(h) for h in hours], ph=[str(h) for h in page_hours], s=list(sessions),
+                     d=deletion_id)
             if suppress:
                 conn.run("INSERT INTO suppressed_ids (project_id, id_sha256) SELECT CAST(:p AS uuid), h"
                          " FROM unnest(CAST(:hs AS bytea[])) AS h ON CONFLICT DO NOTHING",
@@ -249,8 +253,8 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
         in_transaction(conn, counted)
         stage = "counted"
     if stage == "counted":
-        hours, page_hours = conn.run("SELECT hours, page_hours FROM person_deletions"
-                                     " WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)[0]
+        hours, page_hours, sessions = conn.run("SELECT hours, page_hours, sessions FROM person_deletions"
+                                               " WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)[0]
         for table in ACTOR_TABLES:
             ch.mutate(table, f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
         ch.mutate("person_properties", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, person_key)" + SYNC,
@@ -258,6 +262,7 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
         ch.mutate("person_links", f"DELETE WHERE project_id = {{p:UUID}} AND has({KEYS}, actor_key)" + SYNC, params)
         _rebuild_hours(ch, project_id, "type_hours", "event_type", "", list(hours or []))
         _rebuild_hours(ch, project_id, "path_hours", "path", " AND event_type = 'page_view'", list(page_hours or []))
+        _rebuild_sessions(ch, project_id, list(sessions or []))
         conn.run("UPDATE person_deletions SET stage = 'deleted' WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)
 
     def finish() -> None:
@@ -271,6 +276,7 @@ def _delete(conn: Connection, ch: ClickHouse, project_id: str, deletion_id: str)
                  " ANY(CAST(:ids AS text[])) OR user_id = ANY(CAST(:ids AS text[])))", p=project_id, ids=ids)
         conn.run("DELETE FROM person_deletion_events WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)
         conn.run("UPDATE person_deletions SET status = 'done', identifiers = NULL, hours = NULL, page_hours = NULL,"
+                 " sessions = NULL,"
                  " error = NULL, finished_at = now() WHERE deletion_id = CAST(:d AS uuid)", d=deletion_id)
 
     in_transaction(conn, finish)
@@ -288,6 +294,22 @@ def _rebuild_hours(ch: ClickHouse, project_id: str, table: str, column: str, whe
                      " WHERE project_id = {p:UUID} AND toDate(occurred_at) BETWEEN {first:Date} AND {last:Date}"
                      f" AND has({{hours:Array(DateTime)}}, toStartOfHour(occurred_at)) AND {ROLLED_UP}{where}"
                      f" GROUP BY project_id, h, {column}", params)
+
+
+SESSION_SPANS = (f"SELECT project_id, session_id, min(occurred_at), max(occurred_at)"
+                 f" FROM events WHERE project_id = {{p:UUID}} AND session_id != '' AND {ROLLED_UP}")
+
+
+def _rebuild_sessions(ch: ClickHouse, project_id: str, sessions: list[str]) -> None:
+    """The span rows of these sessions deleted and computed again from the events
+    that remain (another person's events may share a session id)."""
+    if not sessions:
+        return
+    params = {"p": project_id, "s": sessions}
+    ch.mutate("session_spans", "DELETE WHERE project_id = {p:UUID} AND has({s:Array(String)}, session_id)" + SYNC,
+              params)
+    ch.insert_select("session_spans", SESSION_SPANS + " AND has({s:Array(String)}, session_id)"
+                     " GROUP BY project_id, session_id", params)
 
 
 # Retention --------------------------------------------------------------------
@@ -340,4 +362,7 @@ def _expire(ch: ClickHouse, params: dict[str, Any]) -> int:
         ch.insert_select(table, f"SELECT project_id, {column}, actor_key, min(occurred_at), max(occurred_at)"
                          f" FROM events WHERE project_id = {{p:UUID}} AND {ROLLED_UP}{where}"
                          f" GROUP BY project_id, {column}, actor_key", params)
+    ch.mutate("session_spans", "DELETE WHERE project_id = {p:UUID} AND first_at < {cut:DateTime64(3, 'UTC')}" + SYNC,
+              params)
+    ch.insert_select("session_spans", SESSION_SPANS + " GROUP BY project_id, session_id", params)
     return removed

@@ -1,7 +1,10 @@
 """The filters every stats and export endpoint takes: ``from``, ``to``, ``tz``,
 repeatable ``segment=<field>:<value>`` (ANDed; ``person.<key>`` matches the
 person's properties, pulse.core.persons). Pure: request parameters in,
-a ``Filters`` value and a bound-parameter SQL condition out.
+a ``Filters`` value and a bound-parameter SQL condition out. A cohort
+(``cohort=<id>``, pulse.core.cohorts) is loaded by the caller and carried in
+``Filters.cohort``: ``condition`` ANDs its term with the segments, so every
+query built from the filters keeps only its persons.
 
 Ranges: ``from``/``to`` are inclusive dates (``YYYY-MM-DD``, day boundaries
 in ``tz``) or RFC 3339 datetimes. Without ``to`` the range ends today (in

@@ -302,7 +302,8 @@ def exprs_of(bd: Breakdown | None) -> list[int]:
     return [i for i, f in enumerate(bd.fields) if not f.startswith("person.")] if bd is not None else []
 
 
-def persons_query(spec: Funnel, who: Resolver, actors: bool = False) -> tuple[str, dict[str, Any]]:
+def persons_query(spec: Funnel, who: Resolver, actors: bool = False,
+                  ranked: bool = True) -> tuple[str, dict[str, Any]]:
     """One row per person in the funnel (level >= 1, not excluded):
     ``person, level, times`` (ms of each step reached), ``bd<i>`` with a
     breakdown, ``actors`` (their identifiers in the funnel's events) if asked.
@@ -365,7 +366,8 @@ def persons_query(spec: Funnel, who: Resolver, actors: bool = False) -> tuple[st
     if spec.breakdown is not None:
         sql, person_params = breakdowns.with_person_values(sql, spec.breakdown, "f_project")
         params.update(person_params)
-        sql = breakdowns.ranked_persons(sql, spec.breakdown)
+        sql = (breakdowns.ranked_persons(sql, spec.breakdown) if ranked
+               else f"SELECT *, {breakdowns.value_list(spec.breakdown)} AS t FROM ({sql})")
     return sql, params
 
 
@@ -373,15 +375,27 @@ def funnel_query(spec: Funnel, who: Resolver) -> tuple[str, dict[str, Any]]:
     """Per breakdown value (``[]`` without one) and step k reached: ``breakdown,
     rank, k, persons, sum_ms, median_ms, bin counts...`` (``d``: ms from step
     k-1, 0 for step 1)."""
-    persons, params = persons_query(spec, who)
+    persons, params = persons_query(spec, who, ranked=False)
     edges = [e * 1000 for e in HISTOGRAM_EDGES_S]
-    bins = ", ".join(
-        f"countIf(d >= {low}{f' AND d < {high}' if high is not None else ''})"
-        for low, high in zip(edges, [*edges[1:], None], strict=True))
-    value = "breakdown, rank" if spec.breakdown is not None else "CAST([] AS Array(String)) AS breakdown, 1 AS rank"
-    return (f"SELECT {value}, k, count(), sum(d), quantileExactInclusive(0.5)(d), {bins} FROM ({persons})"
-            " ARRAY JOIN arrayEnumerate(times) AS k, arrayMap(i -> if(i = 1, 0, times[i] - times[i - 1]),"
-            " arrayEnumerate(times)) AS d GROUP BY breakdown, rank, k", params)
+    bins = [f"countIf(d >= {low}{f' AND d < {high}' if high is not None else ''})"
+            for low, high in zip(edges, [*edges[1:], None], strict=True)]
+    steps = (" ARRAY JOIN arrayEnumerate(times) AS k, arrayMap(i -> if(i = 1, 0, times[i] - times[i - 1]),"
+             " arrayEnumerate(times)) AS d")
+    bd = spec.breakdown
+    if bd is None:
+        return (f"SELECT CAST([] AS Array(String)) AS breakdown, 1 AS rank, k, count(), sum(d),"
+                f" quantileExactInclusive(0.5)(d), {', '.join(bins)} FROM ({persons}){steps} GROUP BY k", params)
+    # Per value and step, then the values ranked by their persons at step 1 and the others' partial
+    # figures merged (the median's state holds the values): the ranking runs over these few rows.
+    named = ", ".join(f"{b} AS b{i}" for i, b in enumerate(bins))
+    merged = ", ".join(f"sum(b{i})" for i in range(len(bins)))
+    return (f"SELECT if(vrank <= {bd.limit}, t, {bd.others!r}) AS breakdown, least(vrank, {bd.limit + 1}) AS rank,"
+            f" k, sum(c), sum(s), quantileExactInclusiveMerge(0.5)(q), {merged} FROM ("
+            " SELECT *, dense_rank() OVER (ORDER BY vc DESC, t ASC) AS vrank FROM ("
+            "  SELECT *, max(if(k = 1, c, 0)) OVER (PARTITION BY t) AS vc FROM ("
+            f"   SELECT t, k, count() AS c, sum(d) AS s, quantileExactInclusiveState(0.5)(d) AS q, {named}"
+            f"   FROM ({persons}){steps} GROUP BY t, k)))"
+            " GROUP BY breakdown, rank, k", params)
 
 
 def at_step_query(request: People, who: Resolver, actors: bool = False) -> tuple[str, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 A person's path (pulse.core.persons: their events under every linked
 identifier) is their events inside the range that match the filters, in time
-order (ties: by ``event_id`` as text), from their first ``start`` event on
+order (ties: by name; event types before page paths), from their first ``start`` event on
 (``end``: back from their last ``end`` event), with consecutive repeats of one
 name collapsed into one node. Edges run in time order (before an end event,
 from step -k to step -k+1). A name is the event type; with ``pages=true`` a
@@ -74,38 +74,61 @@ def parse_paths(params: Mapping[str, Sequence[str]], filters: Filters) -> Paths:
     return Paths(filters, anchor, start is not None, steps, min_users, pages == "true")
 
 
+CODE_BITS = 21  # an event packs as: its time (ms), its name's number in the query's dictionary, the anchor flag
+NO_NAME = (1 << CODE_BITS) - 1
+
+
 def paths_query(spec: Paths, who: Resolver) -> tuple[str, dict[str, Any]]:
     """``is_edge, step, name, to_name, persons, events``: one row per node
-    (``to_name`` empty) and per edge (``step``: its first node's)."""
+    (``to_name`` empty) and per edge (``step``: its first node's).
+
+    Names are numbered in a dictionary of the range's event types (then page
+    paths), sorted, so each event packs into one number (time, anchor flag,
+    name, whether it is the anchor): sorting a person's events is sorting
+    numbers, ties by name. Runs of
+    one name are found by comparing each name with the one before it."""
     where, params = condition(spec.filters)
     params.update(anchor=spec.anchor, steps=spec.steps + 1)
-    page = "if(event_type = 'page_view', path, '')" if spec.pages else "''"
-    anchored = ("(event_type = {anchor:String}"
-                + (" OR (event_type = 'page_view' AND path = {anchor:String}))" if spec.pages else ")"))
+    pages = spec.pages
+    types = f"(SELECT arraySort(groupUniqArray(toString(event_type))) FROM events WHERE {where})"
+    paths_dict = (f"(SELECT arraySort(groupUniqArray(path)) FROM events WHERE {where} AND event_type = 'page_view')"
+                  if pages else "CAST([], 'Array(String)')")
+    page = "event_type = 'page_view'" if pages else "0"
+    code = (f"if({page}, length(types) + transform(path, paths, range(length(paths)), 0),"
+            " transform(event_type, types, range(length(types)), 0))")
+    anchored = "(event_type = {anchor:String}" + (" OR (event_type = 'page_view' AND path = {anchor:String}))"
+                                                  if pages else ")")
     find = "arrayFirstIndex" if spec.forward else "arrayLastIndex"
-    seq = "arraySlice(names, i)" if spec.forward else "arrayReverse(arraySlice(names, 1, i))"
+    seq = "arraySlice(ev, i)" if spec.forward else "arrayReverse(arraySlice(ev, 1, i))"
     sign = "" if spec.forward else "-"
     sql = f"""
-        SELECT item.1 AS is_edge, item.2 AS step, item.3 AS name, item.4 AS to_name, count(), sum(item.5)
+        WITH {types} AS types, {paths_dict} AS paths
+        SELECT item.1 AS is_edge, item.2 AS step,
+               if(item.3 < length(types), (types[item.3 + 1], ''), ('page_view', paths[item.3 - length(types) + 1]))
+                   AS name,
+               if(item.4 = {NO_NAME}, ('', ''), if(item.4 < length(types), (types[item.4 + 1], ''),
+                  ('page_view', paths[item.4 - length(types) + 1]))) AS to_name,
+               count(), sum(item.5)
         FROM (
             SELECT arrayConcat(
-                       arrayMap(k -> (toUInt8(0), toInt8({sign}(k - 1)), seq[runs[k]], ('', ''), lens[k]),
-                                arrayEnumerate(runs)),
-                       arrayMap(k -> (toUInt8(1), toInt8({sign}(k - 1)), seq[runs[k]], seq[runs[k + 1]], toUInt64(0)),
-                                arrayEnumerate(arrayPopBack(runs)))) AS items
+                       arrayMap((k, a, n) -> (toUInt8(0), toInt8({sign}(k - 1)), a, toUInt64({NO_NAME}), toUInt64(n)),
+                                arrayEnumerate(run_names), run_names, run_lens),
+                       arrayMap((k, a, b) -> (toUInt8(1), toInt8({sign}(k - 1)), a, b, toUInt64(0)),
+                                arrayEnumerate(arrayPopBack(run_names)), arrayPopBack(run_names),
+                                arrayPopFront(run_names))) AS items
             FROM (
-                SELECT {seq} AS seq,
-                       arrayFilter(j -> j = 1 OR seq[j] != seq[j - 1], arrayEnumerate(seq)) AS starts,
-                       arraySlice(starts, 1, {{steps:UInt8}}) AS runs,
-                       arrayMap(k -> toUInt64(if(k < length(starts), starts[k + 1], length(seq) + 1) - starts[k]),
-                                arrayEnumerate(runs)) AS lens
+                SELECT arrayMap(x -> bitAnd(bitShiftRight(x, 1), {NO_NAME}), {seq}) AS names,
+                       arrayPushFront(arrayPopBack(names), toUInt64({NO_NAME})) AS before,
+                       arraySlice(arrayFilter((a, b) -> a != b, names, before), 1, {{steps:UInt8}}) AS run_names,
+                       arraySlice(arrayPopFront(arrayDifference(arrayPushBack(
+                           arrayFilter((j, a, b) -> a != b, arrayEnumerate(names), names, before),
+                           length(names) + 1))), 1, {{steps:UInt8}}) AS run_lens
                 FROM (
-                    SELECT arraySort(groupArray((toUnixTimestamp64Milli(occurred_at), toString(event_id),
-                                                 (toString(event_type), {page}), {anchored}))) AS ev,
-                           arrayMap(x -> x.3, ev) AS names,
-                           {find}(x -> x.4, ev) AS i
+                    SELECT arraySort(groupArray(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(occurred_at)),
+                                                             {CODE_BITS + 1})
+                                                + bitShiftLeft(toUInt64({code}), 1) + toUInt64({anchored}))) AS ev,
+                           {find}(x -> bitTest(x, 0), ev) AS i
                     FROM events WHERE {where}
-                      AND {who.key} GLOBAL IN (SELECT {who.key} FROM events WHERE {where} AND {anchored})
                     GROUP BY {who.key}
                     HAVING i > 0
                 )

@@ -74,6 +74,33 @@ def span_state(layout: Layout) -> str:
                              type_hours=layout.local("type_hours"), parts=layout.on_every_replica("system.parts"))
 
 
+# The session span table's parts (on every node): how many, and the largest one.
+SESSION_PARTS = ("SELECT count(), argMax(name, rows) FROM {parts} WHERE active AND database = currentDatabase()"
+                 " AND table = '{table}'")
+
+
+def session_parts(layout: Layout) -> str:
+    return SESSION_PARTS.format(parts=layout.on_every_replica("system.parts"), table=layout.local("session_spans"))
+
+
+def sessions_reaching(largest: str, cluster: bool) -> tuple[str, dict[str, str]]:
+    """The distinct sessions among ``session_spans`` rows that reach into the
+    range (``SPAN_REACHES``), and its parameters. Each part holds a session at
+    most once (a view's insert groups by session; a merge joins its rows), so a
+    session in several rows has one in a part other than the largest: the rows
+    are counted, less those repeated, which are found among the few sessions
+    of the other parts (none when the table is merged into one part; a part
+    written or merged since ``largest`` was read is among the others, so the
+    count stays exact). On a cluster a session's rows may sit on several
+    shards: a distinct count."""
+    if cluster:
+        return f"uniqExactIf(session_id, {SPAN_REACHES})", {}
+    repeated = ("session_id IN (SELECT session_id FROM session_spans WHERE project_id = {f_project:UUID}"
+                " AND _part != {largest:String})")
+    return (f"countIf({SPAN_REACHES}) - countIf({SPAN_REACHES} AND {repeated})"
+            f" + uniqExactIf(session_id, {SPAN_REACHES} AND {repeated})", {"largest": largest})
+
+
 # The project's own hours: the exact check.
 PROJECT_HOURS = "SELECT count(), min(hour), max(hour) FROM type_hours WHERE project_id = {f_project:UUID}"
 

@@ -27,11 +27,14 @@ from pulse.core.rollups import (
     EVENTS,
     PAGE_SPAN_FIELDS,
     PROJECT_HOURS,
+    SPAN_REACHES,
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
     covers,
     page_source,
+    session_parts,
+    sessions_reaching,
     span_read,
     span_state,
     spans_hold,
@@ -115,12 +118,27 @@ def _source(filters: Filters, rollups: bool, by_type: bool = False, bd: Breakdow
 
 def _split(src: Source, key: str, bd: Breakdown, who: Resolver, where: str,
            params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Rows of ``src`` split by ``bd`` per ``key`` (an expression, named ``b``):
-    ``b, breakdown, rank, events, users`` (pulse.core.breakdowns)."""
+    """The rows of ``src`` to split by ``bd`` per ``key`` (an expression, named
+    ``b``): ``b, person, n, bd<i>...`` (pulse.core.breakdowns)."""
     values, value_params = breakdowns.event_values(bd)
     rows = f"SELECT {key} AS b, {who.key} AS person, {src.weight} AS n{values} FROM {src.table} WHERE {where}"
     rows, person_params = breakdowns.with_person_values(rows, bd, "f_project")
-    return breakdowns.ranked(rows, ["b"], bd), {**params, **value_params, **person_params}
+    return rows, {**params, **value_params, **person_params}
+
+
+def split(endpoint: str, ch: ClickHouse, rows: str, params: dict[str, Any],
+          bd: Breakdown) -> list[tuple[Any, list[str], int, int, int]]:
+    """``(b, breakdown, rank, events, users)``: one pass when it fits, a second
+    for ``"$other"`` when there are more values than kept."""
+    first = query(endpoint, ch, breakdowns.split_query(rows, "b", bd), params)
+    if len(first) > breakdowns.SPLIT_CAP:
+        return [(b, list(t), int(r), int(e), int(u))
+                for b, t, r, e, u in query(endpoint, ch, breakdowns.ranked(rows, ["b"], bd), params)]
+    kept = breakdowns.top(first, bd)
+    values = sum(1 for r in first if r[4])
+    others = query(endpoint, ch, breakdowns.others_query(rows, "b", bd), {**params, "bd_top": kept}) \
+        if values > len(kept) else []
+    return breakdowns.assemble(first, kept, others, bd)
 
 
 def _by_bucket(rows: list[tuple[Any, ...]], time_order: bool) -> list[tuple[Any, ...]]:
@@ -136,7 +154,7 @@ def _by_bucket(rows: list[tuple[Any, ...]], time_order: bool) -> list[tuple[Any,
 
 def events_query(filters: Filters, group_by: str, who: Resolver, bd: Breakdown | None = None,
                  rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``b, events, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
+    """``b, events, users`` per bucket; with ``bd``: the rows to split (``split``)."""
     by_property = group_by.startswith("properties.")
     src = EVENTS if by_property else _source(filters, rollups, group_by == "event_type", bd)
     where, params = condition(filters, time_column=src.time)
@@ -160,10 +178,11 @@ def events_query(filters: Filters, group_by: str, who: Resolver, bd: Breakdown |
 def events(ch: ClickHouse, filters: Filters, group_by: str, rollups: bool = True,
            bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query("events", ch, *events_query(filters, group_by, who, bd, rollups))
     if bd is not None:
-        return [{"bucket": _bucket_text(b, group_by, filters.tz), "breakdown": list(t), "events": int(e),
-                 "users": int(u)} for b, t, _, e, u in _by_bucket(rows, group_by in TIME_BUCKETS)]
+        found = split("events", ch, *events_query(filters, group_by, who, bd, rollups), bd)
+        return [{"bucket": _bucket_text(b, group_by, filters.tz), "breakdown": t, "events": e, "users": u}
+                for b, t, _, e, u in _by_bucket(found, group_by in TIME_BUCKETS)]
+    rows = query("events", ch, *events_query(filters, group_by, who, bd, rollups))
     return [{"bucket": _bucket_text(b, group_by, filters.tz), "events": int(e), "users": int(u)}
             for b, e, u in rows]
 
@@ -175,7 +194,7 @@ def dau(ch: ClickHouse, filters: Filters, rollups: bool = True) -> list[dict[str
 
 def active_users_query(filters: Filters, interval: str, who: Resolver, bd: Breakdown | None = None,
                        rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``b, users`` per bucket; split by ``bd``: ``b, breakdown, rank, events, users``."""
+    """``b, users`` per bucket; with ``bd``: the rows to split (``split``)."""
     src = _source(filters, rollups, bd=bd)
     where, params = condition(filters, time_column=src.time)
     params["tz"] = filters.tz
@@ -189,10 +208,11 @@ def active_users_query(filters: Filters, interval: str, who: Resolver, bd: Break
 def active_users(ch: ClickHouse, filters: Filters, interval: str, rollups: bool = True,
                  endpoint: str = "active-users", bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
-    rows = query(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups))
     if bd is not None:
-        return [{"bucket": b.isoformat(), "breakdown": list(t), "unique_users": int(u)}
-                for b, t, _, _, u in _by_bucket(rows, True)]
+        found = split(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups), bd)
+        return [{"bucket": b.isoformat(), "breakdown": t, "unique_users": u}
+                for b, t, _, _, u in _by_bucket(found, True)]
+    rows = query(endpoint, ch, *active_users_query(filters, interval, who, bd, rollups))
     return [{"bucket": b.isoformat(), "unique_users": int(u)} for b, u in rows]
 
 
@@ -216,7 +236,7 @@ def spans_answer(ch: ClickHouse, filters: Filters, fields: frozenset[str]) -> tu
 
 def top_events_split(filters: Filters, who: Resolver, bd: Breakdown,
                      rollups: bool = True) -> tuple[str, dict[str, Any]]:
-    """``event_type, breakdown, rank, events, users`` for every type."""
+    """The rows to split per event type (``split``)."""
     src = _source(filters, rollups, by_type=True, bd=bd)
     where, params = condition(filters, time_column=src.time)
     return _split(src, "event_type", bd, who, where, params)
@@ -226,13 +246,13 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
                bd: Breakdown | None = None) -> list[dict[str, Any]]:
     who = resolver(ch, filters.project_id)
     if bd is not None:
-        rows = query("top-events", ch, *top_events_split(filters, who, bd, rollups))
+        found = split("top-events", ch, *top_events_split(filters, who, bd, rollups), bd)
         totals: dict[str, int] = {}
-        for row in rows:
-            totals[row[0]] = totals.get(row[0], 0) + int(row[3])
+        for row in found:
+            totals[row[0]] = totals.get(row[0], 0) + row[3]
         kept = set(sorted(totals, key=lambda t: (-totals[t], t))[:limit])
-        return [{"event_type": t, "breakdown": list(v), "count": int(c), "users": int(u)}
-                for t, v, _, c, u in _by_bucket([r for r in rows if r[0] in kept], False)]
+        return [{"event_type": t, "breakdown": v, "count": c, "users": u}
+                for t, v, _, c, u in _by_bucket([r for r in found if r[0] in kept], False)]
     spans = spans_answer(ch, filters, TYPE_SPAN_FIELDS) if rollups else None
     if spans is not None:
         counted, params = condition(filters, time_column="hour")
@@ -297,10 +317,39 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
-def overview(ch: ClickHouse, filters: Filters) -> dict[str, Any]:
+def overview_from_spans(ch: ClickHouse, filters: Filters, who: Resolver) -> dict[str, Any] | None:
+    """The overview without a segment, over a range the span tables answer
+    (``spans_answer``): events and event types from ``type_hours``, persons from
+    ``type_spans``, sessions from ``session_spans`` (``sessions_reaching``), the
+    bots' events from the events table's ``bot`` column alone (PREWHERE: the
+    other columns are read only where a bot's event is). None otherwise."""
+    if filters.segments or filters.event_type is not None or spans_answer(ch, filters, frozenset()) is None:
+        return None
+    counted, params = condition(filters, time_column="hour")
+    spanned, _ = condition(filters, time_column=None)
+    _, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
+    sessions, extra = sessions_reaching(str(largest), bool(ch.layout.cluster))
+    params.update(extra)
+    e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
+                 params)[0]
+    u = query("overview", ch, f"SELECT uniqExactIf({who.key}, {SPAN_REACHES}) FROM type_spans WHERE {spanned}",
+              params)[0][0]
+    s = query("overview", ch, f"SELECT {sessions} FROM session_spans WHERE {spanned}", params)[0][0]
+    b = query("overview", ch, "SELECT count() FROM events PREWHERE bot = 1 WHERE project_id = {f_project:UUID}"
+              " AND occurred_at >= {f_start:DateTime64(3, 'UTC')} AND occurred_at < {f_end:DateTime64(3, 'UTC')}",
+              params)[0][0]
+    return {"events": int(e or 0), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s),
+            "bot_events_excluded": int(b)}
+
+
+def overview(ch: ClickHouse, filters: Filters, rollups: bool = True) -> dict[str, Any]:
     """Also how many events of known bots the figures leave out (0 with include_bots)."""
-    where, params = condition(replace(filters, include_bots=True))
     who = resolver(ch, filters.project_id)
+    if rollups:
+        fast = overview_from_spans(ch, filters, who)
+        if fast is not None:
+            return fast
+    where, params = condition(replace(filters, include_bots=True))
     counted = "1" if filters.include_bots else "bot = 0"
     e, u, t, s, b = query("overview", ch,
                           f"SELECT countIf({counted}), uniqExactIf({who.key}, {counted}),"

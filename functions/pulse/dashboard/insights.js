@@ -195,7 +195,16 @@ const PulseCohorts = (() => {
     const not = el("label", {className: "check"});
     not.append(negate, " did not");
     const name = el("input", {id: "cohort-name", size: 16, required: true, maxLength: 200});
-    box.append(labelled("Name", name), labelled("Made of", kind), labelled("Users", users), not,
+    const upload = el("input", {id: "cohort-file", type: "file", accept: ".csv,.txt,text/plain,text/csv"});
+    upload.addEventListener("change", async () => {  // a file of user ids: one per line (a CSV's first column)
+      const file = upload.files[0];
+      if (!file) return;
+      const lines = (await file.text()).split(/\r?\n/).map(l => l.split(",")[0].trim().replace(/^"|"$/g, ""));
+      if (["user_id", "userId", "id", "distinct_id", "anonymous_id"].includes(lines[0])) lines.shift();  // a header
+      users.value = lines.filter(Boolean).join("\n");
+    });
+    box.append(labelled("Name", name), labelled("Made of", kind), labelled("Users", users),
+               labelled("or from a file", upload), not,
                labelled("Event", event), labelled("at least", count), labelled("times in the last days", days),
                el("button", {type: "submit"}, "Save cohort"));
     box.addEventListener("submit", async e => {
