@@ -292,7 +292,7 @@ def test_a_deletion_and_retention_reach_every_shard_and_node(standin: dict[str, 
     on = " ON CLUSTER 'pulse'"
     assert identity["deletion_ddl"] == sorted(
         [f"{t}_local{on}" for t in ("actor_hours", "actor_type_hours", "events", "page_hours", "page_spans",
-                                    "path_hours", "type_hours", "type_spans")]
+                                    "path_hours", "session_spans", "type_hours", "type_spans")]
         + ["cohort_members", f"person_links{on}", "person_properties"])
     one, two = identity["after"]
     assert len(one) == 179 and [k for k in one if one[k] != two[k]] == []
