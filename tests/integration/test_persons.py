@@ -65,6 +65,17 @@ def z(moment: datetime) -> str:
 
 # Profiles and lists -------------------------------------------------------------
 
+
+def assert_hourly_rollups_match_events(ch: Any, p: dict[str, str]) -> None:
+    """type_hours and path_hours hold, hour by hour, what the events table counts."""
+    for table, column, measure, where in (("type_hours", "event_type", "events", ""),
+                                          ("path_hours", "path", "views", " AND event_type = 'page_view'")):
+        held = ch.rows(f"SELECT hour, {column}, sum({measure}) AS n FROM {table} WHERE project_id = {{p:UUID}}"
+                       " GROUP BY ALL HAVING n != 0 ORDER BY ALL", p)
+        counted = ch.rows(f"SELECT toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
+                          f" WHERE project_id = {{p:UUID}} AND bot = 0{where} GROUP BY ALL ORDER BY ALL", p)
+        assert held == counted, table
+
 def test_a_person_is_every_linked_identifier(owned: Owned) -> None:
     got = owned.get("/v1/persons/visitor-4")
     mine = events_of(owned.data, "visitor-4")
@@ -191,13 +202,7 @@ def test_a_deleted_person_leaves_nothing_and_everyone_else_counts_the_same(pulse
                    " AND (has({keys:Array(UInt128)}, actor_key) OR has({keys:Array(UInt128)}, person_key))", p)[0][0] == 0
     assert ch.rows("SELECT count() FROM person_properties WHERE project_id = {p:UUID}"
                    " AND has({keys:Array(UInt128)}, person_key)", p)[0][0] == 0
-    for table, column, measure, where in (("type_hours", "event_type", "events", ""),
-                                          ("path_hours", "path", "views", " AND event_type = 'page_view'")):
-        held = ch.rows(f"SELECT hour, {column}, sum({measure}) AS n FROM {table} WHERE project_id = {{p:UUID}}"
-                       " GROUP BY ALL HAVING n != 0 ORDER BY ALL", p)
-        counted = ch.rows(f"SELECT toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
-                          f" WHERE project_id = {{p:UUID}} AND bot = 0{where} GROUP BY ALL ORDER BY ALL", p)
-        assert held == counted, table
+    assert_hourly_rollups_match_events(ch, p)
     with db.connection() as conn:
         for sql in ("SELECT count(*) FROM persons p JOIN person_ids i USING (project_id, person_id)"
                     " WHERE p.project_id = CAST(:p AS uuid) AND i.distinct_id = ANY(CAST(:ids AS text[]))",
@@ -365,13 +370,7 @@ def test_a_deletion_while_others_keep_sending_leaves_every_count_exact(pulse: An
     ch, p = pulse.services.ch, {"p": project.project_id}
     assert ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID} AND actor = 'leaving'", p)[0][0] == 0
     assert ch.rows("SELECT count() FROM events WHERE project_id = {p:UUID}", p)[0][0] == sum(sent) > 0
-    for table, column, measure, where in (("type_hours", "event_type", "events", ""),
-                                          ("path_hours", "path", "views", " AND event_type = 'page_view'")):
-        held = ch.rows(f"SELECT hour, {column}, sum({measure}) AS n FROM {table} WHERE project_id = {{p:UUID}}"
-                       " GROUP BY ALL HAVING n != 0 ORDER BY ALL", p)
-        counted = ch.rows(f"SELECT toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
-                          f" WHERE project_id = {{p:UUID}} AND bot = 0{where} GROUP BY ALL ORDER BY ALL", p)
-        assert held == counted, table
+    assert_hourly_rollups_match_events(ch, p)
     half = sum(sent) // 2  # every batch: 10 page views and 10 clicks, over the same 7 users
     assert project.get("/v1/stats/top-events") == [{"event_type": "click", "count": half, "users": 7},
                                                    {"event_type": "page_view", "count": half, "users": 7}]

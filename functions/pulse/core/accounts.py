@@ -21,7 +21,7 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from pulse.core.projects import check_name, check_text, create_project
+from pulse.core.projects import check_name, check_text, check_uuid, create_project
 from pulse.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from pulse.security.passwords import MAX_CHARS as PASSWORD_MAX
 from pulse.security.passwords import MIN_CHARS as PASSWORD_MIN
@@ -57,15 +57,6 @@ def check_password(value: object) -> str:
     if len(value) > PASSWORD_MAX:
         raise InvalidInput.field("password", f"must be at most {PASSWORD_MAX} characters")
     return value
-
-
-def check_uuid(field: str, value: object) -> str:
-    if not isinstance(value, str) or len(value) > 64:
-        raise InvalidInput.field(field, "must be a UUID")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise InvalidInput.field(field, "must be a UUID") from exc
 
 
 def check_role(value: object) -> str:

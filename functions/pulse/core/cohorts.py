@@ -32,7 +32,6 @@ Storage (crash notes)
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from typing import Any
 
 from pulse.core.filters import Segment, check_text, parse_segments, segment_condition
 from pulse.core.persons import PERSON
+from pulse.core.projects import check_uuid
 from pulse.errors import InvalidInput
 
 MAX_NAME = 200
@@ -169,12 +169,7 @@ def parse_new(body: Any) -> NewCohort:
 
 
 def parse_id(raw: Any, name: str = "cohort") -> str:
-    if not isinstance(raw, str) or len(raw) > 64:
-        raise InvalidInput.field(name, "must be a cohort id")
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError as exc:
-        raise InvalidInput.field(name, "must be a cohort id") from exc
+    return check_uuid(name, raw, "must be a cohort id")
 
 
 def as_filter(cohort_id: str, kind: str, definition: Mapping[str, Any] | None,

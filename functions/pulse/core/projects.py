@@ -11,6 +11,16 @@ from pulse.storage.postgres import Database
 MAX_TEXT = 200
 
 
+def check_uuid(field: str, value: object, detail: str = "must be a UUID") -> str:
+    """An id from a request, in its canonical form, else a 400 naming ``field``."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidInput.field(field, detail)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise InvalidInput.field(field, detail) from exc
+
+
 def check_text(field: str, value: object, required: bool = False) -> str | None:
     """A name people give something (a project, a key, their own): at most
     ``MAX_TEXT`` characters, no control characters (no NUL, no line breaks)."""
