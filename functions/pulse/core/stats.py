@@ -260,12 +260,13 @@ def top_events(ch: ClickHouse, filters: Filters, limit: int, rollups: bool = Tru
         spanned, _ = condition(filters, time_column=None)
         params["limit"] = limit
         source, users = span_read("type_spans", spans[0], who)
+        top = (f"SELECT event_type, sum(events) AS n FROM type_hours WHERE {counted}"
+               " GROUP BY event_type ORDER BY n DESC, event_type ASC LIMIT {limit:UInt32}")
+        # persons counted for the kept types only (the index narrows the read to them)
         rows = query("top-events", ch,
-                     "SELECT c.event_type, c.n, u.n FROM (SELECT event_type, sum(events) AS n FROM type_hours"
-                     f" WHERE {counted} GROUP BY event_type ORDER BY n DESC, event_type ASC LIMIT {{limit:UInt32}})"
-                     f" AS c LEFT JOIN (SELECT event_type, {users} AS n FROM {source}"
-                     f" WHERE {spanned} GROUP BY event_type) AS u USING event_type"
-                     " ORDER BY c.n DESC, c.event_type ASC", params)
+                     f"SELECT c.event_type, c.n, u.n FROM ({top}) AS c LEFT JOIN (SELECT event_type, {users} AS n"
+                     f" FROM {source} WHERE {spanned} AND event_type IN (SELECT event_type FROM ({top}))"
+                     " GROUP BY event_type) AS u USING event_type ORDER BY c.n DESC, c.event_type ASC", params)
         return [{"event_type": t, "count": int(c), "users": int(u)} for t, c, u in rows]
     src = _source(filters, rollups, by_type=True)
     where, params = condition(filters, time_column=src.time)
@@ -309,12 +310,14 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
     paths, path_users = span_read("page_spans", parts[1], who)
     whole = (f"SELECT {path_users} FROM {paths} WHERE {spanned}" if views.segments else
              f"SELECT {type_users} FROM {types} WHERE project_id = {{f_project:UUID}} AND event_type = 'page_view'")
+    top = ("SELECT path, sum(views) AS n, toUInt8(grouping(path)) AS whole FROM path_hours"
+           f" WHERE {counted} GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC"
+           " LIMIT {limit:UInt32}")
+    # persons counted for the kept paths only
     return query("pages", ch,
-                 "SELECT v.path, v.n, u.n, v.whole FROM (SELECT path, sum(views) AS n,"
-                 f" toUInt8(grouping(path)) AS whole FROM path_hours WHERE {counted}"
-                 " GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC LIMIT {limit:UInt32})"
-                 f" AS v LEFT JOIN (SELECT path, {path_users} AS n, toUInt8(0) AS whole FROM {paths}"
-                 f" WHERE {spanned} GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
+                 f"SELECT v.path, v.n, u.n, v.whole FROM ({top}) AS v LEFT JOIN (SELECT path, {path_users} AS n,"
+                 f" toUInt8(0) AS whole FROM {paths} WHERE {spanned} AND path IN (SELECT path FROM ({top}))"
+                 f" GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
