@@ -131,6 +131,36 @@ def decode_batch(event: CloudEvent) -> tuple[str, str, list[Row]]:
     return record.project_id, record.received_at, rows
 
 
+def shared_record(project_id: str, received_at: str, arrays: Sequence[bytes],
+                  traceparent: str | None = None) -> CloudEvent:
+    """One record of several requests' events (each a JSON array of rows), one after the other."""
+    head = orjson.dumps({"project_id": project_id, "received_at": received_at})[:-1]
+    events = b",".join(array[1:-1] for array in arrays if len(array) > 2)
+    return CloudEvent.new(INGESTED, SOURCE, head + b',"events":[' + events + b"]}", partitionkey=project_id,
+                          traceparent=traceparent)
+
+
+def pack(parts: Sequence[tuple[str, int]], max_record_bytes: int) -> list[list[int]]:
+    """Requests' events (project id, encoded size) as records: the indexes of the
+    parts each record carries, in order, one project to a record, each at most
+    ``max_record_bytes`` with RECORD_OVERHEAD_BYTES (a part alone may be larger)."""
+    by_project: dict[str, list[int]] = {}
+    for index, (project_id, _) in enumerate(parts):
+        by_project.setdefault(project_id, []).append(index)
+    records: list[list[int]] = []
+    for indexes in by_project.values():
+        record: list[int] = []
+        size = RECORD_OVERHEAD_BYTES
+        for index in indexes:
+            if record and size + parts[index][1] > max_record_bytes:
+                records.append(record)
+                record, size = [], RECORD_OVERHEAD_BYTES
+            record.append(index)
+            size += parts[index][1]
+        records.append(record)
+    return records
+
+
 @dataclass(eq=False)
 class _Part:
     """One request's rows on their way into a shared record."""
@@ -205,21 +235,10 @@ class Ingestor:
         be over the record limit): each request's outcome, its record's id or
         the Unavailable its record met."""
         received_at = format_ts(datetime.now(UTC))
-        groups: list[list[int]] = []  # the parts of each record
-        by_project: dict[str, list[int]] = {}
-        for index, part in enumerate(parts):
-            by_project.setdefault(part.project_id, []).append(index)
-        for indexes in by_project.values():
-            group: list[int] = []
-            size = RECORD_OVERHEAD_BYTES
-            for index in indexes:
-                if group and size + len(parts[index].events) > self.max_record_bytes:
-                    groups.append(group)
-                    group, size = [], RECORD_OVERHEAD_BYTES
-                group.append(index)
-                size += len(parts[index].events)
-            groups.append(group)
-        records = [self._record(received_at, [parts[i] for i in group]) for group in groups]
+        groups = pack([(part.project_id, len(part.events)) for part in parts], self.max_record_bytes)
+        records = [(parts[group[0]].project_id,
+                    shared_record(parts[group[0]].project_id, received_at, [parts[i].events for i in group],
+                                  parts[group[0]].traceparent)) for group in groups]
         errors = self._send(records)
         outcomes: list[str | Unavailable] = [""] * len(parts)
         for group, (_, event), error in zip(groups, records, errors, strict=True):
@@ -227,16 +246,6 @@ class Ingestor:
             for index in group:
                 outcomes[index] = error or event.id
         return outcomes
-
-    @staticmethod
-    def _record(received_at: str, parts: list[_Part]) -> tuple[str, CloudEvent]:
-        """One record of the parts' events, in order (all of one project)."""
-        project_id = parts[0].project_id
-        head = orjson.dumps({"project_id": project_id, "received_at": received_at})[:-1]
-        events = b",".join(part.events[1:-1] for part in parts)
-        data = head + b',"events":[' + events + b"]}"
-        return project_id, CloudEvent.new(INGESTED, SOURCE, data, partitionkey=project_id,
-                                          traceparent=parts[0].traceparent)
 
     def _send(self, records: list[tuple[str, CloudEvent]]) -> list[Unavailable | None]:
         """The records to the broker at once, each one's error or None. With a
