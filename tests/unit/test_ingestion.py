@@ -16,12 +16,16 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
 
 
 def test_one_record_per_project_in_arrival_order() -> None:
-    assert pack([(A, 100), (B, 100), (A, 100), (B, 100), (A, 100)], 10_000) == [[0, 2, 4], [1, 3]]
+    assert pack([(A, 100, 5), (B, 100, 5), (A, 100, 5), (B, 100, 5), (A, 100, 5)], 10_000, 1000) == [
+        [0, 2, 4], [1, 3]]
 
 
-def test_a_record_over_the_limit_is_split_and_a_part_alone_may_be_larger() -> None:
+def test_a_record_over_either_limit_is_split_and_a_part_alone_may_be_larger() -> None:
     limit = RECORD_OVERHEAD_BYTES + 1000
-    assert pack([(A, 600), (A, 400), (A, 1), (A, 5000), (A, 10)], limit) == [[0, 1], [2], [3], [4]]
+    assert pack([(A, 600, 1), (A, 400, 1), (A, 1, 1), (A, 5000, 1), (A, 10, 1)], limit, 1000) == [
+        [0, 1], [2], [3], [4]]
+    assert pack([(A, 10, 510), (A, 10, 510), (A, 10, 490), (A, 10, 2000)], 10_000, 1000) == [
+        [0], [1, 2], [3]]
 
 
 def test_a_shared_record_decodes_to_every_request_s_rows_in_order() -> None:

@@ -140,23 +140,26 @@ def shared_record(project_id: str, received_at: str, arrays: Sequence[bytes],
                           traceparent=traceparent)
 
 
-def pack(parts: Sequence[tuple[str, int]], max_record_bytes: int) -> list[list[int]]:
-    """Requests' events (project id, encoded size) as records: the indexes of the
-    parts each record carries, in order, one project to a record, each at most
-    ``max_record_bytes`` with RECORD_OVERHEAD_BYTES (a part alone may be larger)."""
+def pack(parts: Sequence[tuple[str, int, int]], max_record_bytes: int, max_events: int) -> list[list[int]]:
+    """Requests' events (project id, encoded size, count) as records: the indexes
+    of the parts each record carries, in order, one project to a record, each
+    at most ``max_events`` and ``max_record_bytes`` with RECORD_OVERHEAD_BYTES
+    (a part alone may be larger)."""
     by_project: dict[str, list[int]] = {}
-    for index, (project_id, _) in enumerate(parts):
+    for index, (project_id, _, _) in enumerate(parts):
         by_project.setdefault(project_id, []).append(index)
     records: list[list[int]] = []
     for indexes in by_project.values():
         record: list[int] = []
-        size = RECORD_OVERHEAD_BYTES
+        size, count = RECORD_OVERHEAD_BYTES, 0
         for index in indexes:
-            if record and size + parts[index][1] > max_record_bytes:
+            _, part_size, part_count = parts[index]
+            if record and (size + part_size > max_record_bytes or count + part_count > max_events):
                 records.append(record)
-                record, size = [], RECORD_OVERHEAD_BYTES
+                record, size, count = [], RECORD_OVERHEAD_BYTES, 0
             record.append(index)
-            size += parts[index][1]
+            size += part_size
+            count += part_count
         records.append(record)
     return records
 
@@ -177,9 +180,11 @@ class Ingestor:
     Small requests of one project that arrive together share a record
     (``coalesce_events``, 0: never): each waits for the round of sends in
     progress (its broker acknowledgement, its spool fsync), then the next
-    round takes every request that queued meanwhile, one record per project
-    with their events one after the other, and answers each request once its
-    record is acknowledged (and on disk). A request that announced itself is
+    round takes every request that queued meanwhile: one record per project
+    with their events one after the other (more if one would be over
+    ``coalesce_events`` or the record limit), all sent at once and synced
+    by one fsync, and answers each request once its record is acknowledged
+    (and on disk). A request that announced itself is
     waited for up to ``linger_s``. Everything downstream (the dispatcher's
     delivery, the spool read, the ledger claim, the ``persisted`` notice) is
     paid per record, so per several requests. Nothing else changes: a record
@@ -193,8 +198,7 @@ class Ingestor:
         self.max_record_bytes = max_record_bytes
         self.spool = spool
         self.coalesce_events = coalesce_events
-        self._rounds: GroupCommit[_Part, str | Unavailable] = GroupCommit(
-            self._send_round, max_size=max(1, coalesce_events), size=lambda part: part.count, linger_s=linger_s)
+        self._rounds: GroupCommit[_Part, str | Unavailable] = GroupCommit(self._send_round, linger_s=linger_s)
 
     def announce(self) -> Announcement:
         """A request that may submit soon (``with`` around its parsing): the round about to be sent waits for it."""
@@ -235,7 +239,8 @@ class Ingestor:
         be over the record limit): each request's outcome, its record's id or
         the Unavailable its record met."""
         received_at = format_ts(datetime.now(UTC))
-        groups = pack([(part.project_id, len(part.events)) for part in parts], self.max_record_bytes)
+        groups = pack([(part.project_id, len(part.events), part.count) for part in parts], self.max_record_bytes,
+                      self.coalesce_events)
         records = [(parts[group[0]].project_id,
                     shared_record(parts[group[0]].project_id, received_at, [parts[i].events for i in group],
                                   parts[group[0]].traceparent)) for group in groups]
