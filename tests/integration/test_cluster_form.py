@@ -93,7 +93,7 @@ def test_views_read_and_write_the_local_tables() -> None:
 
 def test_backfills_run_on_each_shard_and_are_not_taken_for_retries() -> None:
     inserts = [s for _, ss in _rendered() for s in ss if s.startswith("INSERT")]
-    assert len(inserts) == 10
+    assert len(inserts) == 11
     for insert in inserts:
         assert insert.endswith("insert_deduplicate = 0"), insert
         # every source and target keeps a user's rows together, or is a plain sum

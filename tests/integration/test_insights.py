@@ -479,27 +479,36 @@ def test_a_cohort_parameter_must_be_an_id(seeded: Seeded) -> None:
 
 @pytest.mark.parametrize(("after_first", "before_last", "tz"), [(0, 0, "UTC"), (0, 30, "Europe/Kyiv"),
                                                                 (30, 0, "UTC"), (40, 15, "Europe/Kyiv")])
+@pytest.mark.parametrize("segment", [[], [("country", "DE")], [("country", "UA"), ("country", "UA")],
+                                     [("country", "")], [("country", "DE"), ("country", "FR")],
+                                     [("country", "US"), ("event_type", "click")]])
 def test_the_overview_reads_spans_where_they_hold_and_answers_as_the_events_table(
-        pulse: Any, seeded: Seeded, after_first: int, before_last: int, tz: str) -> None:
+        pulse: Any, seeded: Seeded, after_first: int, before_last: int, tz: str,
+        segment: list[tuple[str, str]]) -> None:
+    """Sessions of the seeds carry events from several countries over days, so a
+    session's span in one country differs from its whole span."""
     from pulse.core import stats
     from pulse.core.filters import parse_filters
 
     ch = pulse.services.ch
     first, last = seeded.first + timedelta(days=after_first), seeded.last - timedelta(days=before_last)
-    f = parse_filters({"from": [first.isoformat()], "to": [last.isoformat()], "tz": [tz]}, seeded.project_id, 731)
+    f = parse_filters({"from": [first.isoformat()], "to": [last.isoformat()], "tz": [tz],
+                       "segment": segs(segment)}, seeded.project_id, 731)
     who = stats.resolver(ch, seeded.project_id)
     fast = stats.overview_from_spans(ch, f, who)
     times = [e.at for e in seeded.data.events]
-    assert (fast is not None) == (f.start <= min(times) or f.end > max(times))
+    one_country = len({v for _, v in segment}) <= 1 and all(k == "country" for k, _ in segment)
+    assert (fast is not None) == (one_country and (f.start <= min(times) or f.end > max(times)))
     assert stats.overview(ch, f) == stats.overview(ch, f, rollups=False)
-    everything = oracle.select(seeded.data, first, last, tz, include_bots=True)
+    everything = oracle.select(seeded.data, first, last, tz, segment, include_bots=True)
     assert stats.overview(ch, f) == oracle.overview(everything)
 
 
 def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) -> None:
     """A session whose events came in several inserts has a row in each part until
     they merge: counted once, as after the merge, and as when the table is merged
-    into one part."""
+    into one part; so too a session's span in one country (the inserts' countries
+    alternate, the last two sessions have none from France)."""
     from pulse.core import rollups, stats
     from pulse.core.filters import parse_filters
     from tests.conftest import make_event, wait_persisted
@@ -508,6 +517,7 @@ def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) ->
     now = datetime.now(UTC)
     for batch in range(3):
         events = [make_event(user_id=f"s-user-{n}", session_id=f"s-{n % 4}",
+                             context={"country": "DE" if batch != 1 or n % 4 > 1 else "FR"},
                              occurred_at=(now - timedelta(hours=batch + 1, minutes=n)).isoformat())
                   for n in range(8)]
         assert project.api.post("/v1/events", {"events": events}).status == 202
@@ -517,10 +527,17 @@ def test_sessions_in_several_parts_are_counted_once(pulse: Any, project: Any) ->
     rows = ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0]
     assert parts > 1 and rows > 4, "the case is one session in several parts"
     assert stats.overview(ch, f)["unique_sessions"] == 4 == stats.overview(ch, f, rollups=False)["unique_sessions"]
+    de, fr = (parse_filters({"segment": [f"country:{c}"]}, project.project_id, 731) for c in ("DE", "FR"))
+    assert stats.overview_from_spans(ch, de, stats.resolver(ch, project.project_id)) is not None
+    assert stats.overview(ch, de)["unique_sessions"] == 4 == stats.overview(ch, de, rollups=False)["unique_sessions"]
+    assert stats.overview(ch, fr)["unique_sessions"] == 2 == stats.overview(ch, fr, rollups=False)["unique_sessions"]
     for cluster in (False, True):
-        sessions, extra = rollups.sessions_reaching(str(largest), cluster)
-        where, params = stats.condition(f, time_column=None)
-        assert ch.rows(f"SELECT {sessions} FROM session_spans WHERE {where}", {**params, **extra})[0][0] == 4
+        for reaches, count in ((rollups.SPAN_REACHES, 4), (rollups.country_reaches("country"), 2)):
+            sessions, extra = rollups.sessions_reaching(str(largest), cluster, reaches)
+            where, params = stats.condition(f, time_column=None)
+            assert ch.rows(f"SELECT {sessions} FROM session_spans WHERE {where}",
+                           {**params, **extra, "country": "FR"})[0][0] == count
     ch.command("OPTIMIZE TABLE session_spans FINAL")
     assert ch.rows("SELECT count() FROM session_spans WHERE project_id = {p:UUID}", {"p": project.project_id})[0][0] == 4
     assert stats.overview(ch, f)["unique_sessions"] == 4
+    assert [stats.overview(ch, g)["unique_sessions"] for g in (de, fr)] == [4, 2]

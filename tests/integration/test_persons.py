@@ -67,7 +67,8 @@ def z(moment: datetime) -> str:
 
 
 def assert_hourly_rollups_match_events(ch: Any, p: dict[str, str]) -> None:
-    """type_hours and path_hours hold, hour by hour, what the events table counts."""
+    """type_hours and path_hours hold, hour by hour, what the events table counts;
+    session_spans each session's span, and its span in each country."""
     for table, column, measure, where in (("type_hours", "event_type", "events", ""),
                                           ("path_hours", "path", "views", " AND event_type = 'page_view'")):
         held = ch.rows(f"SELECT hour, {column}, sum({measure}) AS n FROM {table} WHERE project_id = {{p:UUID}}"
@@ -75,6 +76,12 @@ def assert_hourly_rollups_match_events(ch: Any, p: dict[str, str]) -> None:
         counted = ch.rows(f"SELECT toStartOfHour(occurred_at) AS h, {column}, count() FROM events"
                           f" WHERE project_id = {{p:UUID}} AND bot = 0{where} GROUP BY ALL ORDER BY ALL", p)
         assert held == counted, table
+    spans = ("SELECT session_id, {} FROM {} WHERE project_id = {{p:UUID}}{} GROUP BY session_id ORDER BY session_id")
+    held = ch.rows(spans.format("min(first_at), max(last_at), minMap(country_first), maxMap(country_last)",
+                                "session_spans", ""), p)
+    counted = ch.rows(spans.format("min(occurred_at), max(occurred_at), minMap(map(country, occurred_at)),"
+                                   " maxMap(map(country, occurred_at))", "events", " AND bot = 0 AND session_id != ''"), p)
+    assert held == counted, "session_spans"
 
 def test_a_person_is_every_linked_identifier(owned: Owned) -> None:
     got = owned.get("/v1/persons/visitor-4")

@@ -296,7 +296,8 @@ def _rebuild_hours(ch: ClickHouse, project_id: str, table: str, column: str, whe
                      f" GROUP BY project_id, h, {column}", params)
 
 
-SESSION_SPANS = (f"SELECT project_id, session_id, min(occurred_at), max(occurred_at)"
+SESSION_SPANS = (f"SELECT project_id, session_id, min(occurred_at), max(occurred_at),"
+                 " minMap(map(country, occurred_at)), maxMap(map(country, occurred_at))"
                  f" FROM events WHERE project_id = {{p:UUID}} AND session_id != '' AND {ROLLED_UP}")
 
 

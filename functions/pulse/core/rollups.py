@@ -83,9 +83,10 @@ def session_parts(layout: Layout) -> str:
     return SESSION_PARTS.format(parts=layout.on_every_replica("system.parts"), table=layout.local("session_spans"))
 
 
-def sessions_reaching(largest: str, cluster: bool) -> tuple[str, dict[str, str]]:
+def sessions_reaching(largest: str, cluster: bool, reaches: str = SPAN_REACHES) -> tuple[str, dict[str, str]]:
     """The distinct sessions among ``session_spans`` rows that reach into the
-    range (``SPAN_REACHES``), and its parameters. Each part holds a session at
+    range (``reaches``: ``SPAN_REACHES``, or ``country_reaches``), and its
+    parameters. Each part holds a session at
     most once (a view's insert groups by session; a merge joins its rows), so a
     session in several rows has one in a part other than the largest: the rows
     are counted, less those repeated, which are found among the few sessions
@@ -94,11 +95,19 @@ def sessions_reaching(largest: str, cluster: bool) -> tuple[str, dict[str, str]]
     count stays exact). On a cluster a session's rows may sit on several
     shards: a distinct count."""
     if cluster:
-        return f"uniqExactIf(session_id, {SPAN_REACHES})", {}
+        return f"uniqExactIf(session_id, {reaches})", {}
     repeated = ("session_id IN (SELECT session_id FROM session_spans WHERE project_id = {f_project:UUID}"
                 " AND _part != {largest:String})")
-    return (f"countIf({SPAN_REACHES}) - countIf({SPAN_REACHES} AND {repeated})"
-            f" + uniqExactIf(session_id, {SPAN_REACHES} AND {repeated})", {"largest": largest})
+    return (f"countIf({reaches}) - countIf({reaches} AND {repeated})"
+            f" + uniqExactIf(session_id, {reaches} AND {repeated})", {"largest": largest})
+
+
+def country_reaches(country_param: str) -> str:
+    """``SPAN_REACHES`` for a session's events from one country (the bound
+    ``country_param``): its span there, kept per country (migration 0032)."""
+    country = f"{{{country_param}:String}}"
+    return (f"(mapContains(country_last, {country}) AND country_last[{country}] >= {{f_start:DateTime64(3, 'UTC')}}"
+            f" AND country_first[{country}] < {{f_end:DateTime64(3, 'UTC')}})")
 
 
 # The project's own hours: the exact check.

@@ -31,6 +31,7 @@ from pulse.core.rollups import (
     TYPE_SPAN_FIELDS,
     Source,
     actor_source,
+    country_reaches,
     covers,
     page_source,
     session_parts,
@@ -317,27 +318,43 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
+def one_country(filters: Filters) -> str | None:
+    """The country of segments that all name one country (``country:DE``), else None."""
+    values = {s.value for s in filters.segments}
+    if filters.segments and len(values) == 1 and all(s.field == "country" for s in filters.segments):
+        return values.pop()
+    return None
+
+
 def overview_from_spans(ch: ClickHouse, filters: Filters, who: Resolver) -> dict[str, Any] | None:
-    """The overview without a segment, over a range the span tables answer
-    (``spans_answer``): events and event types from ``type_hours``, persons from
-    ``type_spans``, sessions from ``session_spans`` (``sessions_reaching``), the
-    bots' events from the events table's ``bot`` column alone (PREWHERE: the
-    other columns are read only where a bot's event is). None otherwise."""
-    if filters.segments or filters.event_type is not None or spans_answer(ch, filters, frozenset()) is None:
+    """The overview, without a segment or with one country, over a range the
+    span tables answer (``spans_answer``): events and event types from
+    ``type_hours``, persons from ``type_spans`` (with a country: all three from
+    ``actor_type_hours``), sessions from ``session_spans`` (``sessions_reaching``;
+    with a country, its span there), the bots' events from the events table's
+    ``bot`` column first (PREWHERE: the other columns are read only where a
+    bot's event is). None otherwise."""
+    country = one_country(filters)
+    if (filters.segments and country is None) or filters.event_type is not None \
+            or spans_answer(ch, filters, frozenset({"country"} if country is not None else ())) is None:
         return None
     counted, params = condition(filters, time_column="hour")
-    spanned, _ = condition(filters, time_column=None)
+    spanned, _ = condition(replace(filters, segments=()), time_column=None)
+    everything, _ = condition(replace(filters, include_bots=True))
     _, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
-    sessions, extra = sessions_reaching(str(largest), bool(ch.layout.cluster))
+    reaches = SPAN_REACHES if country is None else country_reaches("f_sv0")
+    sessions, extra = sessions_reaching(str(largest), bool(ch.layout.cluster), reaches)
     params.update(extra)
-    e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
-                 params)[0]
-    u = query("overview", ch, f"SELECT uniqExactIf({who.key}, {SPAN_REACHES}) FROM type_spans WHERE {spanned}",
-              params)[0][0]
+    if country is None:
+        e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
+                     params)[0]
+        u = query("overview", ch, f"SELECT uniqExactIf({who.key}, {SPAN_REACHES}) FROM type_spans WHERE {spanned}",
+                  params)[0][0]
+    else:
+        e, u, t = query("overview", ch, f"SELECT sum(events), uniqExact({who.key}), uniqExact(event_type)"
+                        f" FROM actor_type_hours WHERE {counted}", params)[0]
     s = query("overview", ch, f"SELECT {sessions} FROM session_spans WHERE {spanned}", params)[0][0]
-    b = query("overview", ch, "SELECT count() FROM events PREWHERE bot = 1 WHERE project_id = {f_project:UUID}"
-              " AND occurred_at >= {f_start:DateTime64(3, 'UTC')} AND occurred_at < {f_end:DateTime64(3, 'UTC')}",
-              params)[0][0]
+    b = query("overview", ch, f"SELECT count() FROM events PREWHERE bot = 1 WHERE {everything}", params)[0][0]
     return {"events": int(e or 0), "unique_users": int(u), "unique_event_types": int(t), "unique_sessions": int(s),
             "bot_events_excluded": int(b)}
 
