@@ -73,8 +73,7 @@ class Traffic:
 @dataclass
 class Outcome:
     seconds: float = 0.0
-    spool_wait_s: float = 0.0  # ingest's time waiting for the spool's fsync, summed over requests
-    handler_s: float = 0.0  # ingest's time answering POST /v1/events, summed
+    ingest: dict[str, float] = field(default_factory=dict)  # ingest_totals over the run
     accept_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
@@ -277,24 +276,32 @@ def postgres_pids(state: Path) -> list[int]:
 
 # Pulse --------------------------------------------------------------------------
 
-def ingest_times(runtime: Any) -> tuple[float, float]:
-    """(seconds waiting for the spool's fsync, seconds answering POST /v1/events), summed
-    over the ingest processes' requests so far, from their /metrics."""
+INGEST_SERIES = {  # what run_pulse reads from the ingest processes' /metrics
+    "pulse_spool_sync_duration_seconds_sum": "spool_wait_s",  # waiting for the spool's fsync, per round
+    "pulse_spool_sync_duration_seconds_count": "spool_syncs",
+    "pulse_ingest_record_requests_count": "records",  # records sent (pulse.core.ingestion)
+    "pulse_ingest_record_requests_sum": "requests",  # the requests they carried
+}
+
+
+def ingest_totals(runtime: Any) -> dict[str, float]:
+    """INGEST_SERIES and ``handler_s`` (seconds answering POST /v1/events), summed
+    over the ingest processes so far, from their /metrics."""
     import urllib3
     from prometheus_client.parser import text_string_to_metric_families
 
     http = urllib3.PoolManager()
-    spool = handler = 0.0
+    totals = dict.fromkeys([*INGEST_SERIES.values(), "handler_s"], 0.0)
     for process in runtime.processes:
         text = http.request("GET", process.url + "/metrics").data.decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "pulse_spool_sync_duration_seconds_sum":
-                    spool += sample.value
+                if sample.name in INGEST_SERIES:
+                    totals[INGEST_SERIES[sample.name]] += sample.value
                 elif sample.name == "pulse_http_request_duration_seconds_sum" and \
                         sample.labels.get("function") == "ingest" and sample.labels.get("route") == "events":
-                    handler += sample.value
-    return spool, handler
+                    totals["handler_s"] += sample.value
+    return totals
 
 
 def failed_attempts(route: str) -> float:
@@ -323,7 +330,7 @@ def run_pulse(runtime: Any, traffic: Traffic) -> Outcome:
     })
     projects = list(traffic.distinct)
     failed = failed_attempts(source)
-    spool_before, handler_before = ingest_times(runtime)
+    ingest_before = ingest_totals(runtime)
     meter.start()
     began, latencies, statuses = clients.run()
     accepted = time.perf_counter()
@@ -338,9 +345,8 @@ def run_pulse(runtime: Any, traffic: Traffic) -> Outcome:
     done = time.perf_counter()
     cpu = {**meter.stop(), "clients": clients.cpu_s}
     runtime.drain(60)
-    spool_after, handler_after = ingest_times(runtime)
-    return Outcome(seconds=done - began, spool_wait_s=spool_after - spool_before,
-                   handler_s=handler_after - handler_before, accept_seconds=accepted - began, latencies=latencies,
+    ingest = {name: total - ingest_before[name] for name, total in ingest_totals(runtime).items()}
+    return Outcome(seconds=done - began, ingest=ingest, accept_seconds=accepted - began, latencies=latencies,
                    statuses=statuses, failed_deliveries=failed_attempts(source) - failed, counted=counted, cpu=cpu)
 
 
@@ -439,9 +445,15 @@ def _print(traffic: Traffic, pulse: Outcome, baseline: Outcome | None, share: fl
               f"{r.percentile(0.5):>9.1f}{r.percentile(0.99):>9.1f}{r.server_errors:>6}{failed:>19}{exact:>8}")
     if baseline:
         print(f"  pulse / baseline: {baseline.seconds / pulse.seconds:.2f}x")
-    if pulse.handler_s:
-        print(f"  the spool's fsync (a 202 durable in embedded mode): {pulse.spool_wait_s / pulse.handler_s:.0%} of "
-              f"ingest's time answering, {1000 * pulse.spool_wait_s / max(1, len(pulse.latencies)):.1f} ms a POST")
+    ingest = pulse.ingest
+    if ingest.get("handler_s") and ingest.get("spool_syncs"):
+        handler_ms = 1000 * ingest["handler_s"] / max(1, len(pulse.latencies))
+        sync_ms = 1000 * ingest["spool_wait_s"] / ingest["spool_syncs"]
+        print(f"  the spool's fsync (a 202 durable in embedded mode): {sync_ms:.1f} ms a round, which each POST "
+              f"waits for; ingest answers a POST in {handler_ms:.1f} ms")
+    if ingest.get("records"):
+        print(f"  ingest's records: {ingest['records']:,.0f} for {ingest['requests']:,.0f} requests "
+              f"({ingest['requests'] / ingest['records']:.1f} a record)")
     for name, r in rows:
         per = {k: 100_000 * v / traffic.events for k, v in r.cpu.items()}
         print(f"  CPU s per 100k events, {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())

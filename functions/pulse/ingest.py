@@ -1,7 +1,8 @@
-"""ingest — HTTP function: clients POST events; each accepted request becomes
-one Kafka record, answered 202 only after the broker acknowledged it (and,
-when ``spool_dir`` is set, after the record is in the spool on disk: see
-pulse/bus/spool.py)."""
+"""ingest — HTTP function: clients POST events; each accepted request goes
+into a Kafka record (its own, or one shared with other small requests of the
+project arriving at the same moment: pulse.core.ingestion), answered 202 only
+after the broker acknowledged it (and, when ``spool_dir`` is set, after the
+record is in the spool on disk: see pulse/bus/spool.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class Ingest(HttpFunction):
         self.settings = services.settings
         self.spool = open_spool(services)
         self.ingestor = Ingestor(services.producer, services.settings.raw_topic,
-                                 services.settings.limits.max_record_bytes, self.spool)
+                                 services.settings.limits.max_record_bytes, self.spool,
+                                 services.settings.ingest_coalesce_events, services.settings.ingest_linger_s)
         self.importer = Importer(self.ingestor, ImportLedger(services.db), services.settings.limits)
         self.suppressions = Suppressions(services.db, services.settings.key_cache_ttl_s)
         super().__init__(services.readiness(self.name))
@@ -79,13 +81,14 @@ class Ingest(HttpFunction):
         if self.stopping:
             raise Unavailable("ingest is shutting down", self.settings.retry_after_s)
         key = self.api_key(request)
-        batch = parse_batch(read_body(request, self.settings.limits.max_body_bytes), self.settings.limits)
-        count_rejections(batch.errors)
-        if not batch.rows:
-            raise InvalidInput("no valid event in the request", batch.errors)
-        rows = self.kept(key.project_id, batch.rows)
-        if rows:
-            self.ingestor.submit(key.project_id, rows)
+        with self.ingestor.announce() as coming:  # the record about to go waits a moment for this one's events
+            batch = parse_batch(read_body(request, self.settings.limits.max_body_bytes), self.settings.limits)
+            count_rejections(batch.errors)
+            if not batch.rows:
+                raise InvalidInput("no valid event in the request", batch.errors)
+            rows = self.kept(key.project_id, batch.rows)
+            if rows:
+                self.ingestor.submit(key.project_id, rows, announcement=coming)
         return json_response({"accepted": len(batch.rows), "errors": batch.error_list()}, 202)
 
     # Compatible ingest --------------------------------------------------

@@ -79,6 +79,12 @@ class Settings:
     key_cache_ttl_s: float = 2.0
     kafka_ack_timeout_s: float = 5.0
     kafka_max_in_flight: int = 64
+    # ingest: requests of one project answered together share one record of
+    # at most this many events (0: a record per request), each downstream step
+    # being paid per record; a round about to be sent waits up to
+    # ingest_linger_s for requests still being read (pulse.core.ingestion).
+    ingest_coalesce_events: int = 1000
+    ingest_linger_s: float = 0.002
     # ingest's write-ahead spool (pulse.bus.spool): set by `pulse up` to
     # <state_dir>/spool when it runs the embedded broker, which keeps records
     # in memory only. At most spool_max_bytes not yet persisted.
@@ -208,6 +214,10 @@ class Settings:
             raise SettingsError("PULSE_MAX_RECORD_BYTES: must be at least 262144 (one event always fits)")
         if self.kafka_max_in_flight < 1:
             raise SettingsError("PULSE_KAFKA_MAX_IN_FLIGHT: must be at least 1")
+        if not 0 <= self.ingest_coalesce_events <= 100_000:
+            raise SettingsError("PULSE_INGEST_COALESCE_EVENTS: must be from 0 to 100000")
+        if not 0 <= self.ingest_linger_s <= 1:
+            raise SettingsError("PULSE_INGEST_LINGER_S: must be from 0 to 1")
         if not 0 <= self.ingest_processes <= 16:
             raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
         if self.chdb_cache_mb < 8:

@@ -67,6 +67,9 @@ EVENTS_REJECTED = Counter("pulse_events_rejected_total", "Events refused by inge
 KAFKA_PRODUCE_LATENCY = Histogram(
     "pulse_kafka_produce_duration_seconds", "Time until the broker acknowledged a record", ["topic"],
     buckets=LATENCY_BUCKETS)
+INGEST_RECORD_REQUESTS = Histogram(
+    "pulse_ingest_record_requests", "Requests whose events one ingested record carries (pulse.core.ingestion)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
 SPOOL_SYNC_LATENCY = Histogram(
     "pulse_spool_sync_duration_seconds", "Time until a spooled record was on disk (its group's fsync)",
     buckets=LATENCY_BUCKETS)

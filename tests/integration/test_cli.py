@@ -158,15 +158,36 @@ def exported_ids(api: Api, event_type: str) -> list[str]:
     return [orjson.loads(line)["event_id"] for line in answer.body.splitlines() if line]
 
 
+def ingest_records(url: str) -> tuple[float, float]:
+    """(records sent, requests they carried) from an ingest process's /metrics."""
+    import urllib3
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib3.PoolManager().request("GET", url + "/metrics").data.decode()
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name.startswith("pulse_ingest_record_requests_")}
+    return found.get("pulse_ingest_record_requests_count", 0.0), found.get("pulse_ingest_record_requests_sum", 0.0)
+
+
 @pytest.mark.slow
 def test_a_kill_9_of_the_whole_stack_right_after_the_last_202_loses_and_doubles_nothing(tmp_path: Path) -> None:
     """The embedded broker keeps records in memory; ingest's spool keeps what it
-    acknowledged, and the next start hands that to persist."""
+    acknowledged, and the next start hands that to persist. Small requests
+    sent at once share records, re-sending ids of the requests beside them."""
+    import random
+
     process, found = start_up(tmp_path, "--demo", "--demo-events", "1")
     events = [make_event(event_type="kill9") for _ in range(12_000)]
-    batches = [events[i:i + 500] for i in range(0, len(events), 500)]
+    rng = random.Random(9)
+    batches = [events[i:i + 500] for i in range(0, 6_000, 500)]
+    small = [events[i:i + 50] for i in range(6_000, len(events), 50)]
+    for n, batch in enumerate(small):  # each also carries 5 events of the one sent beside it
+        batches.append(batch + rng.sample(small[n ^ 1], 5))
+    rng.shuffle(batches)
     answers: list[int] = []
     try:
+        records_before, requests_before = ingest_records(found["ingest"])  # the demo's
+
         def client(mine: list[list[dict[str, object]]]) -> None:
             api = Api(found["url"], found["key"])
             answers.extend(api.post("/v1/events", {"events": batch}).status for batch in mine)
@@ -176,9 +197,12 @@ def test_a_kill_9_of_the_whole_stack_right_after_the_last_202_loses_and_doubles_
             thread.start()
         for thread in threads:
             thread.join(120)
+        records, requests = ingest_records(found["ingest"])
+        records, requests = records - records_before, requests - requests_before
     finally:
         kill_everything(process, tmp_path)
     assert answers == [202] * len(batches)
+    assert requests == len(batches) and records < requests  # requests did share records
     assert list((tmp_path / "spool").glob("*.spool"))  # what the kill left for the next start
 
     process, restarted = start_up(tmp_path)

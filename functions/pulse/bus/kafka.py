@@ -1,10 +1,11 @@
 """Kafka through kafka-python: the producer ingest uses, topic creation, consumers.
 
 ``Producer.send`` returns only after the broker acknowledged the record with
-``acks=all``; if that does not happen within ``ack_timeout_s`` it raises
-``Unavailable`` (the HTTP layer answers 503 with Retry-After). The record may
-still be stored later: clients that retry send the same ``event_id`` and the
-dedup ledger makes the retry harmless.
+``acks=all`` (``send_many``: several records at once, an answer for each); if
+that does not happen within ``ack_timeout_s`` it raises ``Unavailable`` (the
+HTTP layer answers 503 with Retry-After). The record may still be stored
+later: clients that retry send the same ``event_id`` and the dedup ledger
+makes the retry harmless.
 
 Backpressure: at most ``max_in_flight`` records wait for an acknowledgement at
 once; one more is refused at once with ``Unavailable`` rather than queued, so
@@ -17,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -64,31 +66,70 @@ class Producer:
     def send(self, topic: str, key: str, event: CloudEvent, meanwhile: Callable[[], None] | None = None) -> None:
         """Returns once the broker acknowledged the record. ``meanwhile`` runs
         while the record is on its way (ingest's spool write)."""
-        if not self._slots.acquire(blocking=False):
-            telemetry.KAFKA_PRODUCE_REFUSED.labels(topic).inc()
-            raise Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
-                              self.retry_after_s)
+        [error] = self.send_many(topic, [(key, event)], meanwhile)
+        if error is not None:
+            raise error
+
+    def send_many(self, topic: str, records: Sequence[tuple[str, CloudEvent]],
+                  meanwhile: Callable[[], None] | None = None) -> list[Unavailable | None]:
+        """Send the records (key, event) at once and wait for the broker's answer
+        to each, all within ``ack_timeout_s``: per record, None once it was
+        acknowledged, or the Unavailable it met (refused, not acknowledged).
+        ``meanwhile`` runs while they are on their way; if it raises, that is raised."""
         started = time.perf_counter()
-        with self._lock:
-            self.in_flight += 1
+        errors: list[Unavailable | None] = []
+        futures: list[Any] = []
+        refused = 0
+        taken = 0
         try:
-            future = self._get().send(
-                topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
+            for key, event in records:
+                future = None
+                if not self._slots.acquire(blocking=False):
+                    telemetry.KAFKA_PRODUCE_REFUSED.labels(topic).inc()
+                    refused += 1
+                    errors.append(Unavailable(f"kafka is slow: {self.max_in_flight} records already wait for it",
+                                              self.retry_after_s))
+                    futures.append(None)
+                    continue
+                taken += 1
+                with self._lock:
+                    self.in_flight += 1
+                try:
+                    future = self._get().send(
+                        topic, key=key.encode(), value=event.data, headers=to_kafka_headers(event))
+                    errors.append(None)
+                except KafkaError as exc:
+                    errors.append(self._not_acknowledged(exc))
+                except Unavailable as exc:
+                    errors.append(exc)
+                futures.append(future)
             if meanwhile is not None:
                 meanwhile()
-            future.get(timeout=self.ack_timeout_s)
-        except KafkaError as exc:
-            telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()
-            raise Unavailable(f"kafka did not acknowledge the record: {type(exc).__name__}",
-                              self.retry_after_s) from exc
-        except Unavailable:
-            telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc()
-            raise
+            deadline = started + self.ack_timeout_s
+            for index, future in enumerate(futures):
+                if future is not None:
+                    try:
+                        future.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    except KafkaError as exc:
+                        errors[index] = self._not_acknowledged(exc)
         finally:
             with self._lock:
-                self.in_flight -= 1
-            self._slots.release()
-        telemetry.KAFKA_PRODUCE_LATENCY.labels(topic).observe(time.perf_counter() - started)
+                self.in_flight -= taken
+            for _ in range(taken):
+                self._slots.release()
+        elapsed = time.perf_counter() - started
+        failed = sum(error is not None for error in errors) - refused
+        if failed:
+            telemetry.KAFKA_PRODUCE_ERRORS.labels(topic).inc(failed)
+        for error in errors:
+            if error is None:
+                telemetry.KAFKA_PRODUCE_LATENCY.labels(topic).observe(elapsed)
+        return errors
+
+    def _not_acknowledged(self, exc: KafkaError) -> Unavailable:
+        error = Unavailable(f"kafka did not acknowledge the record: {type(exc).__name__}", self.retry_after_s)
+        error.__cause__ = exc
+        return error
 
     def ready(self, topic: str) -> bool:
         """The broker answers metadata for ``topic`` (cached once known)."""

@@ -176,7 +176,7 @@ class Spool:
         self._lock = threading.Lock()
         self._sequence = itertools.count(1)
         self._segments: list[_Segment] = []
-        self._syncs: GroupCommit[_Segment, None] = GroupCommit(self._sync)
+        self._syncs: GroupCommit[tuple[_Segment, ...], None] = GroupCommit(self._sync)
         directory.mkdir(parents=True, exist_ok=True)
         self._closing = threading.Event()
         self._trimmer: threading.Thread | None = None
@@ -219,10 +219,11 @@ class Spool:
         """The batch will not be persisted from here (refused): its segment need not wait for it."""
         mark_dead(self.directory, batch_id)
 
-    def sync(self, segment: _Segment) -> None:
-        """Returns once what ``write`` appended to ``segment`` is on disk."""
+    def sync(self, *segments: _Segment) -> None:
+        """Returns once what ``write`` appended is on disk: one segment per
+        ``write`` (what each returned)."""
         with telemetry.SPOOL_SYNC_LATENCY.time():
-            self._syncs.submit(segment)
+            self._syncs.submit(segments)
 
     def _current(self) -> _Segment:
         live = self._segments[-1] if self._segments and not self._segments[-1].sealed else None
@@ -238,14 +239,15 @@ class Spool:
             self._segments.append(live)
         return live
 
-    def _sync(self, waiting: list[_Segment]) -> list[None]:
+    def _sync(self, waiting: list[tuple[_Segment, ...]]) -> list[None]:
         """One fsync per segment for the appends of this round (all written before it began)."""
+        appends = [segment for segments in waiting for segment in segments]
         try:
-            for segment in dict.fromkeys(waiting):
+            for segment in dict.fromkeys(appends):
                 os.fdatasync(segment.fd)
         finally:
             with self._lock:
-                for segment in waiting:
+                for segment in appends:
                     segment.unsynced -= 1
         return [None] * len(waiting)
 
