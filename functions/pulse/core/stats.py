@@ -310,14 +310,12 @@ def _pages_from_spans(ch: ClickHouse, views: Filters, limit: int, parts: tuple[i
     paths, path_users = span_read("page_spans", parts[1], who)
     whole = (f"SELECT {path_users} FROM {paths} WHERE {spanned}" if views.segments else
              f"SELECT {type_users} FROM {types} WHERE project_id = {{f_project:UUID}} AND event_type = 'page_view'")
-    top = ("SELECT path, sum(views) AS n, toUInt8(grouping(path)) AS whole FROM path_hours"
-           f" WHERE {counted} GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC"
-           " LIMIT {limit:UInt32}")
-    # persons counted for the kept paths only
     return query("pages", ch,
-                 f"SELECT v.path, v.n, u.n, v.whole FROM ({top}) AS v LEFT JOIN (SELECT path, {path_users} AS n,"
-                 f" toUInt8(0) AS whole FROM {paths} WHERE {spanned} AND path IN (SELECT path FROM ({top}))"
-                 f" GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
+                 "SELECT v.path, v.n, u.n, v.whole FROM (SELECT path, sum(views) AS n,"
+                 f" toUInt8(grouping(path)) AS whole FROM path_hours WHERE {counted}"
+                 " GROUP BY GROUPING SETS ((path), ()) ORDER BY whole DESC, n DESC, path ASC LIMIT {limit:UInt32})"
+                 f" AS v LEFT JOIN (SELECT path, {path_users} AS n, toUInt8(0) AS whole FROM {paths}"
+                 f" WHERE {spanned} GROUP BY path UNION ALL SELECT '', ({whole}), toUInt8(1)) AS u"
                  " USING (path, whole) ORDER BY v.whole DESC, v.n DESC, v.path ASC", params)
 
 
