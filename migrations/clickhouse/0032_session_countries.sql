@@ -2,9 +2,10 @@
 -- each country (a session's events may come from several). The overview with
 -- a country segment counts the sessions whose span in that country reaches
 -- into the range, as the overview without one counts sessions (pulse.core.rollups);
--- it read the events table before (over a year of 10M events with country:DE,
--- ~240 ms; ~25 ms this way). Rows written before this migration get their
--- countries from the backfill: a session's rows merge, min and max per country.
+-- it read the events table before (the overview with country:DE over a year
+-- of 10M events: 241 ms, 77 ms this way). Rows written before this migration
+-- get their countries from the backfill: a session's rows merge, min and max
+-- per country.
 ALTER TABLE session_spans ADD COLUMN IF NOT EXISTS
     country_first SimpleAggregateFunction(minMap, Map(String, DateTime64(3, 'UTC')));
 ALTER TABLE session_spans ADD COLUMN IF NOT EXISTS
