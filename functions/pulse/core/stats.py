@@ -343,9 +343,9 @@ def overview_from_spans(ch: ClickHouse, filters: Filters, who: Resolver) -> dict
     spanned, _ = condition(replace(filters, segments=()), time_column=None)
     everything, _ = condition(replace(filters, include_bots=True))
     _, largest = query("span-state", ch, session_parts(ch.layout), {})[0]
-    reaches = SPAN_REACHES if country is None else country_reaches("f_sv0")
+    reaches = SPAN_REACHES if country is None else country_reaches("country")
     sessions, extra = sessions_reaching(str(largest), bool(ch.layout.cluster), reaches)
-    params.update(extra)
+    params.update(extra, country=country)
     if country is None:
         e, t = query("overview", ch, f"SELECT sum(events), uniqExact(event_type) FROM type_hours WHERE {counted}",
                      params)[0]
