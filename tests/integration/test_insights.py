@@ -4,6 +4,7 @@ sent through the real ingest path with its identity calls."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -200,6 +201,44 @@ def test_funnel_people(seeded: Seeded, body: dict[str, Any], step: int, status: 
         page = seeded.api.post("/v1/stats/funnel/people", {**request, "limit": 3, "offset": offset}).json
         pages += page
     assert pages == answer.json
+
+
+DENSE_FUNNELS = [
+    (["a", "b", "c"], 600, "ordered", []), (["a", "b", "c"], 3600, "strict", []), (["a", "b", "c"], 900, "any", []),
+    (["a", "b", "a"], 1200, "ordered", []), (["a", "b", "a"], 1200, "strict", []), (["a", "a", "b"], 1800, "any", []),
+    (["a", "a", "b", "c"], 2400, "ordered", [("d", 1, 3)]), (["b", "c"], 60, "strict", [("a", 1, 2)]),
+]
+
+
+def test_funnels_over_dense_histories_with_ties_and_repeated_steps(pulse: Any, project: Any) -> None:
+    """Persons with hundreds of events, many sharing a millisecond, funnels whose
+    steps repeat a type (one event may be two steps): every order against the
+    oracle, which walks each attempt event by event."""
+    from tests.conftest import make_event, wait_persisted
+
+    rng = random.Random(11)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    instants = sorted(rng.sample(range(0, 2 * 3600 * 1000), 400))
+    events = []
+    for person in range(12):
+        for _ in range(rng.randrange(20, 220)):
+            at = base + timedelta(milliseconds=rng.choice(instants))
+            events.append(oracle.Event(str(uuid.uuid4()), rng.choice("aabbcd"), f"dense-{person}", "", "", at, {},
+                                       "", ""))
+            events[-1].person = events[-1].user_id
+    for start in range(0, len(events), 500):
+        batch = [make_event(event_id=e.event_id, event_type=e.event_type, user_id=e.user_id,
+                            occurred_at=e.at.isoformat()) for e in events[start:start + 500]]
+        assert project.api.post("/v1/events", {"events": batch}).status == 202
+    wait_persisted(pulse)
+    for steps, window, order, exclusions in DENSE_FUNNELS:
+        body = {"steps": steps, "window_seconds": window, "order": order,
+                "exclusions": [{"event_type": t, "from_step": a, "to_step": b} for t, a, b in exclusions]}
+        answer = project.api.post("/v1/stats/funnel", body)
+        assert answer.status == 200, answer.body[:300]
+        want = oracle.funnel_full(events, [(s, []) for s in steps], window, order, exclusions)
+        assert answer.json == want, body
+        assert want["steps"][1]["users"] > 0, body
 
 
 def test_funnel_people_of_a_breakdown_value(seeded: Seeded) -> None:

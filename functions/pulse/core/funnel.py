@@ -42,8 +42,10 @@ The persons at a step (``people``): ``converted`` at step k reached it;
 ``dropped`` at step k (k >= 2) reached step k-1 but not k. Ordered by the
 counted attempt's start, then the person key.
 
-Cost: per person, each attempt scans the events after its start (``strict``:
-the next few only), so a person with m starts and e events costs m × e.
+Cost: a person's events are read, sorted, and passed over a few times per
+step (filling each step's next time backwards from the end); every attempt's
+level then comes from those passes, so the work grows with the events, not
+with the events times the attempts.
 """
 
 from __future__ import annotations
@@ -260,41 +262,68 @@ def _t(packed: str) -> str:
     return f"toInt64(bitShiftRight({packed}, {PACK_BITS}))"
 
 
-def _nexts(steps: range) -> str:
-    """``nx<k>``: for each position, the first position at or after it whose event is step k+1's."""
-    return "".join(f", arrayReverseFill((j, x) -> bitTest(x, {k}), arrayEnumerate(e1), e1) AS nx{k}" for k in steps)
+SENTINEL_MS = "toInt64(281474976710655)"  # the sentinel's time: SENTINEL without its mask bits
+
+
+def _shift(values: str, by: int = 1, after: str = SENTINEL_MS) -> str:
+    """``values`` moved ``by`` places towards the front (``after`` past the end):
+    at each position, the value of the position ``by`` further on."""
+    return f"arrayResize(arraySlice({values}, {by + 1}), last, {after})"
+
+
+def _fill(bit: int, values: str) -> str:
+    """At each position, ``values`` at the first position at or after it whose event
+    has ``bit`` (the sentinel has every bit, so there is always one)."""
+    return f"arrayReverseFill((v, x) -> bitTest(x, {bit}), {values}, e1)"
+
+
+def _at_starts(values: str, starts: str) -> str:
+    """``values`` at the attempts' start positions (``starts``: the start condition on ``x``)."""
+    return f"arrayFilter((v, x, j) -> {starts} AND j < last, {values}, e1, arrayEnumerate(e1))"
 
 
 def _counted(order: str, n: int) -> str:
     """``level`` and ``times`` of the counted attempt, from ``e1`` (the person's packed
-    events in order, then the sentinel) and ``last`` (the sentinel's position)."""
+    events in order, then the sentinel) and ``last`` (the sentinel's position).
+
+    Per position (``T``: the event's time), ``C<k>`` is the time of step k of an
+    attempt starting there, found by filling times backwards (``_fill``) and
+    moving them one place (``_shift``): whole-array passes only, so a person's
+    work grows with their events, never with events times starts. ``S<k>``
+    holds ``C<k>`` at each start, in order."""
+    head = ", arrayMap(x -> toInt64(bitShiftRight(x, 16)), e1) AS T"
     if order == "ordered":  # each next step: the first such event after the previous one
-        chain = "".join(f", arrayMap(j -> nx{k}[least(j + 1, last)], p{k}) AS p{k + 1}" for k in range(1, n))
-        args = ", ".join(f"a{k}" for k in range(1, n + 1))
-        inside = " + ".join(f"({_t(f'e1[a{k}]')} - {_t('e1[a1]')} <= W)" for k in range(2, n + 1))
-        times = ", ".join(_t(f"e1[p{k}[c]]") for k in range(1, n + 1))
-        return (f"{_nexts(range(1, n))},"
-                " arrayFilter((j, x) -> bitTest(x, 0) AND j < last, arrayEnumerate(e1), e1) AS p1"
-                f"{chain}, arrayMap(({args}) -> toUInt8(1 + {inside}), {', '.join(f'p{k}' for k in range(1, n + 1))})"
-                " AS levels, arrayMax(levels) AS full_level, arrayFirstIndex(x -> x = full_level, levels) AS c,"
-                f" arraySlice([{times}], 1, full_level) AS full_times")
-    if order == "strict":  # the events right after the start must be the next steps
-        def step(k: int) -> str:
-            return f"(bitTest(e1[s + {k}], {k}) AND {_t(f'e1[s + {k}]')} - {_t('e1[s]')} <= W)"
-        inside = " + ".join("(" + " AND ".join(step(j) for j in range(1, k + 1)) + ")" for k in range(1, n))
-        times = ", ".join(_t(f"e1[p1[c] + {k}]") for k in range(n))
-        return (", arrayFilter((j, x) -> bitTest(x, 0) AND j < last, arrayEnumerate(e1), e1) AS p1,"
-                f" arrayMap(s -> toUInt8(1 + {inside}), p1) AS levels, arrayMax(levels) AS full_level,"
+        chains = ""
+        for k in range(2, n + 1):
+            chain = "T"
+            for bit in range(k - 1, 0, -1):  # step k's time, then back through the steps before it
+                chain = _shift(_fill(bit, chain))
+            chains += f", {_at_starts(chain, 'bitTest(x, 0)')} AS S{k}"
+        starts = f", {_at_starts('T', 'bitTest(x, 0)')} AS S1{chains}"
+    elif order == "strict":  # the events right after the start must be the next steps
+        starts = f", {_at_starts('T', 'bitTest(x, 0)')} AS S1"
+        for k in range(2, n + 1):
+            ok = " AND ".join(f"bitTest(m{j}, {j - 1})" for j in range(2, k + 1))
+            args = ", ".join(f"m{j}" for j in range(2, k + 1))
+            masks = ", ".join(_shift("e1", j - 1, "toUInt64(0)") for j in range(2, k + 1))
+            moved = _shift("T", k - 1)
+            step = f"arrayMap((t, {args}) -> if({ok}, t, {SENTINEL_MS}), {moved}, {masks})"
+            starts += f", {_at_starts(step, 'bitTest(x, 0)')} AS S{k}"
+    else:  # any: from the start, the first event of each step within the window
+        any_step = f"bitAnd(x, {(1 << n) - 1}) != 0"
+        starts = f", {_at_starts('T', any_step)} AS S0" + "".join(
+            f", {_at_starts(_fill(k, 'T'), any_step)} AS F{k}" for k in range(n))
+        starts += "".join(f", arrayMap((f, s) -> if(f - s <= W, f, -1), F{k}, S0) AS R{k}" for k in range(n))
+        firsts = ", ".join(f"R{k}" for k in range(n))
+        return (f"{head}{starts}, arrayMap(({firsts}) -> toUInt8({' + '.join(f'(R{k} >= 0)' for k in range(n))}),"
+                f" {firsts}) AS levels, arrayMax(levels) AS full_level,"
                 " arrayFirstIndex(x -> x = full_level, levels) AS c,"
-                f" arraySlice([{times}], 1, full_level) AS full_times")
-    # any: from the start, the first event of each step within the window
-    within = [f"({_t(f'e1[nx{k}[s]]')} - {_t('e1[s]')} <= W)" for k in range(n)]
-    times = ", ".join(f"if({_t(f'e1[nx{k}[p1[c]]]')} - {_t('e1[p1[c]]')} <= W, {_t(f'e1[nx{k}[p1[c]]]')}, -1)"
-                      for k in range(n))
-    return (f"{_nexts(range(n))}, arrayFilter((j, x) -> bitAnd(x, {(1 << n) - 1}) != 0 AND j < last,"
-            f" arrayEnumerate(e1), e1) AS p1, arrayMap(s -> toUInt8({' + '.join(within)}), p1) AS levels,"
+                f" arraySort(arrayFilter(x -> x >= 0, [{', '.join(f'R{k}[c]' for k in range(n))}])) AS full_times")
+    args = ", ".join(f"S{k}" for k in range(1, n + 1))
+    inside = " + ".join(f"(S{k} - S1 <= W)" for k in range(2, n + 1))
+    return (f"{head}{starts}, arrayMap(({args}) -> toUInt8(1 + {inside}), {args}) AS levels,"
             " arrayMax(levels) AS full_level, arrayFirstIndex(x -> x = full_level, levels) AS c,"
-            f" arraySort(arrayFilter(x -> x >= 0, [{times}])) AS full_times")
+            f" arraySlice([{', '.join(f'S{k}[c]' for k in range(1, n + 1))}], 1, full_level) AS full_times")
 
 
 def exprs_of(bd: Breakdown | None) -> list[int]:
