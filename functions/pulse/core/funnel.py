@@ -278,8 +278,9 @@ def _fill(bit: int, values: str) -> str:
 
 
 def _at_starts(values: str, starts: str) -> str:
-    """``values`` at the attempts' start positions (``starts``: the start condition on ``x``)."""
-    return f"arrayFilter((v, x, j) -> {starts} AND j < last, {values}, e1, arrayEnumerate(e1))"
+    """``values`` at the attempts' start positions (``starts``: the start condition on
+    ``x``, which the sentinel meets: it is the last kept, and dropped)."""
+    return f"arrayPopBack(arrayFilter((v, x) -> {starts}, {values}, e1))"
 
 
 def _counted(order: str, n: int) -> str:
