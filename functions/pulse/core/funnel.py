@@ -263,12 +263,12 @@ def _t(packed: str) -> str:
 
 
 SENTINEL_MS = "toInt64(281474976710655)"  # the sentinel's time: SENTINEL without its mask bits
+TIMES = ", arrayMap(x -> toInt64(bitShiftRight(x, 16)), e1) AS T"  # each event's time (ms)
 
 
-def _shift(values: str, by: int = 1, after: str = SENTINEL_MS) -> str:
-    """``values`` moved ``by`` places towards the front (``after`` past the end):
-    at each position, the value of the position ``by`` further on."""
-    return f"arrayResize(arraySlice({values}, {by + 1}), last, {after})"
+def _next(values: str) -> str:
+    """At each position, ``values`` of the position after it (past the end: the sentinel's time)."""
+    return f"arrayResize(arraySlice({values}, 2), last, {SENTINEL_MS})"
 
 
 def _fill(bit: int, values: str) -> str:
@@ -278,53 +278,58 @@ def _fill(bit: int, values: str) -> str:
 
 
 def _at_starts(values: str, starts: str) -> str:
-    """``values`` at the attempts' start positions (``starts``: the start condition on
-    ``x``, which the sentinel meets: it is the last kept, and dropped)."""
+    """``values`` at the attempts' start positions, in order (``starts``: the start
+    condition on ``x``, which the sentinel meets: it is the last kept, and dropped)."""
     return f"arrayPopBack(arrayFilter((v, x) -> {starts}, {values}, e1))"
+
+
+def _best(levels: str, times: str) -> str:
+    """``levels`` (per attempt, from ``levels``), ``full_level`` and the counted
+    attempt ``c`` (the first reaching it), and ``full_times``, its step times
+    among ``times`` (the sequence of ``times`` at ``c``; for ``any``, sorted)."""
+    return (f", {levels} AS levels, arrayMax(levels) AS full_level,"
+            f" arrayFirstIndex(x -> x = full_level, levels) AS c, {times}")
 
 
 def _counted(order: str, n: int) -> str:
     """``level`` and ``times`` of the counted attempt, from ``e1`` (the person's packed
     events in order, then the sentinel) and ``last`` (the sentinel's position).
 
-    Per position (``T``: the event's time), ``C<k>`` is the time of step k of an
-    attempt starting there, found by filling times backwards (``_fill``) and
-    moving them one place (``_shift``): whole-array passes only, so a person's
-    work grows with their events, never with events times starts. ``S<k>``
-    holds ``C<k>`` at each start, in order."""
-    head = ", arrayMap(x -> toInt64(bitShiftRight(x, 16)), e1) AS T"
+    ``ordered`` and ``any`` work on whole arrays: the time of each step's next
+    event from every position is filled backwards over the events (``_fill``),
+    then read at the starts, so a person's work grows with their events, not
+    with their events times their starts. ``strict`` reads the n - 1 events
+    after each start."""
     if order == "ordered":  # each next step: the first such event after the previous one
-        chains = ""
-        for k in range(2, n + 1):
-            chain = "T"
-            for bit in range(k - 1, 0, -1):  # step k's time, then back through the steps before it
-                chain = _shift(_fill(bit, chain))
-            chains += f", {_at_starts(chain, 'bitTest(x, 0)')} AS S{k}"
-        starts = f", {_at_starts('T', 'bitTest(x, 0)')} AS S1{chains}"
-    elif order == "strict":  # the events right after the start must be the next steps
+        # S<k>: per start, step k's time; from position i, step 2's is the first after i, step 3's
+        # the first after that, ...: filled for the last step first, then back through the steps before
         starts = f", {_at_starts('T', 'bitTest(x, 0)')} AS S1"
         for k in range(2, n + 1):
-            ok = " AND ".join(f"bitTest(m{j}, {j - 1})" for j in range(2, k + 1))
-            args = ", ".join(f"m{j}" for j in range(2, k + 1))
-            masks = ", ".join(_shift("e1", j - 1, "toUInt64(0)") for j in range(2, k + 1))
-            moved = _shift("T", k - 1)
-            step = f"arrayMap((t, {args}) -> if({ok}, t, {SENTINEL_MS}), {moved}, {masks})"
-            starts += f", {_at_starts(step, 'bitTest(x, 0)')} AS S{k}"
-    else:  # any: from the start, the first event of each step within the window
-        any_step = f"bitAnd(x, {(1 << n) - 1}) != 0"
-        starts = f", {_at_starts('T', any_step)} AS S0" + "".join(
-            f", {_at_starts(_fill(k, 'T'), any_step)} AS F{k}" for k in range(n))
-        starts += "".join(f", arrayMap((f, s) -> if(f - s <= W, f, -1), F{k}, S0) AS R{k}" for k in range(n))
-        firsts = ", ".join(f"R{k}" for k in range(n))
-        return (f"{head}{starts}, arrayMap(({firsts}) -> toUInt8({' + '.join(f'(R{k} >= 0)' for k in range(n))}),"
-                f" {firsts}) AS levels, arrayMax(levels) AS full_level,"
-                " arrayFirstIndex(x -> x = full_level, levels) AS c,"
-                f" arraySort(arrayFilter(x -> x >= 0, [{', '.join(f'R{k}[c]' for k in range(n))}])) AS full_times")
-    args = ", ".join(f"S{k}" for k in range(1, n + 1))
-    inside = " + ".join(f"(S{k} - S1 <= W)" for k in range(2, n + 1))
-    return (f"{head}{starts}, arrayMap(({args}) -> toUInt8(1 + {inside}), {args}) AS levels,"
-            " arrayMax(levels) AS full_level, arrayFirstIndex(x -> x = full_level, levels) AS c,"
-            f" arraySlice([{', '.join(f'S{k}[c]' for k in range(1, n + 1))}], 1, full_level) AS full_times")
+            chain = "T"
+            for bit in range(k - 1, 0, -1):
+                chain = _next(_fill(bit, chain))
+            starts += f", {_at_starts(chain, 'bitTest(x, 0)')} AS S{k}"
+        args = ", ".join(f"S{k}" for k in range(1, n + 1))
+        inside = " + ".join(f"(S{k} - S1 <= W)" for k in range(2, n + 1))
+        return TIMES + starts + _best(
+            f"arrayMap(({args}) -> toUInt8(1 + {inside}), {args})",
+            f"arraySlice([{', '.join(f'S{k}[c]' for k in range(1, n + 1))}], 1, full_level) AS full_times")
+    if order == "strict":  # the events right after the start must be the next steps
+        def step(k: int) -> str:
+            return f"(bitTest(e1[s + {k}], {k}) AND {_t(f'e1[s + {k}]')} - {_t('e1[s]')} <= W)"
+        inside = " + ".join("(" + " AND ".join(step(j) for j in range(1, k + 1)) + ")" for k in range(1, n))
+        times = ", ".join(_t(f"e1[p1[c] + {k}]") for k in range(n))
+        return (", arrayFilter((j, x) -> bitTest(x, 0) AND j < last, arrayEnumerate(e1), e1) AS p1" + _best(
+            f"arrayMap(s -> toUInt8(1 + {inside}), p1)", f"arraySlice([{times}], 1, full_level) AS full_times"))
+    # any: from each start (an event of any step), the first event of each step within the window
+    any_step = f"bitAnd(x, {(1 << n) - 1}) != 0"
+    starts = f", {_at_starts('T', any_step)} AS S0" + "".join(
+        f", arrayMap((f, s) -> if(f - s <= W, f, -1), {_at_starts(_fill(k, 'T'), any_step)}, S0) AS R{k}"
+        for k in range(n))
+    firsts = ", ".join(f"R{k}" for k in range(n))
+    return TIMES + starts + _best(
+        f"arrayMap(({firsts}) -> toUInt8({' + '.join(f'(R{k} >= 0)' for k in range(n))}), {firsts})",
+        f"arraySort(arrayFilter(x -> x >= 0, [{', '.join(f'R{k}[c]' for k in range(n))}])) AS full_times")
 
 
 def exprs_of(bd: Breakdown | None) -> list[int]:
