@@ -62,7 +62,7 @@ def test_a_country_breakdown_reads_the_hourly_rollup_and_a_property_the_events()
     only_bound(sql, params)
     by_plan = breakdowns.make([f"properties.{'plan'}"])
     sql, params = stats.events_query(f, "day", PERSONS, by_plan)
-    assert "FROM events" in sql and PERSON in sql and params["bd_k0"] == "plan"
+    assert "FROM events" in sql and PERSONS.key in sql and params["bd_k0"] == "plan"
     sql, _ = stats.active_users_query(f, "week", ACTORS, breakdowns.make(["event_type", "country"]))
     assert "FROM actor_type_hours" in sql
     sql, _ = stats.active_users_query(f, "week", ACTORS, breakdowns.make(["path"]))

@@ -147,6 +147,11 @@ LINK_KEY = "bitXor({actor}, reinterpretAsUInt128({project}))"
 PERSON = (f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key',"
           f" {LINK_KEY.format(actor='actor_key', project='project_id')}), actor_key)")
 ACTOR = "actor_key"
+# ``PERSON`` in a query about one project, bound as ``f_project`` (every stats query binds it
+# and reads that project's rows only): the link key's project part is then computed once, not
+# per row (unique persons over type_spans' 930k rows: ~40 -> ~35 ms).
+PROJECT_PERSON = (f"ifNull(joinGetOrNull('{OVERRIDES}', 'person_key',"
+                  f" {LINK_KEY.format(actor='actor_key', project='{f_project:UUID}')}), actor_key)")
 # Whether a project has any identifier resolving to another (then PERSON is needed).
 HAS_OVERRIDES = f"SELECT count() FROM {OVERRIDES} WHERE project_id = {{project:UUID}}"
 # ClickHouse expression for the key of an identifier given as text.
@@ -347,19 +352,20 @@ def overrides(persons: Iterable[Person]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Resolver:
-    """How a query names the person of a row: ``PERSON``, or ``actor_key`` for a
-    project where no identifier resolves to another (the same answer, without
-    the per-row lookup). ``of(ch, project_id)`` asks; builders use ``key``."""
+    """How a query about one project names the person of a row: ``PROJECT_PERSON``,
+    or ``actor_key`` for a project where no identifier resolves to another (the
+    same answer, without the per-row lookup). ``resolver(ch, project_id)`` asks;
+    builders use ``key``."""
 
-    key: str = PERSON
+    key: str = PROJECT_PERSON
 
     @property
     def resolving(self) -> bool:
-        return self.key == PERSON
+        return self.key != ACTOR
 
 
 ACTORS = Resolver(ACTOR)
-PERSONS = Resolver(PERSON)
+PERSONS = Resolver(PROJECT_PERSON)
 
 
 class _Rows(Protocol):
