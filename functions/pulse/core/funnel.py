@@ -262,8 +262,8 @@ def _t(packed: str) -> str:
     return f"toInt64(bitShiftRight({packed}, {PACK_BITS}))"
 
 
-SENTINEL_MS = "toInt64(281474976710655)"  # the sentinel's time: SENTINEL without its mask bits
-TIMES = ", arrayMap(x -> toInt64(bitShiftRight(x, 16)), e1) AS T"  # each event's time (ms)
+SENTINEL_MS = f"toInt64({(2**64 - 1) >> PACK_BITS})"  # the sentinel's time
+TIMES = f", arrayMap(x -> {_t('x')}, e1) AS T"  # each event's time (ms)
 
 
 def _next(values: str) -> str:
@@ -284,9 +284,9 @@ def _at_starts(values: str, starts: str) -> str:
 
 
 def _best(levels: str, times: str) -> str:
-    """``levels`` (per attempt, from ``levels``), ``full_level`` and the counted
-    attempt ``c`` (the first reaching it), and ``full_times``, its step times
-    among ``times`` (the sequence of ``times`` at ``c``; for ``any``, sorted)."""
+    """From ``levels`` (each attempt's level, in start order): ``full_level``, the
+    counted attempt ``c`` (the first reaching it), then ``times`` (``full_times``,
+    the counted attempt's step times)."""
     return (f", {levels} AS levels, arrayMax(levels) AS full_level,"
             f" arrayFirstIndex(x -> x = full_level, levels) AS c, {times}")
 
