@@ -125,7 +125,8 @@ class Services:
 
                 self._ch = ClickHouse(_required(self.settings.clickhouse_url, "PULSE_CLICKHOUSE_URL"),
                                       layout=Layout(self.settings.clickhouse_cluster),
-                                      engine_options=embedded_caches(self.settings.chdb_cache_mb))
+                                      engine_options=embedded_caches(self.settings.chdb_cache_mb),
+                                      release_ms=self.settings.chdb_release_ms)
             return self._ch
 
     @property

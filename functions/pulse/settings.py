@@ -97,6 +97,9 @@ class Settings:
     dispatch_window: int = 128
     # The embedded ClickHouse engine's caches, in all (pulse.storage.clickhouse.CACHE_SHARES).
     chdb_cache_mb: int = 128
+    # How long the embedded engine's allocator keeps memory a query freed before giving it
+    # back to the system (pulse.storage.clickhouse.embedded_allocator).
+    chdb_release_ms: int = 1000
     shutdown_timeout_s: float = 20.0
     # Embedded mode: ingest runs in this many processes of its own (0: inside
     # the main process); the gateway spreads its requests over them.
@@ -222,6 +225,8 @@ class Settings:
             raise SettingsError("PULSE_INGEST_PROCESSES: must be from 0 to 16")
         if self.chdb_cache_mb < 8:
             raise SettingsError("PULSE_CHDB_CACHE_MB: must be at least 8")
+        if not 0 <= self.chdb_release_ms <= 600_000:
+            raise SettingsError("PULSE_CHDB_RELEASE_MS: must be from 0 to 600000")
         if not 1 <= self.dispatch_window <= 1024:
             raise SettingsError("PULSE_DISPATCH_WINDOW: must be from 1 to 1024")
         if self.spool_max_bytes < 1 << 20:

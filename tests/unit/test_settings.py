@@ -36,3 +36,11 @@ def test_bad_values_name_the_variable_and_hide_secrets() -> None:
     settings = Settings.load({"PULSE_POSTGRES_URL": "postgresql://admin:hunter2@db:5432/x"})
     assert "hunter2" not in str(settings.describe())
     assert redact("postgresql://admin:hunter2@db:5432/x") == "postgresql://admin:***@db:5432/x"
+
+
+def test_the_embedded_engines_release_time_is_read_and_bounded() -> None:
+    assert Settings.load({}).chdb_release_ms == 1000
+    assert Settings.load({"PULSE_CHDB_RELEASE_MS": "250"}).chdb_release_ms == 250
+    for bad in ("-1", "600001", "soon"):
+        with pytest.raises(SettingsError, match="PULSE_CHDB_RELEASE_MS"):
+            Settings.load({"PULSE_CHDB_RELEASE_MS": bad})

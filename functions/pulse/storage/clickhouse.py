@@ -10,7 +10,9 @@ never format values into SQL.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -90,15 +92,36 @@ def embedded_caches(total_mb: int) -> dict[str, int]:
     return {name: int(total_mb * share * 2**20) for name, share in CACHE_SHARES.items()}
 
 
+# The embedded engine allocates through its own jemalloc, which reads its options from this
+# variable when the library loads (its built-in ``dirty_decay_ms:5000`` keeps what a query
+# freed for 5 s; with a funnel every second over millions of events, that is several
+# queries' working sets at once, so the process's memory follows the last seconds' peaks).
+ALLOCATOR_ENV = "JE_MALLOC_CONF"
+DEFAULT_RELEASE_MS = 1000
+
+
+def embedded_allocator(release_ms: int = DEFAULT_RELEASE_MS) -> bool:
+    """Have the embedded engine's allocator give freed memory back to the system
+    within ``release_ms`` (``PULSE_CHDB_RELEASE_MS``), unless the operator set
+    ``JE_MALLOC_CONF`` themselves. Takes effect only before the engine's library is
+    loaded (the first embedded client in the process); True if it did."""
+    if "chdb" in sys.modules:
+        return False
+    os.environ.setdefault(ALLOCATOR_ENV, f"dirty_decay_ms:{release_ms}")
+    return True
+
+
 class ClickHouse:
     def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None,
-                 engine_options: dict[str, int] | None = None) -> None:
+                 engine_options: dict[str, int] | None = None, release_ms: int = DEFAULT_RELEASE_MS) -> None:
         self.url = url
         self.layout = layout or Layout()
         self._database: str | None = None
         self.embedded = urlsplit(url).scheme == "chdb"
         # Start-up options of the embedded engine (the first client in the process starts it).
         self.engine_options = engine_options if self.embedded else None
+        if self.embedded:
+            embedded_allocator(release_ms)
         self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._max_idle = max_idle
         self._closed = False
