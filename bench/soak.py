@@ -16,7 +16,8 @@ of one POST and of one read, 5xx answers, consumer lag, and memory: RSS of
 the main process, the ingest process(es), the broker and Postgres (PSS, so
 that shared pages count once), their sum,
 and the embedded ClickHouse engine's tracked memory and mark cache (from
-``pulse_clickhouse_memory_bytes``). At the end it waits until every distinct
+``pulse_clickhouse_memory_bytes``), and how many reads were under way while
+memory was sampled (their working sets are in that sample). At the end it waits until every distinct
 acknowledged event is counted, then prints the verdicts: count exact, no
 5xx, reads' p99 under 300 ms, and the memory sum of the last 20 minutes (the
 last third of a shorter run) within ±5 % of its mean.
@@ -74,6 +75,8 @@ class Load:
         self.next_slot = time.monotonic()
         self.recent: list[dict[str, object]] = []
         self.rng = random.Random(7)  # noqa: S311 - reproducible load
+        self.in_flight = 0  # reads under way (a memory sample taken meanwhile holds their working sets)
+        self.read_times: dict[str, list[float]] = {name: [] for name in READS}
 
     def _slot(self) -> float:
         with self.lock:
@@ -132,6 +135,8 @@ class Load:
         while not self.stop.wait(self.args.read_every):
             name = READS[turn % len(READS)]
             turn += 1
+            with self.lock:
+                self.in_flight += 1
             started = time.perf_counter()
             try:
                 if name == "funnel":
@@ -142,8 +147,10 @@ class Load:
                 status = 0
             elapsed = time.perf_counter() - started
             with self.lock:
+                self.in_flight -= 1
                 if status == 200:
                     self.window.reads.append(elapsed)
+                    self.read_times[name].append(elapsed)
                 elif status >= 500:
                     self.window.read_5xx += 1
                 else:
@@ -240,7 +247,7 @@ def main() -> int:
           f" {args.writers} writers, {args.readers} readers every {args.read_every:g} s, {args.minutes:g} min,"
           f" against {url}", flush=True)
     print(f"{'t(s)':>6} {'events/s':>9} {'w p50':>6} {'w p99':>6} {'r p50':>6} {'r p99':>6} {'5xx':>4} {'lag':>5}"
-          f" {'main':>6} {'ingest':>7} {'broker':>7} {'pg':>5} {'sum MB':>7} {'ch MB':>6} {'marks':>6}", flush=True)
+          f" {'main':>6} {'ingest':>7} {'broker':>7} {'pg':>5} {'sum MB':>7} {'ch MB':>6} {'marks':>6} {'reads':>5}", flush=True)
     rows: list[dict[str, float]] = []
     writes: list[float] = []
     reads: list[float] = []
@@ -254,6 +261,7 @@ def main() -> int:
             window = load.take_window()
             span = max(1e-9, time.monotonic() - window.started)
             lag, engine = scrape(http, persist_url)
+            busy = load.in_flight
             row = {"t": time.monotonic() - started, "events_s": window.events / span,
                    "w50": percentile(window.writes, 0.5) * 1000, "w99": percentile(window.writes, 0.99) * 1000,
                    "r50": percentile(window.reads, 0.5) * 1000, "r99": percentile(window.reads, 0.99) * 1000,
@@ -262,13 +270,14 @@ def main() -> int:
                    "postgres": pss_mb(postgres), "ch": engine.get("MemoryTracking", 0.0),
                    "marks": engine.get("MarkCacheBytes", 0.0)}
             row["sum"] = row["main"] + row["ingest"] + row["broker"] + row["postgres"]
+            row["busy"] = max(busy, load.in_flight)
             rows.append(row)
             writes.extend(window.writes)
             reads.extend(window.reads)
             print(f"{row['t']:6.0f} {row['events_s']:9.0f} {row['w50']:6.0f} {row['w99']:6.0f} {row['r50']:6.0f}"
                   f" {row['r99']:6.0f} {row['5xx']:4.0f} {row['lag']:5.0f} {row['main']:6.0f} {row['ingest']:7.0f}"
                   f" {row['broker']:7.0f} {row['postgres']:5.0f} {row['sum']:7.0f} {row['ch']:6.0f}"
-                  f" {row['marks']:6.1f}", flush=True)
+                  f" {row['marks']:6.1f} {row['busy']:5.0f}", flush=True)
     finally:
         load.stop.set()
         for thread in threads:
@@ -283,8 +292,8 @@ def main() -> int:
 
     tail_s = 20 * 60 if held >= 50 * 60 else held / 3
     tail = [r["sum"] for r in rows if r["t"] >= held - tail_s] or [rows[-1]["sum"]]
-    mean = sum(tail) / len(tail)
-    spread = max(abs(v - mean) / mean for v in tail)
+    mean, spread = flatness(tail)
+    idle = [r["sum"] for r in rows if r["t"] >= held - tail_s and not r["busy"]]
     server_errors = sum(r["5xx"] for r in rows)
     read_p99 = percentile(reads, 0.99) * 1000
     print(f"\nheld {held:.0f} s: {expected} distinct events acknowledged ({sum(r['events_s'] for r in rows) / len(rows):.0f}"
@@ -292,6 +301,9 @@ def main() -> int:
           " errors")
     print(f"one POST: p50 {percentile(writes, 0.5) * 1000:.0f} ms, p99 {percentile(writes, 0.99) * 1000:.0f} ms;"
           f" one read: p50 {percentile(reads, 0.5) * 1000:.0f} ms, p99 {read_p99:.0f} ms")
+    for name, times in load.read_times.items():
+        print(f"  {name}: {len(times)} reads, p50 {percentile(times, 0.5) * 1000:.0f} ms,"
+              f" p99 {percentile(times, 0.99) * 1000:.0f} ms")
     for name in ("main", "ingest", "broker", "postgres", "sum", "ch"):
         print(f"memory {name}: {rows[0][name]:.0f} MB -> {rows[-1][name]:.0f} MB (peak {max(r[name] for r in rows):.0f})")
     print(f"verdicts: count {'exact' if seen == expected else f'OFF BY {seen - expected:+d}'};"
@@ -299,7 +311,17 @@ def main() -> int:
           f" reads p99 {read_p99:.0f} ms {'< 300' if read_p99 < 300 else '>= 300'};"
           f" memory sum over the last {tail_s / 60:.0f} min within ±{100 * spread:.1f} % of {mean:.0f} MB"
           f" ({'flat' if spread <= 0.05 else 'NOT flat'})")
+    if idle:  # what the processes keep between queries, without the working sets of reads under way
+        idle_mean, idle_spread = flatness(idle)
+        print(f"  of which the {len(idle)} samples taken with no read under way: within ±{100 * idle_spread:.1f} %"
+              f" of {idle_mean:.0f} MB")
     return 0 if seen == expected else 1
+
+
+def flatness(values: list[float]) -> tuple[float, float]:
+    """(mean, the largest distance of a value from it as a share of it)."""
+    mean = sum(values) / len(values)
+    return mean, max(abs(v - mean) / mean for v in values)
 
 
 def _free_port() -> int:
