@@ -100,15 +100,13 @@ ALLOCATOR_ENV = "JE_MALLOC_CONF"
 DEFAULT_RELEASE_MS = 1000
 
 
-def embedded_allocator(release_ms: int = DEFAULT_RELEASE_MS) -> bool:
+def embedded_allocator(release_ms: int = DEFAULT_RELEASE_MS) -> None:
     """Have the embedded engine's allocator give freed memory back to the system
     within ``release_ms`` (``PULSE_CHDB_RELEASE_MS``), unless the operator set
     ``JE_MALLOC_CONF`` themselves. Takes effect only before the engine's library is
-    loaded (the first embedded client in the process); True if it did."""
-    if "chdb" in sys.modules:
-        return False
-    os.environ.setdefault(ALLOCATOR_ENV, f"dirty_decay_ms:{release_ms}")
-    return True
+    loaded (the first embedded client in the process); later calls change nothing."""
+    if "chdb" not in sys.modules:
+        os.environ.setdefault(ALLOCATOR_ENV, f"dirty_decay_ms:{release_ms}")
 
 
 class ClickHouse:
