@@ -30,6 +30,9 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 # What a record carries besides its value: CloudEvent attributes as headers
 # (and a dead letter's knativeerror* extensions), Kafka's framing.
 RECORD_HEADROOM_BYTES = 64 * 1024
+# How long the embedded engine's allocator keeps memory a query freed (PULSE_CHDB_RELEASE_MS);
+# pulse.storage.clickhouse uses it.
+CHDB_RELEASE_MS = 1000
 
 
 class SettingsError(ValueError):
@@ -99,7 +102,7 @@ class Settings:
     chdb_cache_mb: int = 128
     # How long the embedded engine's allocator keeps memory a query freed before giving it
     # back to the system (pulse.storage.clickhouse.embedded_allocator).
-    chdb_release_ms: int = 1000
+    chdb_release_ms: int = CHDB_RELEASE_MS
     shutdown_timeout_s: float = 20.0
     # Embedded mode: ingest runs in this many processes of its own (0: inside
     # the main process); the gateway spreads its requests over them.

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pulse.errors import Unavailable
 from pulse.group_commit import Announcement, GroupCommit
-from pulse.settings import CLUSTER_NAME
+from pulse.settings import CHDB_RELEASE_MS, CLUSTER_NAME
 
 __all__ = ["Announcement", "ClickHouse", "insert_group"]
 
@@ -97,10 +97,9 @@ def embedded_caches(total_mb: int) -> dict[str, int]:
 # freed for 5 s; with a funnel every second over millions of events, that is several
 # queries' working sets at once, so the process's memory follows the last seconds' peaks).
 ALLOCATOR_ENV = "JE_MALLOC_CONF"
-DEFAULT_RELEASE_MS = 1000
 
 
-def embedded_allocator(release_ms: int = DEFAULT_RELEASE_MS) -> None:
+def embedded_allocator(release_ms: int = CHDB_RELEASE_MS) -> None:
     """Have the embedded engine's allocator give freed memory back to the system
     within ``release_ms`` (``PULSE_CHDB_RELEASE_MS``), unless the operator set
     ``JE_MALLOC_CONF`` themselves. Takes effect only before the engine's library is
@@ -111,7 +110,7 @@ def embedded_allocator(release_ms: int = DEFAULT_RELEASE_MS) -> None:
 
 class ClickHouse:
     def __init__(self, url: str, max_idle: int = 16, linger_s: float = 0.2, layout: Layout | None = None,
-                 engine_options: dict[str, int] | None = None, release_ms: int = DEFAULT_RELEASE_MS) -> None:
+                 engine_options: dict[str, int] | None = None, release_ms: int = CHDB_RELEASE_MS) -> None:
         self.url = url
         self.layout = layout or Layout()
         self._database: str | None = None
