@@ -132,6 +132,24 @@ def test_persisted_event_carries_the_trace(pulse: Any, project: Any, spans: InMe
     assert notice["ce-traceparent"].split("-")[2] == span_id(batch_span)
 
 
+def test_queries_asked_at_once_stay_in_the_request_trace(pulse: Any, project: Any,
+                                                         spans: InMemorySpanExporter) -> None:
+    """top-events asks its checks and counts on other threads (stats.at_once): their
+    query spans are still children of the request's span, in the client's trace."""
+    assert project.api.post("/v1/events", {"events": [make_event(), make_event(event_type="signup")]}).status == 202
+    wait_persisted(pulse)
+    traceparent, trace_id, client_span = new_traceparent()
+    answer = project.api.get("/v1/stats/top-events", headers={"traceparent": traceparent})
+    assert answer.status == 200, answer.body
+    wait_for_span(spans, trace_id, "clickhouse query")
+    found = of_trace(spans, trace_id)
+    queries = [s for s in found if s.name == "clickhouse query"]
+    ids = {span_id(s) for s in found} | {client_span}
+    assert {q.attributes["endpoint"] for q in queries} >= {"span-state", "top-events"}
+    assert all(parent_of(q) in ids for q in queries), [(q.attributes, parent_of(q)) for q in queries]
+    assert len({parent_of(q) for q in queries}) == 1  # one request span holds them all
+
+
 def test_console_exporter_prints_spans() -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "pulse-test"}
     code = ("from pulse import telemetry\n"
